@@ -1,0 +1,208 @@
+//! The plugin configuration: one JSON document for both roles (scraper and picker).
+//!
+//! Unknown keys and bad values are errors that name the field, so a typo makes the VM
+//! refuse to start instead of silently running with a default.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+use crate::engine::Engine;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Model servers, as "ip:port".
+    pub endpoints: Vec<String>,
+    /// The ORIGINAL_DST cluster the scraper sends its requests through.
+    #[serde(default = "defaults::metrics_cluster")]
+    pub metrics_cluster: String,
+    #[serde(default = "defaults::metrics_path")]
+    pub metrics_path: String,
+    #[serde(default)]
+    pub engine: Engine,
+    #[serde(default = "defaults::scrape_interval_ms")]
+    pub scrape_interval_ms: u64,
+    #[serde(default = "defaults::stale_after_ms")]
+    pub stale_after_ms: u64,
+    /// A scrape that takes longer than this marks the endpoint unhealthy.
+    #[serde(default = "defaults::scrape_timeout_ms")]
+    pub scrape_timeout_ms: u64,
+    /// Where the served models (base and LoRA adapters) are listed; empty turns it off.
+    #[serde(default = "defaults::models_path")]
+    pub models_path: String,
+    #[serde(default = "defaults::models_interval_ms")]
+    pub models_interval_ms: u64,
+    /// Larger request bodies get 413. Keep it under Envoy's buffer limit, or Envoy answers first.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How many fallback endpoints follow the choice in the destination header.
+    /// 0 for an ORIGINAL_DST pool, which takes exactly one address.
+    #[serde(default = "defaults::max_fallbacks")]
+    pub max_fallbacks: usize,
+    /// The request header the picker writes (and strips from clients).
+    #[serde(default = "defaults::destination_header")]
+    pub destination_header: String,
+    /// Opt-in: add an `x-wasm-epp-explain` response header with the scores of each decision.
+    #[serde(default)]
+    pub explain: bool,
+}
+
+mod defaults {
+    pub fn metrics_cluster() -> String {
+        "wasm_epp_metrics".into()
+    }
+    pub fn metrics_path() -> String {
+        "/metrics".into()
+    }
+    pub fn scrape_interval_ms() -> u64 {
+        50
+    }
+    pub fn stale_after_ms() -> u64 {
+        2000
+    }
+    pub fn scrape_timeout_ms() -> u64 {
+        1000
+    }
+    pub fn models_path() -> String {
+        "/v1/models".into()
+    }
+    pub fn models_interval_ms() -> u64 {
+        5000
+    }
+    pub fn max_body_bytes() -> usize {
+        4 << 20
+    }
+    pub fn max_fallbacks() -> usize {
+        2
+    }
+    pub fn destination_header() -> String {
+        "x-gateway-destination-endpoint".into()
+    }
+}
+
+/// A configuration that could not be used, with the field at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid plugin configuration: {}", self.0)
+    }
+}
+
+impl Config {
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
+        if !doc.is_object() {
+            return Err(ConfigError(
+                "expected a JSON object such as {\"endpoints\": [\"10.0.0.1:8000\"]}".into(),
+            ));
+        }
+        let config: Config = serde_json::from_value(doc).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, why: &str| Err(ConfigError(format!("`{field}`: {why}")));
+        if self.endpoints.is_empty() {
+            return bad("endpoints", "at least one \"ip:port\" is needed");
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if e.parse::<SocketAddr>().is_err() {
+                return bad(&format!("endpoints[{i}]"), &format!("{e:?} is not \"ip:port\""));
+            }
+            if self.endpoints[..i].contains(e) {
+                return bad(&format!("endpoints[{i}]"), &format!("{e:?} is listed twice"));
+            }
+        }
+        if self.metrics_cluster.is_empty() {
+            return bad("metrics_cluster", "must name a cluster");
+        }
+        if !self.metrics_path.starts_with('/') {
+            return bad("metrics_path", "must start with '/'");
+        }
+        if !(self.models_path.is_empty() || self.models_path.starts_with('/')) {
+            return bad("models_path", "must start with '/' (or be empty to turn it off)");
+        }
+        for (field, value) in [
+            ("scrape_interval_ms", self.scrape_interval_ms),
+            ("stale_after_ms", self.stale_after_ms),
+            ("scrape_timeout_ms", self.scrape_timeout_ms),
+            ("models_interval_ms", self.models_interval_ms),
+        ] {
+            if value == 0 || value > 3_600_000 {
+                return bad(field, "must be between 1 and 3600000 milliseconds");
+            }
+        }
+        if self.max_body_bytes == 0 {
+            return bad("max_body_bytes", "must be positive");
+        }
+        let header_ok = !self.destination_header.is_empty()
+            && self
+                .destination_header
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !header_ok {
+            return bad("destination_header", "must be a lower-case header name");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = Config::parse(br#"{"endpoints":["10.0.0.1:8000"]}"#).unwrap();
+        assert_eq!(c.metrics_path, "/metrics");
+        assert_eq!(c.scrape_interval_ms, 50);
+        assert_eq!(c.stale_after_ms, 2000);
+        assert_eq!(c.engine, Engine::Vllm);
+        assert_eq!(c.destination_header, "x-gateway-destination-endpoint");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse(br#"{"endpoints":["10.0.0.1:8000"],"scrape_interval":5}"#)
+            .unwrap_err();
+        assert!(e.0.contains("scrape_interval"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (doc, field) in [
+            (r#"{"endpoints":["nope"]}"#, "endpoints[0]"),
+            (r#"{"endpoints":[]}"#, "endpoints"),
+            (r#"{"endpoints":["1.2.3.4:1","1.2.3.4:1"]}"#, "endpoints[1]"),
+            (r#"{"endpoints":["1.2.3.4:1"],"engine":"tgi"}"#, "tgi"),
+            (r#"{"endpoints":["1.2.3.4:1"],"scrape_interval_ms":0}"#, "scrape_interval_ms"),
+            (r#"{"endpoints":["1.2.3.4:1"],"stale_after_ms":-1}"#, "-1"),
+            (r#"{"endpoints":["1.2.3.4:1"],"metrics_path":"metrics"}"#, "metrics_path"),
+            (r#"{"endpoints":["1.2.3.4:1"],"destination_header":"X Y"}"#, "destination_header"),
+            (r#"[1]"#, "JSON object"),
+            (r#""#, "EOF"),
+        ] {
+            let e = Config::parse(doc.as_bytes()).unwrap_err();
+            assert!(e.0.contains(field), "{doc}: {e}");
+        }
+    }
+
+    #[test]
+    fn engines_by_name() {
+        for (name, engine) in [
+            ("vllm", Engine::Vllm),
+            ("sglang", Engine::Sglang),
+            ("trtllm-serve", Engine::TrtllmServe),
+            ("triton-trtllm", Engine::TritonTrtllm),
+        ] {
+            let doc = format!(r#"{{"endpoints":["1.2.3.4:1"],"engine":"{name}"}}"#);
+            assert_eq!(Config::parse(doc.as_bytes()).unwrap().engine, engine);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! wasm-epp: an LLM endpoint picker that runs inside the proxy.
+//!
+//! The pure core (parsers, the metrics table, the scheduler, the scraper's state) is
+//! free of proxy-wasm calls and tested natively and as wasm32; `abi` is the thin glue
+//! that binds it to the host.
+
+pub mod config;
+pub mod engine;
+pub mod errors;
+pub mod models;
+pub mod prom;
+pub mod request;
+pub mod rng;
+pub mod route;
+pub mod scheduler;
+pub mod scrape;
+pub mod table;
+
+#[cfg(feature = "abi")]
+mod abi;

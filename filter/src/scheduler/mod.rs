@@ -1,0 +1,185 @@
+//! The scheduler framework, in the shape of GIE's: a profile is filters, then weighted
+//! scorers (each score in [0, 1]), then one picker that ranks what is left. Plugins are
+//! types behind these traits, one per file, found by name in `registry`.
+
+pub mod pickers;
+pub mod registry;
+pub mod scorers;
+
+use crate::rng::Rng;
+use crate::table::EndpointState;
+
+/// What the scheduler knows of the request.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulingRequest<'a> {
+    /// The model (base or adapter) asked for; `None` for bodiless or non-model requests.
+    pub model: Option<&'a str>,
+}
+
+pub trait Filter {
+    fn name(&self) -> &'static str;
+    /// Whether each candidate stays. A filter that would leave none should keep all and let
+    /// the scorers decide, unless emptiness is its point (and then the caller answers 503).
+    fn keep(&self, request: &SchedulingRequest, candidates: &[&EndpointState]) -> Vec<bool>;
+}
+
+pub trait Scorer {
+    fn name(&self) -> &'static str;
+    /// One score in [0, 1] per candidate, higher is better, pushed onto `out`.
+    fn score(&self, request: &SchedulingRequest, candidates: &[&EndpointState], out: &mut Vec<f64>);
+}
+
+pub trait Picker {
+    fn name(&self) -> &'static str;
+    /// Candidate indices, best first, at most `want` of them: the choice, then fallbacks.
+    fn pick(&self, totals: &[f64], want: usize, rng: &mut Rng) -> Vec<usize>;
+}
+
+pub struct WeightedScorer {
+    pub weight: f64,
+    pub scorer: Box<dyn Scorer>,
+}
+
+pub struct Profile {
+    pub filters: Vec<Box<dyn Filter>>,
+    pub scorers: Vec<WeightedScorer>,
+    pub picker: Box<dyn Picker>,
+}
+
+/// One decision, with what led to it (for the explain header and the host-sim CLI).
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    /// Indices into the candidates given to `schedule`, best first.
+    pub ranked: Vec<usize>,
+    /// Candidates each filter removed, by filter name.
+    pub filtered_out: Vec<(&'static str, Vec<usize>)>,
+    /// Weighted total per candidate (NaN for filtered-out ones).
+    pub totals: Vec<f64>,
+    /// Each scorer's name, weight and raw scores per candidate.
+    pub columns: Vec<(&'static str, f64, Vec<f64>)>,
+}
+
+impl Profile {
+    pub fn schedule(
+        &self,
+        request: &SchedulingRequest,
+        candidates: &[&EndpointState],
+        want: usize,
+        rng: &mut Rng,
+    ) -> Decision {
+        let mut decision = Decision::default();
+        // Indices still in play after the filters.
+        let mut alive: Vec<usize> = (0..candidates.len()).collect();
+        for filter in &self.filters {
+            let view: Vec<&EndpointState> = alive.iter().map(|&i| candidates[i]).collect();
+            let keep = filter.keep(request, &view);
+            let removed: Vec<usize> = alive
+                .iter()
+                .zip(&keep)
+                .filter(|(_, &k)| !k)
+                .map(|(&i, _)| i)
+                .collect();
+            if !removed.is_empty() {
+                alive = alive.iter().zip(&keep).filter(|(_, &k)| k).map(|(&i, _)| i).collect();
+                decision.filtered_out.push((filter.name(), removed));
+            }
+        }
+        let view: Vec<&EndpointState> = alive.iter().map(|&i| candidates[i]).collect();
+        let mut totals = vec![0.0; view.len()];
+        for ws in &self.scorers {
+            let mut column = Vec::with_capacity(view.len());
+            ws.scorer.score(request, &view, &mut column);
+            column.resize(view.len(), 0.0);
+            for (t, s) in totals.iter_mut().zip(&column) {
+                // A plugin returning NaN or out-of-range scores must not poison the ranking.
+                let s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
+                *t += ws.weight * s;
+            }
+            decision.columns.push((ws.scorer.name(), ws.weight, spread(&alive, &column, candidates.len())));
+        }
+        decision.ranked = self
+            .picker
+            .pick(&totals, want, rng)
+            .into_iter()
+            .filter_map(|i| alive.get(i).copied())
+            .collect();
+        decision.totals = spread(&alive, &totals, candidates.len());
+        decision
+    }
+}
+
+/// Scores of the alive candidates laid out over all candidates (NaN for the others).
+fn spread(alive: &[usize], values: &[f64], n: usize) -> Vec<f64> {
+    let mut out = vec![f64::NAN; n];
+    for (&i, &v) in alive.iter().zip(values) {
+        out[i] = v;
+    }
+    out
+}
+
+/// GIE's normalisation for "less is better" gauges: (max − x) / (max − min), and 1 for all
+/// when they are equal.
+pub(crate) fn less_is_better(values: impl Iterator<Item = f64> + Clone, out: &mut Vec<f64>) {
+    let (min, max) = values
+        .clone()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let range = max - min;
+    out.extend(values.map(|v| if range > 0.0 { (max - v) / range } else { 1.0 }));
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::table::{EndpointState, Health, Metrics};
+
+    pub fn endpoint(address: &str, metrics: Metrics) -> EndpointState {
+        EndpointState {
+            address: address.into(),
+            health: Health::Healthy,
+            checked_ms: 1000,
+            last_ok_ms: 1000,
+            metrics,
+            models: vec!["base".into()],
+            adapters: vec![],
+        }
+    }
+
+    pub fn load(waiting: u32, running: u32, kv_usage: f32) -> Metrics {
+        Metrics { waiting, running, kv_usage, ..Default::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn default_profile_prefers_the_least_loaded() {
+        let eps = [
+            endpoint("a:1", load(10, 8, 0.9)),
+            endpoint("b:1", load(0, 1, 0.1)),
+            endpoint("c:1", load(3, 4, 0.5)),
+        ];
+        let view: Vec<&EndpointState> = eps.iter().collect();
+        let profile = registry::default_profile();
+        let d = profile.schedule(&SchedulingRequest::default(), &view, 3, &mut Rng::new(7));
+        assert_eq!(d.ranked, vec![1, 2, 0]);
+        assert!(d.totals[1] > d.totals[2] && d.totals[2] > d.totals[0]);
+        assert_eq!(d.columns.len(), profile.scorers.len());
+    }
+
+    #[test]
+    fn ties_are_broken_at_random() {
+        let eps = [endpoint("a:1", load(1, 1, 0.1)), endpoint("b:1", load(1, 1, 0.1))];
+        let view: Vec<&EndpointState> = eps.iter().collect();
+        let profile = registry::default_profile();
+        let mut rng = Rng::new(3);
+        let firsts: Vec<usize> = (0..200)
+            .map(|_| profile.schedule(&SchedulingRequest::default(), &view, 1, &mut rng).ranked[0])
+            .collect();
+        let a = firsts.iter().filter(|&&i| i == 0).count();
+        assert!((60..140).contains(&a), "{a} of 200 went to the first");
+    }
+}

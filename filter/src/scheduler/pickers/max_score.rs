@@ -1,0 +1,22 @@
+use crate::rng::Rng;
+use crate::scheduler::Picker;
+
+/// The highest total first, random among equal totals; the rest, best first, are the
+/// fallbacks.
+pub struct MaxScorePicker;
+
+impl Picker for MaxScorePicker {
+    fn name(&self) -> &'static str {
+        "max-score-picker"
+    }
+    fn pick(&self, totals: &[f64], want: usize, rng: &mut Rng) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..totals.len()).collect();
+        // Shuffle first so the stable sort leaves equal totals in random order.
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        order.sort_by(|&a, &b| totals[b].total_cmp(&totals[a]));
+        order.truncate(want);
+        order
+    }
+}

@@ -1,0 +1,11 @@
+//! Scorers: one per file, each a score in [0, 1] per candidate.
+
+mod kv_cache;
+mod lora_affinity;
+mod queue;
+mod running;
+
+pub use kv_cache::KvCacheScorer;
+pub use lora_affinity::LoraAffinityScorer;
+pub use queue::QueueScorer;
+pub use running::RunningRequestsScorer;

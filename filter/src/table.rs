@@ -1,0 +1,179 @@
+//! The metrics table: what the scraper publishes in shared data and every picker reads.
+//!
+//! Encoded as one format byte followed by postcard (compact, no field names), so a picker
+//! of another build that finds a table it does not understand says so instead of misreading it.
+
+use serde::{Deserialize, Serialize};
+
+/// The shared-data key of the table. The version in the key lets two module versions
+/// that share a `vm_id` during a rollout keep their own tables.
+pub const TABLE_KEY: &str = "wasm-epp/v1/table";
+const FORMAT: u8 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    /// When the scraper wrote it (ms since the epoch). A table older than `stale_after_ms`
+    /// means the scraper itself stopped, and the picker fails open.
+    pub published_ms: u64,
+    /// Bumped at every publish.
+    pub generation: u64,
+    pub endpoints: Vec<EndpointState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointState {
+    pub address: String,
+    pub health: Health,
+    /// When the last scrape attempt ended, in success or failure (ms since the epoch).
+    pub checked_ms: u64,
+    /// The last successful metrics scrape; 0 = never.
+    pub last_ok_ms: u64,
+    pub metrics: Metrics,
+    /// Base models this server serves (`/v1/models` entries without a parent, and the
+    /// `model_name` label). Empty = not known yet, and then it may serve anything.
+    pub models: Vec<String>,
+    /// LoRA adapters registered on it (`/v1/models` entries with a parent).
+    pub adapters: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum Health {
+    /// Not scraped yet.
+    #[default]
+    Unknown,
+    Healthy,
+    /// The last scrape failed; the reason is for logs and the explain header.
+    Unhealthy(String),
+}
+
+/// The load signals of the Model Server Protocol.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub waiting: u32,
+    pub running: u32,
+    /// KV-cache utilization, 0..=1.
+    pub kv_usage: f32,
+    /// Tokens per KV block and blocks on the GPU; 0 = not reported.
+    pub block_size: u32,
+    pub num_blocks: u32,
+    /// Adapter slots (vLLM `max_lora`); 0 = LoRA off or not reported.
+    pub max_lora: u32,
+    /// Adapters with requests in flight, and with requests waiting for a slot.
+    pub running_adapters: Vec<String>,
+    pub waiting_adapters: Vec<String>,
+    /// Adapters resident on the GPU (newer vLLM's `lora_adapter_loaded`).
+    pub loaded_adapters: Vec<String>,
+}
+
+impl EndpointState {
+    /// Fresh and healthy: the scheduler may use its numbers.
+    pub fn is_usable(&self, now_ms: u64, stale_after_ms: u64) -> bool {
+        self.health == Health::Healthy && now_ms.saturating_sub(self.last_ok_ms) <= stale_after_ms
+    }
+
+    /// Nothing fresh is known: no scrape attempt ended within `stale_after_ms`.
+    pub fn is_stale(&self, now_ms: u64, stale_after_ms: u64) -> bool {
+        now_ms.saturating_sub(self.checked_ms) > stale_after_ms
+    }
+
+    pub fn serves_base(&self, model: &str) -> bool {
+        self.models.iter().any(|x| x == model)
+    }
+
+    /// Does it serve `model`, as a base model or an adapter it has or reports?
+    pub fn serves(&self, model: &str) -> bool {
+        let m = &self.metrics;
+        self.serves_base(model)
+            || self.adapters.iter().any(|x| x == model)
+            || m.running_adapters.iter().any(|x| x == model)
+            || m.waiting_adapters.iter().any(|x| x == model)
+            || m.loaded_adapters.iter().any(|x| x == model)
+    }
+
+    /// Nothing is known of its models yet.
+    pub fn models_unknown(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+impl Table {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT];
+        // Serializing owned, plain data into a Vec cannot fail; an empty table is the
+        // harmless answer if it ever did.
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Table, String> {
+        match bytes.split_first() {
+            Some((&FORMAT, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| format!("corrupt metrics table: {e}"))
+            }
+            Some((other, _)) => Err(format!("metrics table format {other}, this module reads {FORMAT}")),
+            None => Err("empty metrics table".into()),
+        }
+    }
+
+    pub fn is_stale(&self, now_ms: u64, stale_after_ms: u64) -> bool {
+        now_ms.saturating_sub(self.published_ms) > stale_after_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn sample() -> Table {
+        Table {
+            published_ms: 1_700_000_000_000,
+            generation: 9,
+            endpoints: vec![EndpointState {
+                address: "10.0.0.1:8000".into(),
+                health: Health::Unhealthy("timeout".into()),
+                checked_ms: 1_700_000_000_000,
+                last_ok_ms: 1_699_999_999_000,
+                metrics: Metrics {
+                    waiting: 3,
+                    kv_usage: 0.5,
+                    running_adapters: vec!["sql-lora".into()],
+                    ..Default::default()
+                },
+                models: vec!["llama".into()],
+                adapters: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_compactly() {
+        let t = sample();
+        let bytes = t.encode();
+        assert_eq!(Table::decode(&bytes).unwrap(), t);
+        assert!(bytes.len() < 80, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn foreign_or_corrupt_bytes_are_errors() {
+        let mut bytes = sample().encode();
+        bytes[0] = 2;
+        assert!(Table::decode(&bytes).unwrap_err().contains("format 2"));
+        assert!(Table::decode(&[]).is_err());
+        let good = sample().encode();
+        for cut in 1..good.len() {
+            assert!(Table::decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn usable_means_healthy_and_fresh() {
+        let mut e = sample().endpoints.remove(0);
+        assert!(!e.is_usable(e.last_ok_ms, 2000));
+        e.health = Health::Healthy;
+        assert!(e.is_usable(e.last_ok_ms + 2000, 2000));
+        assert!(!e.is_usable(e.last_ok_ms + 2001, 2000));
+        assert!(e.serves("llama") && e.serves("sql-lora") && !e.serves("other"));
+    }
+}
