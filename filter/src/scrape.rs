@@ -145,14 +145,15 @@ impl Scraper {
         self.targets.iter().all(|t| !t.metrics_in_flight && !t.models_in_flight)
     }
 
-    /// A probe that could not even be sent (no such cluster, host refused the call).
-    pub fn on_send_failed(&mut self, endpoint: usize, probe: Probe, why: &str, now_ms: u64) {
+    /// A probe that failed before an answer could be read: not sent (no such cluster, the
+    /// host refused the call), or an answer too large to take.
+    pub fn on_failed(&mut self, endpoint: usize, probe: Probe, why: &str, now_ms: u64) {
         if let Some(t) = self.targets.get_mut(endpoint) {
             match probe {
                 Probe::Metrics => {
                     t.metrics_in_flight = false;
                     t.state.checked_ms = now_ms;
-                    t.state.health = Health::Unhealthy(format!("scrape not sent: {why}"));
+                    t.state.health = Health::Unhealthy(why.to_string());
                     self.dirty = true;
                 }
                 Probe::Models => {

@@ -1,0 +1,172 @@
+//! The picker's glue: buffer the body, decide, write the destination header or reject.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+
+use super::host;
+use crate::config::Config;
+use crate::errors::Rejection;
+use crate::request;
+use crate::route::{Outcome, Router};
+use crate::scheduler::registry::default_profile;
+use crate::table::{Table, TABLE_KEY};
+
+const EXPLAIN_HEADER: &str = "x-wasm-epp-explain";
+
+pub struct PickerRoot {
+    shared: Rc<RefCell<Shared>>,
+}
+
+/// What every stream of this worker shares: the router and the decoded table.
+struct Shared {
+    router: Router,
+    /// The table as last decoded, and the CAS it had: decode again only when it changes.
+    table: Option<(u32, Table)>,
+    stats: Stats,
+}
+
+struct Stats {
+    routed: Option<u32>,
+    fail_open: Option<u32>,
+    rejected: Option<u32>,
+}
+
+impl PickerRoot {
+    pub fn new(config: Config) -> Self {
+        let seed = host::now_ms() ^ u64::from(std::process::id());
+        let stats = Stats {
+            routed: host::counter("wasm_epp.routed"),
+            fail_open: host::counter("wasm_epp.fail_open"),
+            rejected: host::counter("wasm_epp.rejected"),
+        };
+        let router = Router::new(config, default_profile(), seed);
+        PickerRoot { shared: Rc::new(RefCell::new(Shared { router, table: None, stats })) }
+    }
+
+    pub fn new_stream(&self) -> PickerStream {
+        PickerStream { shared: self.shared.clone(), path: String::new(), decided: false, explain: None }
+    }
+}
+
+impl Shared {
+    /// The current table, decoded at most once per publish.
+    fn refresh_table(&mut self) {
+        let (bytes, cas) = match hostcalls::get_shared_data(TABLE_KEY) {
+            Ok((Some(bytes), Some(cas))) => (bytes, cas),
+            _ => return,
+        };
+        if self.table.as_ref().is_some_and(|(seen, _)| *seen == cas) {
+            return;
+        }
+        match Table::decode(&bytes) {
+            Ok(t) => self.table = Some((cas, t)),
+            Err(e) => log::warn!("wasm-epp picker: {e}"),
+        }
+    }
+}
+
+pub struct PickerStream {
+    shared: Rc<RefCell<Shared>>,
+    path: String,
+    decided: bool,
+    explain: Option<String>,
+}
+
+impl PickerStream {
+    fn decide(&mut self, model: Option<&str>) -> Action {
+        self.decided = true;
+        let mut shared = self.shared.borrow_mut();
+        shared.refresh_table();
+        let Shared { router, table, stats } = &mut *shared;
+        let outcome = router.decide(table.as_ref().map(|(_, t)| t), model, host::now_ms());
+        match outcome {
+            Outcome::Route { endpoints, fail_open, explain } => {
+                let header = router.config.destination_header.as_str();
+                host::set_request_header(header, Some(&endpoints.join(",")));
+                host::increment(stats.routed);
+                if fail_open {
+                    host::increment(stats.fail_open);
+                }
+                self.explain = explain;
+                Action::Continue
+            }
+            Outcome::Reject(r) => {
+                host::increment(stats.rejected);
+                reject(&r)
+            }
+        }
+    }
+}
+
+fn reject(r: &Rejection) -> Action {
+    let body = r.body();
+    let headers = vec![("content-type", "application/json")];
+    if let Err(e) = hostcalls::send_http_response(r.status, headers, Some(body.as_bytes())) {
+        log::warn!("wasm-epp picker: could not send the {} answer: {e:?}", r.status);
+    }
+    Action::Pause
+}
+
+impl Context for PickerStream {}
+
+impl HttpContext for PickerStream {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        // The destination is ours to set: a client's copy is never honoured.
+        let header = self.shared.borrow().router.config.destination_header.clone();
+        host::set_request_header(&header, None);
+        self.path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        if end_of_stream {
+            return self.decide(None);
+        }
+        // Hold the headers until the body names the model.
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.decided {
+            return Action::Continue;
+        }
+        let limit = self.shared.borrow().router.config.max_body_bytes;
+        if body_size > limit {
+            self.decided = true;
+            return reject(&Rejection::too_large(limit));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.decide_on_body(body_size)
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        if self.decided {
+            return Action::Continue;
+        }
+        // The body ended with trailers: everything buffered is the body.
+        self.decide_on_body(usize::MAX)
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(text) = self.explain.take() {
+            host::add_response_header(EXPLAIN_HEADER, &text);
+        }
+        Action::Continue
+    }
+}
+
+impl PickerStream {
+    fn decide_on_body(&mut self, body_size: usize) -> Action {
+        let body = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
+        match request::model_of(&self.path, &body) {
+            Ok(model) => self.decide(model.as_deref()),
+            Err(r) => {
+                self.decided = true;
+                host::increment(self.shared.borrow().stats.rejected);
+                reject(&r)
+            }
+        }
+    }
+}
