@@ -133,9 +133,20 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    if let Ok(addr) = listener.local_addr() {
-        println!("model-sim listening on {addr} serving {} {:?}", args.model, args.lora);
-    }
+    let addr = match listener.local_addr() {
+        Ok(a) => a.to_string(),
+        Err(_) => String::new(),
+    };
+    println!("model-sim listening on {addr} serving {} {:?}", args.model, args.lora);
+    // Every answer says which server gave it, so tests and the demo can see the routing.
+    let served_by = axum::http::HeaderValue::from_str(&addr).unwrap_or(axum::http::HeaderValue::from_static(""));
+    let router = router.layer(axum::middleware::map_response(move |mut r: Response| {
+        let served_by = served_by.clone();
+        async move {
+            r.headers_mut().insert("x-served-by", served_by);
+            r
+        }
+    }));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -37,7 +37,7 @@ struct Stats {
 
 impl PickerRoot {
     pub fn new(config: Config) -> Self {
-        let seed = host::now_ms() ^ u64::from(std::process::id());
+        let seed = host::now_ms() ^ host::random_u64();
         let stats = Stats {
             routed: host::counter("wasm_epp.routed"),
             fail_open: host::counter("wasm_epp.fail_open"),

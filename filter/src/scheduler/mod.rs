@@ -2,6 +2,7 @@
 //! scorers (each score in [0, 1]), then one picker that ranks what is left. Plugins are
 //! types behind these traits, one per file, found by name in `registry`.
 
+pub mod filters;
 pub mod pickers;
 pub mod registry;
 pub mod scorers;

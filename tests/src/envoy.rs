@@ -1,0 +1,226 @@
+//! A real Envoy as a child process, running one of the shipped configs in `envoy/` with
+//! the test's endpoints, plugin settings and free ports swapped in.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::client::{Client, Reply};
+use crate::{paths, wait_for};
+
+pub struct EnvoyOptions {
+    /// The config file in `envoy/`.
+    pub config: &'static str,
+    /// Plugin configuration keys to set (merged into both roles' JSON).
+    pub plugin: Value,
+    /// The module to load (default: dist/epp.wasm).
+    pub wasm: Option<PathBuf>,
+    pub concurrency: u32,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            config: "envoy.yaml",
+            plugin: serde_json::json!({}),
+            wasm: None,
+            concurrency: 2,
+        }
+    }
+}
+
+pub struct Envoy {
+    pub listener: String,
+    pub admin: String,
+    pub dir: PathBuf,
+    child: Child,
+    client: Client,
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The shipped config with this run's endpoints, plugin settings, module path and ports 0.
+pub fn render(template: &str, endpoints: &[String], plugin: &Value, wasm: &str) -> String {
+    let mut out = Vec::new();
+    let mut lines = template.lines().peekable();
+    let mut in_pool = false;
+    let mut replaced_configs = 0;
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed == "# pool-endpoints-begin" {
+            in_pool = true;
+            out.push(line.to_string());
+            for e in endpoints {
+                let (host, port) = e.rsplit_once(':').expect("ip:port");
+                out.push(format!(
+                    "{:indent$}- endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {port} }} }} }}",
+                    ""
+                ));
+            }
+            continue;
+        }
+        if trimmed == "# pool-endpoints-end" {
+            in_pool = false;
+        }
+        if in_pool {
+            continue;
+        }
+        if trimmed == "value: |" {
+            // The plugin configuration: a JSON block scalar. Merge, then write it on one line.
+            let mut json = String::new();
+            while let Some(next) = lines.peek() {
+                let next_indent = next.len() - next.trim_start().len();
+                if next.trim().is_empty() || next_indent <= indent {
+                    break;
+                }
+                json.push_str(next);
+                lines.next();
+            }
+            let mut doc: Value = serde_json::from_str(&json).expect("the shipped plugin config is JSON");
+            doc["endpoints"] = serde_json::json!(endpoints);
+            if let (Some(d), Some(p)) = (doc.as_object_mut(), plugin.as_object()) {
+                for (k, v) in p {
+                    d.insert(k.clone(), v.clone());
+                }
+            }
+            out.push(format!("{:indent$}value: '{}'", "", doc.to_string().replace('\'', "''")));
+            replaced_configs += 1;
+            continue;
+        }
+        let line = line
+            .replace("port_value: 10000", "port_value: 0")
+            .replace("port_value: 9901", "port_value: 0")
+            .replace("filename: dist/epp.wasm", &format!("filename: {wasm}"));
+        out.push(line);
+    }
+    assert_eq!(replaced_configs, 2, "both plugin configurations were found in the template");
+    out.join("\n") + "\n"
+}
+
+impl Envoy {
+    pub fn start(endpoints: &[String], options: EnvoyOptions) -> Envoy {
+        Self::try_start(endpoints, options).unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
+    }
+
+    /// Starts Envoy and waits until it listens; `Err` carries its log if it exits instead.
+    pub fn try_start(endpoints: &[String], options: EnvoyOptions) -> Result<Envoy, String> {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("wasm-epp-envoy-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("temp dir");
+        let template = fs::read_to_string(paths::envoy_config(options.config)).expect("config");
+        let wasm = options.wasm.unwrap_or_else(paths::epp_wasm);
+        let config = render(&template, endpoints, &options.plugin, &wasm.display().to_string());
+        let config_path = dir.join("envoy.yaml");
+        fs::write(&config_path, config).expect("write config");
+        let admin_path = dir.join("admin.txt");
+        let log_path = dir.join("envoy.log");
+        let log = fs::File::create(&log_path).expect("log file");
+        let mut child = Command::new(paths::envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", &options.concurrency.to_string()])
+            .args(["--disable-hot-restart", "--log-level", "info"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("envoy starts");
+        let client = Client::new(Duration::from_secs(60));
+        let read_log = || fs::read_to_string(&log_path).unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let admin = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("envoy exited with {status}:\n{}", read_log()));
+            }
+            if let Ok(a) = fs::read_to_string(&admin_path) {
+                if !a.trim().is_empty() {
+                    break a.trim().to_string();
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("no admin address after 30 s:\n{}", read_log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let listener = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("envoy exited with {status}:\n{}", read_log()));
+            }
+            let r = client.get(&format!("http://{admin}/listeners?format=json"));
+            let v = r.json();
+            let found = v["listener_statuses"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["name"] == "llm"))
+                .and_then(|l| l["local_address"]["socket_address"].as_object())
+                .and_then(|a| Some(format!("{}:{}", a.get("address")?.as_str()?, a.get("port_value")?.as_u64()?)));
+            if let Some(l) = found {
+                if client.get(&format!("http://{admin}/ready")).status == 200 {
+                    break l;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("not ready after 30 s:\n{}", read_log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Envoy { listener, admin, dir, child, client })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listener)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A counter or gauge from Envoy's stats (0 when absent).
+    pub fn stat(&self, name: &str) -> u64 {
+        let r = self.client.get(&format!("http://{}/stats?filter=^{}$", self.admin, name.replace('.', "\\.")));
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Waits until the picker schedules from a fresh table (not failing open).
+    pub fn wait_for_table(&self) {
+        wait_for("the first metrics table", Duration::from_secs(20), || {
+            let fail_open = self.stat("wasmcustom.wasm_epp.fail_open");
+            let routed = self.stat("wasmcustom.wasm_epp.routed");
+            let r = self.client.get(&self.url("/health"));
+            let scheduled = r.status == 200
+                && self.stat("wasmcustom.wasm_epp.routed") > routed
+                && self.stat("wasmcustom.wasm_epp.fail_open") == fail_open;
+            scheduled.then_some(())
+        });
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.client.post_json(&self.url(path), body)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("Envoy's log is kept in {}", self.dir.display());
+        }
+    }
+}

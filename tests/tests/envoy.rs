@@ -1,0 +1,286 @@
+//! The module in a real Envoy 1.40 (V8), with simulated vLLM servers behind it.
+//! Each test starts its own servers and Envoy on loopback ports.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use epp_tests::client::chat;
+use epp_tests::{wait_for, Client, Envoy, EnvoyOptions, Reply, Sim};
+use serde_json::json;
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+fn addrs(sims: &[&Sim]) -> Vec<String> {
+    sims.iter().map(|s| s.addr.clone()).collect()
+}
+
+fn start(sims: &[&Sim], plugin: serde_json::Value) -> Envoy {
+    let envoy = Envoy::start(&addrs(sims), EnvoyOptions { plugin, ..Default::default() });
+    envoy.wait_for_table();
+    envoy
+}
+
+/// Who served each of `n` sequential chat requests.
+fn served_by(envoy: &Envoy, model: &str, n: usize) -> HashMap<String, usize> {
+    let mut count = HashMap::new();
+    for _ in 0..n {
+        let r = envoy.post("/v1/chat/completions", &chat(model, "hello", 2));
+        assert_eq!(r.status, 200, "{}", r.body);
+        *count.entry(r.served_by().unwrap_or("?").to_string()).or_insert(0) += 1;
+    }
+    count
+}
+
+/// Keeps `n` long requests running on `sim`, sent to it directly (not through Envoy).
+fn load_directly(sim: &Sim, model: &str, n: usize, max_tokens: u32) -> Vec<thread::JoinHandle<Reply>> {
+    (0..n)
+        .map(|_| {
+            let url = sim.url("/v1/chat/completions");
+            let body = chat(model, "a long job", max_tokens);
+            thread::spawn(move || Client::default().post_json(&url, &body))
+        })
+        .collect()
+}
+
+fn assert_openai_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], code, "{}", r.body);
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn traffic_follows_load_within_a_second() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&["--max-num-seqs", "4"])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let envoy = start(&refs, json!({}));
+
+    let idle = served_by(&envoy, MODEL, 30);
+    assert!(idle.len() >= 2, "idle servers share the traffic: {idle:?}");
+
+    // Load the first server from outside the gateway: 4 running, 16 waiting.
+    let busy = &sims[0];
+    let load = load_directly(busy, MODEL, 20, 300);
+    wait_for("the load to land", Duration::from_secs(5), || {
+        (busy.metric("vllm:num_requests_waiting") >= 10.0).then_some(())
+    });
+    let loaded_at = Instant::now();
+    thread::sleep(Duration::from_millis(1000).saturating_sub(loaded_at.elapsed()));
+    let after = served_by(&envoy, MODEL, 30);
+    assert_eq!(after.get(&busy.addr), None, "a second after the load, none goes to it: {after:?}");
+    for h in load {
+        assert_eq!(h.join().map(|r| r.status).unwrap_or(0), 200);
+    }
+}
+
+#[test]
+fn lora_requests_go_where_the_adapter_runs() {
+    let a = Sim::start(&["--lora", "sql-lora,tweet-lora", "--max-loras", "2"]);
+    let b = Sim::start(&["--lora", "sql-lora,tweet-lora", "--max-loras", "1"]);
+    let base_only = Sim::start(&[]);
+    let envoy = start(&[&a, &b, &base_only], json!({}));
+
+    // sql-lora runs on `a` (a slot still free); `b`'s only slot holds tweet-lora.
+    let _sql = load_directly(&a, "sql-lora", 1, 2000);
+    let _tweet = load_directly(&b, "tweet-lora", 1, 2000);
+    wait_for("adapters to run", Duration::from_secs(5), || {
+        let running = |s: &Sim| s.metric("vllm:num_requests_running") >= 1.0;
+        (running(&a) && running(&b)).then_some(())
+    });
+    thread::sleep(Duration::from_millis(300));
+
+    let sql = served_by(&envoy, "sql-lora", 20);
+    assert!(sql.get(&a.addr).copied().unwrap_or(0) >= 18, "sql-lora goes to the server running it: {sql:?}");
+    assert_eq!(sql.get(&base_only.addr), None, "never to a server without the adapter: {sql:?}");
+    // Base-model requests may go anywhere, including the server without adapters.
+    let base = served_by(&envoy, MODEL, 20);
+    assert!(base.contains_key(&base_only.addr), "{base:?}");
+    assert_openai_error(&envoy.post("/v1/chat/completions", &chat("nope-lora", "x", 1)), 404, "model_not_found");
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_never_reach_a_server() {
+    let sims = [Sim::start(&[]), Sim::start(&[])];
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let envoy = start(&refs, json!({"max_body_bytes": 4096}));
+    let upstream = || envoy.stat("cluster.llm_pool.upstream_rq_total");
+    let before = upstream();
+    let c = envoy.client();
+    let post = |body: &[u8]| c.send(&envoy.url("/v1/chat/completions"), &[("content-type", "application/json")], Some(body));
+
+    assert_openai_error(&post(b"{not json"), 400, "invalid_json");
+    assert_openai_error(&post(br#"{"messages":[]}"#), 400, "missing_model");
+    assert_openai_error(&post(br#"{"model":7}"#), 400, "invalid_model");
+    assert_openai_error(&post(br#"{"model":"gpt-9","messages":[]}"#), 404, "model_not_found");
+    let big = chat(MODEL, &"x".repeat(8192), 1).to_string();
+    assert_openai_error(&post(big.as_bytes()), 413, "request_too_large");
+    let completions = c.send(&envoy.url("/v1/completions"), &[], Some(br#"{"prompt":"x"}"#));
+    assert_openai_error(&completions, 400, "missing_model");
+    assert_eq!(upstream(), before, "no rejected request reached a model server");
+
+    // Every server unhealthy: 503, and still nothing forwarded.
+    for s in &sims {
+        s.set_metrics_fault("error");
+    }
+    let r = wait_for("503 once every server is unhealthy", Duration::from_secs(5), || {
+        let r = envoy.post("/v1/chat/completions", &chat(MODEL, "hi", 1));
+        (r.status == 503).then_some(r)
+    });
+    assert_openai_error(&r, 503, "no_healthy_endpoint");
+    assert!(r.body.contains("HTTP 500"), "the reason is given: {}", r.body);
+    let before = upstream();
+    assert_eq!(envoy.post("/v1/chat/completions", &chat(MODEL, "hi", 1)).status, 503);
+    assert_eq!(upstream(), before);
+
+    for s in &sims {
+        s.set_metrics_fault("ok");
+    }
+    wait_for("recovery", Duration::from_secs(5), || {
+        (envoy.post("/v1/chat/completions", &chat(MODEL, "hi", 1)).status == 200).then_some(())
+    });
+}
+
+#[test]
+fn a_spoofed_destination_header_has_no_effect() {
+    let bad = Sim::start(&[]);
+    let good = Sim::start(&[]);
+    let envoy = start(&[&bad, &good], json!({}));
+    bad.set_metrics_fault("garbage");
+    wait_for("the garbage server to be avoided", Duration::from_secs(5), || {
+        (served_by(&envoy, MODEL, 10).get(&bad.addr).is_none()).then_some(())
+    });
+    let body = chat(MODEL, "hi", 1).to_string();
+    for spoof in [bad.addr.as_str(), "127.0.0.1:1", "10.1.2.3:80,127.0.0.1:1"] {
+        for _ in 0..10 {
+            let r = envoy.client().send(
+                &envoy.url("/v1/chat/completions"),
+                &[("content-type", "application/json"), ("x-gateway-destination-endpoint", spoof)],
+                Some(body.as_bytes()),
+            );
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.served_by(), Some(good.addr.as_str()), "spoofed {spoof}");
+        }
+    }
+}
+
+#[test]
+fn a_killed_server_is_routed_around_without_losing_a_request() {
+    let a = Sim::start(&[]);
+    let mut b = Sim::start(&[]);
+    let c = Sim::start(&[]);
+    let envoy = start(&[&a, &b, &c], json!({}));
+    let url = envoy.url("/v1/chat/completions");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            thread::spawn(move || {
+                let client = Client::default();
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client.post_json(&url, &chat(MODEL, "keep going", 6));
+                    statuses.push((r.status, r.body.chars().take(200).collect::<String>()));
+                }
+                statuses
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1000));
+    b.kill();
+    thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<(u16, String)> = clients.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect();
+    let failed: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(results.len() > 50, "enough traffic: {}", results.len());
+    assert!(failed.is_empty(), "{} of {} failed: {:?}", failed.len(), results.len(), &failed[..failed.len().min(3)]);
+}
+
+#[test]
+fn bodiless_requests_are_routed_to_a_healthy_server() {
+    let down = Sim::start(&[]);
+    let up = Sim::start(&[]);
+    let envoy = start(&[&down, &up], json!({}));
+    down.set_metrics_fault("error");
+    wait_for("the failing server to be avoided", Duration::from_secs(5), || {
+        let all_up = (0..10).all(|_| envoy.client().get(&envoy.url("/v1/models")).served_by() == Some(up.addr.as_str()));
+        all_up.then_some(())
+    });
+    for _ in 0..10 {
+        let r = envoy.client().get(&envoy.url("/v1/models"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.served_by(), Some(up.addr.as_str()));
+        assert_eq!(r.json()["data"][0]["id"], MODEL);
+        assert_eq!(envoy.client().get(&envoy.url("/health")).status, 200);
+    }
+}
+
+#[test]
+fn the_module_survives_servers_with_broken_metrics() {
+    let garbage = Sim::start(&[]);
+    let huge = Sim::start(&[]);
+    let hang = Sim::start(&[]);
+    let fine = Sim::start(&[]);
+    let envoy = start(&[&garbage, &huge, &hang, &fine], json!({"scrape_timeout_ms": 300}));
+    garbage.set_metrics_fault("garbage");
+    huge.set_metrics_fault("huge");
+    hang.set_metrics_fault("hang");
+    wait_for("only the fine server to be used", Duration::from_secs(10), || {
+        (served_by(&envoy, MODEL, 10).keys().all(|k| *k == fine.addr)).then_some(())
+    });
+    let r = envoy.post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": "s"}], "stream": true, "max_tokens": 3}));
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("data: [DONE]"), "streams pass through: {}", r.body);
+    // Healed, the garbage server gets traffic again.
+    garbage.set_metrics_fault("ok");
+    wait_for("the healed server to be used again", Duration::from_secs(10), || {
+        served_by(&envoy, MODEL, 10).contains_key(&garbage.addr).then_some(())
+    });
+    let log = envoy.log();
+    assert!(!log.contains("panicked") && !log.contains("Uncaught"), "no VM trapped:\n{log}");
+}
+
+#[test]
+fn a_bad_plugin_configuration_stops_envoy_with_the_field_named() {
+    let sim = Sim::start(&[]);
+    for (plugin, field) in [
+        (json!({"scrape_interval_ms": 0}), "scrape_interval_ms"),
+        (json!({"scrape_intervall_ms": 50}), "scrape_intervall_ms"),
+        (json!({"engine": "tgi"}), "tgi"),
+    ] {
+        let options = EnvoyOptions { plugin, ..Default::default() };
+        let log = match Envoy::try_start(&addrs(&[&sim]), options) {
+            Ok(envoy) => panic!("Envoy started with a bad configuration:\n{}", envoy.log()),
+            Err(log) => log,
+        };
+        assert!(log.contains("invalid plugin configuration") && log.contains(field), "{field}:\n{log}");
+    }
+}
+
+#[test]
+fn the_original_dst_pool_variant_routes_by_load() {
+    let busy = Sim::start(&["--max-num-seqs", "2"]);
+    let idle = Sim::start(&[]);
+    let envoy = Envoy::start(
+        &addrs(&[&busy, &idle]),
+        EnvoyOptions { config: "envoy-original-dst.yaml", ..Default::default() },
+    );
+    envoy.wait_for_table();
+    let _load = load_directly(&busy, MODEL, 8, 300);
+    wait_for("the load to land", Duration::from_secs(5), || {
+        (busy.metric("vllm:num_requests_waiting") >= 4.0).then_some(())
+    });
+    // A few scrape intervals for the table to show it.
+    thread::sleep(Duration::from_millis(300));
+    let counts = served_by(&envoy, MODEL, 10);
+    assert_eq!(counts.get(&busy.addr), None, "{counts:?}");
+    let r = envoy.client().send(
+        &envoy.url("/v1/chat/completions"),
+        &[("content-type", "application/json"), ("x-gateway-destination-endpoint", &busy.addr)],
+        Some(chat(MODEL, "hi", 1).to_string().as_bytes()),
+    );
+    assert_eq!(r.served_by(), Some(idle.addr.as_str()), "the client's header is replaced");
+}
