@@ -1,6 +1,17 @@
 //! A small blocking HTTP client that returns every status as a reply, not an error.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A timed streaming request.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    pub status: u16,
+    pub served_by: String,
+    /// Time to the first SSE event (the first token), if any came.
+    pub ttft: Option<Duration>,
+    pub e2e: Duration,
+    pub events: usize,
+}
 
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -76,6 +87,35 @@ impl Client {
             }
             Err(e) => Reply { status: 0, headers: vec![], body: e.to_string() },
         }
+    }
+
+    /// POSTs a streaming (SSE) request and times it: to the first event, and to the end.
+    pub fn stream(&self, url: &str, body: &serde_json::Value) -> Streamed {
+        use std::io::Read;
+        let start = Instant::now();
+        let result = self.agent.post(url).header("content-type", "application/json").send(body.to_string().as_bytes());
+        let mut out = Streamed { status: 0, served_by: String::new(), ttft: None, e2e: Duration::ZERO, events: 0 };
+        let Ok(r) = result else {
+            out.e2e = start.elapsed();
+            return out;
+        };
+        out.status = r.status().as_u16();
+        out.served_by = r.headers().get("x-served-by").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
+        let mut reader = r.into_body().into_reader();
+        let mut buf = [0u8; 4096];
+        let mut text = Vec::new();
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+            if out.ttft.is_none() && text.windows(6).any(|w| w == b"data: ") {
+                out.ttft = Some(start.elapsed());
+            }
+        }
+        out.e2e = start.elapsed();
+        out.events = String::from_utf8_lossy(&text).matches("data: {").count();
+        out
     }
 
     pub fn get(&self, url: &str) -> Reply {

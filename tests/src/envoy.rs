@@ -19,6 +19,8 @@ pub struct EnvoyOptions {
     /// The module to load (default: dist/epp.wasm).
     pub wasm: Option<PathBuf>,
     pub concurrency: u32,
+    /// Without the picker filter: Envoy alone (the pool's round-robin fallback), as a baseline.
+    pub without_picker: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -28,6 +30,7 @@ impl Default for EnvoyOptions {
             plugin: serde_json::json!({}),
             wasm: None,
             concurrency: 2,
+            without_picker: false,
         }
     }
 }
@@ -43,14 +46,27 @@ pub struct Envoy {
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The shipped config with this run's endpoints, plugin settings, module path and ports 0.
-pub fn render(template: &str, endpoints: &[String], plugin: &Value, wasm: &str) -> String {
+pub fn render(template: &str, endpoints: &[String], plugin: &Value, wasm: &str, without_picker: bool) -> String {
     let mut out = Vec::new();
+    let mut skipping_picker = false;
     let mut lines = template.lines().peekable();
     let mut in_pool = false;
     let mut replaced_configs = 0;
     while let Some(line) = lines.next() {
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
+        if without_picker && trimmed == "- name: envoy.filters.http.wasm" {
+            skipping_picker = true;
+        }
+        if skipping_picker {
+            if trimmed != "- name: envoy.filters.http.router" {
+                if trimmed == "value: |" {
+                    replaced_configs += 1;
+                }
+                continue;
+            }
+            skipping_picker = false;
+        }
         if trimmed == "# pool-endpoints-begin" {
             in_pool = true;
             out.push(line.to_string());
@@ -114,7 +130,8 @@ impl Envoy {
         fs::create_dir_all(&dir).expect("temp dir");
         let template = fs::read_to_string(paths::envoy_config(options.config)).expect("config");
         let wasm = options.wasm.unwrap_or_else(paths::epp_wasm);
-        let config = render(&template, endpoints, &options.plugin, &wasm.display().to_string());
+        let config =
+            render(&template, endpoints, &options.plugin, &wasm.display().to_string(), options.without_picker);
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, config).expect("write config");
         let admin_path = dir.join("admin.txt");
