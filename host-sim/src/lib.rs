@@ -1,0 +1,13 @@
+//! host-sim: a native proxy-wasm host that loads the real `dist/epp.wasm` and runs it as
+//! Envoy does (a singleton scraper VM, N worker picker VMs sharing one vm_id's shared data,
+//! timers, HTTP calls), on a virtual clock with simulated model servers.
+
+pub mod abi;
+pub mod fleet;
+pub mod proxy;
+pub mod vm;
+pub mod world;
+
+pub use fleet::{Fault, Fleet, SimServer};
+pub use proxy::{HttpRequest, LocalResponse, Proxy, ProxyConfig, RequestOutcome};
+pub use world::World;

@@ -1,0 +1,451 @@
+//! One simulated Envoy: a singleton scraper VM and N worker picker VMs sharing one
+//! `vm_id`'s shared data, queues and metrics, and the filter-chain behaviour around them.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+
+use wasmtime::Result;
+use wasmtime::{Engine, Module};
+
+use crate::abi::{self, HeaderMap, Status};
+use crate::vm::{HostState, Phase, StreamState, Vm, ROOT_CONTEXT};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalResponse {
+    pub status: u32,
+    pub details: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP call the module dispatched, waiting for the world to answer it.
+#[derive(Debug, Clone)]
+pub struct PendingCall {
+    pub vm: usize,
+    pub context: u32,
+    pub token: u32,
+    pub cluster: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+    pub issued_ns: u64,
+}
+
+struct Queue {
+    vm_id: String,
+    name: String,
+    owner: (usize, u32),
+    items: VecDeque<Vec<u8>>,
+}
+
+/// What every VM of one proxy shares.
+pub struct ProxyState {
+    pub clock: Rc<Cell<u64>>,
+    pub shared_data: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+    queues: Vec<Queue>,
+    /// Queues with new items: (owner vm, owner context, queue id).
+    pub ready_queues: Vec<(usize, u32, u32)>,
+    pub metrics: Vec<(String, u32, i64)>,
+    pub clusters: Vec<String>,
+    pub dispatched: Vec<PendingCall>,
+    next_token: u32,
+    /// Host functions called, and how often: which parts of the host a scenario touched.
+    pub coverage: BTreeMap<&'static str, u64>,
+}
+
+impl ProxyState {
+    pub fn new(clock: Rc<Cell<u64>>, clusters: Vec<String>) -> Self {
+        ProxyState {
+            clock,
+            shared_data: HashMap::new(),
+            next_cas: 1,
+            queues: Vec::new(),
+            ready_queues: Vec::new(),
+            metrics: Vec::new(),
+            clusters,
+            dispatched: Vec::new(),
+            next_token: 1,
+            coverage: BTreeMap::new(),
+        }
+    }
+
+    /// Envoy's semantics: a non-zero `cas` must match the entry's, else CasMismatch; every
+    /// write gives the entry a new CAS.
+    pub fn set_shared_data(&mut self, key: String, value: Vec<u8>, cas: u32) -> Status {
+        if let Some((_, current)) = self.shared_data.get(&key) {
+            if cas != 0 && cas != *current {
+                return Status::CasMismatch;
+            }
+        }
+        let new_cas = self.next_cas;
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        self.shared_data.insert(key, (value, new_cas));
+        Status::Ok
+    }
+
+    /// The last registrant of a name owns the queue (and gets `on_queue_ready`).
+    pub fn register_queue(&mut self, vm_id: &str, name: &str, vm: usize, context: u32) -> u32 {
+        if let Some(i) = self.queues.iter().position(|q| q.vm_id == vm_id && q.name == name) {
+            self.queues[i].owner = (vm, context);
+            return i as u32 + 1;
+        }
+        self.queues.push(Queue { vm_id: vm_id.into(), name: name.into(), owner: (vm, context), items: VecDeque::new() });
+        self.queues.len() as u32
+    }
+
+    pub fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+        self.queues.iter().position(|q| q.vm_id == vm_id && q.name == name).map(|i| i as u32 + 1)
+    }
+
+    pub fn enqueue(&mut self, id: u32, item: Vec<u8>) -> Status {
+        let Some(q) = self.queues.get_mut((id as usize).wrapping_sub(1)) else { return Status::NotFound };
+        q.items.push_back(item);
+        let (vm, ctx) = q.owner;
+        self.ready_queues.push((vm, ctx, id));
+        Status::Ok
+    }
+
+    pub fn dequeue(&mut self, id: u32) -> Result<Vec<u8>, Status> {
+        let q = self.queues.get_mut((id as usize).wrapping_sub(1)).ok_or(Status::NotFound)?;
+        q.items.pop_front().ok_or(Status::Empty)
+    }
+
+    pub fn define_metric(&mut self, kind: u32, name: &str) -> u32 {
+        if let Some(i) = self.metrics.iter().position(|(n, _, _)| n == name) {
+            return i as u32 + 1;
+        }
+        self.metrics.push((name.to_string(), kind, 0));
+        self.metrics.len() as u32
+    }
+
+    pub fn update_metric(&mut self, id: u32, f: impl FnOnce(&mut i64)) -> Status {
+        match self.metrics.get_mut((id as usize).wrapping_sub(1)) {
+            Some((_, _, v)) => {
+                f(v);
+                Status::Ok
+            }
+            None => Status::NotFound,
+        }
+    }
+
+    pub fn metric(&self, id: u32) -> Option<i64> {
+        self.metrics.get((id as usize).wrapping_sub(1)).map(|(_, _, v)| *v)
+    }
+
+    pub fn metric_by_name(&self, name: &str) -> i64 {
+        self.metrics.iter().find(|(n, _, _)| n == name).map_or(0, |(_, _, v)| *v)
+    }
+
+    pub fn dispatch(&mut self, mut call: PendingCall) -> u32 {
+        call.token = self.next_token;
+        self.next_token += 1;
+        let token = call.token;
+        self.dispatched.push(call);
+        token
+    }
+}
+
+/// How to build a proxy: the same knobs as the Envoy config in `envoy/`.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The plugin configuration JSON, given to both roles.
+    pub plugin_config: String,
+    pub workers: usize,
+    pub vm_id: String,
+    /// The picker's plugin setting; without it, a Pause from request headers does not hold
+    /// the request (Envoy continues it), so the destination must be set from headers alone.
+    pub allow_on_headers_stop_iteration: bool,
+    /// Envoy's per-connection buffer limit: a larger buffered body gets Envoy's own 413.
+    pub buffer_limit_bytes: usize,
+    pub clusters: Vec<String>,
+    pub seed: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            plugin_config: String::new(),
+            workers: 2,
+            vm_id: "wasm_epp".into(),
+            allow_on_headers_stop_iteration: true,
+            buffer_limit_bytes: 16 << 20,
+            clusters: vec!["wasm_epp_metrics".into(), "llm_pool".into()],
+            seed: 1,
+        }
+    }
+}
+
+/// A request as the downstream client sends it.
+#[derive(Debug, Clone, Default)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// Body chunk size as it arrives (0: one chunk).
+    pub chunk: usize,
+}
+
+impl HttpRequest {
+    pub fn post_json(path: &str, body: &serde_json::Value) -> Self {
+        HttpRequest {
+            method: "POST".into(),
+            path: path.into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+            chunk: 0,
+        }
+    }
+    pub fn get(path: &str) -> Self {
+        HttpRequest { method: "GET".into(), path: path.into(), ..Default::default() }
+    }
+}
+
+/// What the filter chain did with a request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOutcome {
+    pub worker: usize,
+    pub context: u32,
+    /// The request headers as they went upstream; `None` if the request never did.
+    pub upstream_headers: Option<HeaderMap>,
+    pub local_response: Option<LocalResponse>,
+    /// Wasm instructions (fuel) the module spent on this request's callbacks.
+    pub fuel: u64,
+    /// The module trapped; the message names the callback and the panic.
+    pub trap: Option<String>,
+    /// The module paused and never resumed nor answered: the request would hang.
+    pub stuck: bool,
+}
+
+impl RequestOutcome {
+    pub fn upstream_header(&self, name: &str) -> Option<&str> {
+        self.upstream_headers.as_ref()?.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    pub fn status(&self) -> Option<u32> {
+        self.local_response.as_ref().map(|r| r.status)
+    }
+}
+
+pub struct Proxy {
+    pub state: Rc<RefCell<ProxyState>>,
+    pub config: ProxyConfig,
+    /// VM 0 is the singleton (root_id "scraper"); VMs 1..=N are the workers ("picker").
+    pub vms: Vec<Vm>,
+    /// Errors from start-up (a VM that refused its configuration), with the logs.
+    pub startup_errors: Vec<String>,
+}
+
+impl Proxy {
+    pub fn start(engine: &Engine, module: &Module, clock: Rc<Cell<u64>>, config: ProxyConfig) -> Result<Proxy> {
+        let state = Rc::new(RefCell::new(ProxyState::new(clock, config.clusters.clone())));
+        let mut proxy = Proxy { state, config, vms: Vec::new(), startup_errors: Vec::new() };
+        for i in 0..=proxy.config.workers {
+            let (root, name) = if i == 0 { ("scraper", "wasm_epp_scraper") } else { ("picker", "wasm_epp_picker") };
+            let seed = proxy.config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+            let host = HostState::new(proxy.state.clone(), i, root, name, &proxy.config.vm_id, proxy.config.plugin_config.as_bytes(), seed);
+            let mut vm = Vm::new(engine, module, host)?;
+            let size = proxy.config.plugin_config.len() as i32;
+            // Envoy's order: the root context, then vm_start, then configure.
+            let created = vm.call("proxy_on_context_create", ROOT_CONTEXT, Phase::Root, &[ROOT_CONTEXT as i32, 0]);
+            let started = created.and_then(|_| vm.call("proxy_on_vm_start", ROOT_CONTEXT, Phase::VmStart, &[ROOT_CONTEXT as i32, 0]));
+            let configured = started.and_then(|_| vm.call("proxy_on_configure", ROOT_CONTEXT, Phase::Configure, &[ROOT_CONTEXT as i32, size]));
+            match configured {
+                Ok(1) => {}
+                Ok(_) => {
+                    let logs: Vec<String> = vm.state().logs.iter().map(|(_, m)| m.clone()).collect();
+                    proxy.startup_errors.push(format!("{root} VM refused its configuration: {}", logs.join(" | ")));
+                    vm.failed = Some("configuration refused".into());
+                }
+                Err(trap) => proxy.startup_errors.push(format!("{root} VM: {trap}")),
+            }
+            proxy.vms.push(vm);
+        }
+        Ok(proxy)
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.vms.len() - 1
+    }
+
+    /// Runs a request through worker `worker`'s picker, the way Envoy's filter chain does:
+    /// headers, then the body in chunks while the filter holds it, then upstream. The
+    /// stream stays open until `finish`.
+    pub fn request(&mut self, worker: usize, req: &HttpRequest) -> RequestOutcome {
+        let allow_stop = self.config.allow_on_headers_stop_iteration;
+        let limit = self.config.buffer_limit_bytes;
+        let index = 1 + worker % self.worker_count().max(1);
+        let vm = &mut self.vms[index];
+        let ctx = vm.new_context();
+        let mut out = RequestOutcome { worker, context: ctx, ..Default::default() };
+        let fuel_before = vm.total_fuel;
+        let mut headers: HeaderMap = vec![
+            (":method".into(), req.method.clone()),
+            (":path".into(), req.path.clone()),
+            (":authority".into(), "gateway".into()),
+            (":scheme".into(), "http".into()),
+        ];
+        headers.extend(req.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        if !req.body.is_empty() {
+            headers.push(("content-length".into(), req.body.len().to_string()));
+        }
+        vm.state_mut().streams.insert(ctx, StreamState { request_headers: headers, ..Default::default() });
+
+        let result = (|| -> Result<(), String> {
+            vm.call("proxy_on_context_create", ctx, Phase::Root, &[ctx as i32, ROOT_CONTEXT as i32])?;
+            let n = vm.state().streams[&ctx].request_headers.len() as i32;
+            let eos = req.body.is_empty();
+            let action = vm.call("proxy_on_request_headers", ctx, Phase::RequestHeaders, &[ctx as i32, n, eos as i32])?;
+            if local_response(vm, ctx).is_some() {
+                return Ok(());
+            }
+            let mut held = action != abi::ACTION_CONTINUE as i32;
+            if held && !allow_stop && !eos {
+                // Envoy without allow_on_headers_stop_iteration: the headers go on anyway.
+                held = false;
+            }
+            if !held {
+                release(vm, ctx, &mut out);
+            }
+            if eos {
+                if held {
+                    out.stuck = true;
+                }
+                return Ok(());
+            }
+            let chunk = if req.chunk == 0 { req.body.len() } else { req.chunk };
+            let mut sent = 0;
+            for piece in req.body.chunks(chunk.max(1)) {
+                sent += piece.len();
+                let last = sent == req.body.len();
+                if let Some(st) = vm.state_mut().streams.get_mut(&ctx) {
+                    st.request_body.extend_from_slice(piece);
+                }
+                let buffered = vm.state().streams[&ctx].request_body.len();
+                if buffered > limit {
+                    let st = vm.state_mut().streams.get_mut(&ctx).expect("stream");
+                    st.local_response = Some(LocalResponse {
+                        status: 413,
+                        details: "request_payload_too_large".into(),
+                        headers: vec![],
+                        body: b"Payload Too Large".to_vec(),
+                    });
+                    return Ok(());
+                }
+                let action = vm.call("proxy_on_request_body", ctx, Phase::RequestBody, &[ctx as i32, buffered as i32, last as i32])?;
+                if local_response(vm, ctx).is_some() {
+                    return Ok(());
+                }
+                if action == abi::ACTION_CONTINUE as i32 && out.upstream_headers.is_none() {
+                    release(vm, ctx, &mut out);
+                }
+            }
+            if out.upstream_headers.is_none() {
+                let resumed = vm.state().streams[&ctx].resumed;
+                if resumed {
+                    release(vm, ctx, &mut out);
+                } else {
+                    out.stuck = true;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(trap) = result {
+            out.trap = Some(trap);
+        }
+        out.local_response = local_response(vm, ctx);
+        out.fuel = vm.total_fuel - fuel_before;
+        out
+    }
+
+    /// Ends a stream: the upstream's answer passes the filter, then done, log, delete.
+    /// Returns the response headers as the client would see them.
+    pub fn finish(&mut self, outcome: &RequestOutcome, status: u32) -> Option<HeaderMap> {
+        let index = 1 + outcome.worker % self.worker_count().max(1);
+        let vm = &mut self.vms[index];
+        let ctx = outcome.context;
+        if outcome.trap.is_some() || vm.failed.is_some() {
+            vm.state_mut().streams.remove(&ctx);
+            return None;
+        }
+        let mut headers = None;
+        if outcome.upstream_headers.is_some() {
+            if let Some(st) = vm.state_mut().streams.get_mut(&ctx) {
+                st.response_headers = Some(vec![(":status".into(), status.to_string()), ("content-type".into(), "application/json".into())]);
+            }
+            let n = 2;
+            let _ = vm.call("proxy_on_response_headers", ctx, Phase::ResponseHeaders, &[ctx as i32, n, 1]);
+            headers = vm.state().streams.get(&ctx).and_then(|s| s.response_headers.clone());
+        }
+        let _ = vm.call("proxy_on_done", ctx, Phase::StreamEnd, &[ctx as i32]);
+        let _ = vm.call("proxy_on_log", ctx, Phase::StreamEnd, &[ctx as i32]);
+        let _ = vm.call("proxy_on_delete", ctx, Phase::StreamEnd, &[ctx as i32]);
+        vm.state_mut().streams.remove(&ctx);
+        headers
+    }
+
+    /// Ticks every VM whose timer is due at `now_ns`.
+    pub fn tick_due(&mut self, now_ns: u64) {
+        for vm in &mut self.vms {
+            let due = matches!(vm.state().next_tick_ns, Some(t) if t <= now_ns);
+            if due && vm.failed.is_none() {
+                let period = vm.state().tick_period_ms * 1_000_000;
+                vm.state_mut().next_tick_ns = Some(now_ns + period.max(1));
+                let _ = vm.call("proxy_on_tick", ROOT_CONTEXT, Phase::Root, &[ROOT_CONTEXT as i32]);
+            }
+        }
+    }
+
+    pub fn next_tick_ns(&self) -> Option<u64> {
+        self.vms.iter().filter(|v| v.failed.is_none()).filter_map(|v| v.state().next_tick_ns).min()
+    }
+
+    /// Delivers an HTTP call's answer (`None`: it failed or timed out, as Envoy reports it:
+    /// no headers, no body).
+    pub fn answer_call(&mut self, call: &PendingCall, answer: Option<(HeaderMap, Vec<u8>)>) {
+        let vm = &mut self.vms[call.vm];
+        let (headers, body) = answer.unwrap_or_default();
+        let (n, size) = (headers.len() as i32, body.len() as i32);
+        vm.state_mut().call_answer = Some(crate::vm::CallAnswer { headers, body });
+        let _ = vm.call(
+            "proxy_on_http_call_response",
+            call.context,
+            Phase::HttpCallResponse,
+            &[call.context as i32, call.token as i32, n, size, 0],
+        );
+        vm.state_mut().call_answer = None;
+    }
+
+    /// Calls `on_queue_ready` for queues that received items.
+    pub fn deliver_queues(&mut self) {
+        let ready = std::mem::take(&mut self.state.borrow_mut().ready_queues);
+        for (vm, ctx, id) in ready {
+            if let Some(vm) = self.vms.get_mut(vm) {
+                let _ = vm.call("proxy_on_queue_ready", ctx, Phase::Root, &[ctx as i32, id as i32]);
+            }
+        }
+    }
+
+    pub fn take_dispatched(&mut self) -> Vec<PendingCall> {
+        std::mem::take(&mut self.state.borrow_mut().dispatched)
+    }
+
+    /// Every trap so far, by VM.
+    pub fn traps(&self) -> Vec<String> {
+        self.vms.iter().filter_map(|v| v.failed.clone()).collect()
+    }
+
+    pub fn metric(&self, name: &str) -> i64 {
+        self.state.borrow().metric_by_name(name)
+    }
+}
+
+fn local_response(vm: &Vm, ctx: u32) -> Option<LocalResponse> {
+    vm.state().streams.get(&ctx).and_then(|s| s.local_response.clone())
+}
+
+/// The request headers go upstream as they are now.
+fn release(vm: &mut Vm, ctx: u32, out: &mut RequestOutcome) {
+    out.upstream_headers = vm.state().streams.get(&ctx).map(|s| s.request_headers.clone());
+}
