@@ -41,6 +41,22 @@ ensure_envoy() {
   export ENVOY_BIN="$bin"
 }
 
+# wasm-bindgen-test's runner, the version Cargo.lock pins, and Node.js to run it.
+ensure_wasm_test_runner() {
+  ensure_rust_targets wasm32-unknown-unknown
+  local want have=""
+  want="$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/[^0-9.]/,""); print}' Cargo.lock)"
+  [[ -x "$TOOLS/bin/wasm-bindgen-test-runner" ]] && have="$("$TOOLS/bin/wasm-bindgen-test-runner" --version 2>/dev/null | awk '{print $2}')"
+  if [[ "$have" != "$want" ]]; then
+    say "installing wasm-bindgen-cli $want (the wasm32 test runner) into .tools/"
+    cargo install wasm-bindgen-cli --version "$want" --root "$TOOLS"
+  fi
+  if ! command -v node >/dev/null; then
+    say "installing Node.js (runs the wasm32 tests)"
+    apt-get update -qq && apt-get install -y -qq nodejs
+  fi
+}
+
 build_wasm() {
   ensure_rust_targets wasm32-wasip1
   say "building dist/epp.wasm"
@@ -58,10 +74,14 @@ build_native() {
 cmd_test() {
   build_wasm
   ensure_envoy
+  ensure_wasm_test_runner
   build_native
   say "unit tests (native)"
   cargo test --release --workspace --exclude epp-tests
-  say "integration tests (host-sim and real Envoy)"
+  say "unit tests of the module's core, compiled to wasm32 (wasm-bindgen-test on Node.js)"
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
+    cargo test -p epp --no-default-features --target wasm32-unknown-unknown --lib
+  say "integration tests: the real module in host-sim and in real Envoy"
   cargo test --release -p epp-tests -- --test-threads 2
 }
 
