@@ -71,8 +71,18 @@ build_native() {
   cargo build --release -p model-sim -p host-sim -p epp-tests --bins
 }
 
+# A deliberately broken module for the test that shows how host-sim reports a trap.
+build_test_wasm() {
+  say "building dist/test/epp-panic.wasm (test only: a panic injected in the picker)"
+  cargo rustc --release -p epp --target wasm32-wasip1 --crate-type cdylib --features inject-panic \
+    --target-dir target/inject-panic
+  mkdir -p dist/test
+  cp target/inject-panic/wasm32-wasip1/release/epp.wasm dist/test/epp-panic.wasm
+}
+
 cmd_test() {
   build_wasm
+  build_test_wasm
   ensure_envoy
   ensure_wasm_test_runner
   build_native

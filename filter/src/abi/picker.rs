@@ -94,15 +94,14 @@ impl PickerStream {
                 self.explain = explain;
                 Action::Continue
             }
-            Outcome::Reject(r) => {
-                host::increment(stats.rejected);
-                reject(&r)
-            }
+            Outcome::Reject(r) => reject(stats, &r),
         }
     }
 }
 
-fn reject(r: &Rejection) -> Action {
+/// Answers the client and counts it; the request goes no further.
+fn reject(stats: &Stats, r: &Rejection) -> Action {
+    host::increment(stats.rejected);
     let body = r.body();
     let headers = vec![("content-type", "application/json")];
     if let Err(e) = hostcalls::send_http_response(r.status, headers, Some(body.as_bytes())) {
@@ -126,14 +125,17 @@ impl HttpContext for PickerStream {
         Action::Pause
     }
 
+    #[cfg_attr(feature = "inject-panic", allow(unreachable_code, unused_variables))]
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "inject-panic")]
+        panic!("injected panic (a test build of the module)");
         if self.decided {
             return Action::Continue;
         }
         let limit = self.shared.borrow().router.config.max_body_bytes;
         if body_size > limit {
             self.decided = true;
-            return reject(&Rejection::too_large(limit));
+            return reject(&self.shared.borrow().stats, &Rejection::too_large(limit));
         }
         if !end_of_stream {
             return Action::Pause;
@@ -164,8 +166,7 @@ impl PickerStream {
             Ok(model) => self.decide(model.as_deref()),
             Err(r) => {
                 self.decided = true;
-                host::increment(self.shared.borrow().stats.rejected);
-                reject(&r)
+                reject(&self.shared.borrow().stats, &r)
             }
         }
     }

@@ -1,0 +1,296 @@
+//! Scenarios on the real dist/epp.wasm in host-sim: Envoy's topology (a singleton scraper,
+//! worker pickers sharing one vm_id's shared data), simulated vLLM servers, virtual time.
+
+use host_sim::{Fault, Fleet, HttpRequest, ProxyConfig, RequestOutcome, SimServer, World};
+use model_sim::{Request, ServerParams};
+use serde_json::{json, Value};
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+const DEST: &str = "x-gateway-destination-endpoint";
+
+fn addr(i: usize) -> String {
+    format!("10.0.0.{}:8000", i + 1)
+}
+
+fn world_with(servers: Vec<SimServer>, plugin: Value, workers: usize, proxies: usize) -> World {
+    let fleet = Fleet::new(servers);
+    let mut config = json!({"endpoints": fleet.addresses()});
+    if let (Some(c), Some(p)) = (config.as_object_mut(), plugin.as_object()) {
+        c.extend(p.clone());
+    }
+    let proxy = ProxyConfig { plugin_config: config.to_string(), workers, ..Default::default() };
+    let world = World::new(&epp_tests::paths::epp_wasm(), fleet, proxies, proxy).expect("world");
+    for p in &world.proxies {
+        assert!(p.startup_errors.is_empty(), "{:?}", p.startup_errors);
+    }
+    world
+}
+
+fn servers(n: usize, params: ServerParams) -> Vec<SimServer> {
+    (0..n).map(|i| SimServer::new(&addr(i), params.clone())).collect()
+}
+
+fn chat(model: &str) -> HttpRequest {
+    HttpRequest::post_json("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+}
+
+/// Queues `n` long requests on a server, from outside the gateway.
+fn load(world: &mut World, server: usize, n: u64, adapter: Option<&str>) {
+    let now = world.now_us();
+    let s = world.fleet.server(&addr(server)).expect("server");
+    for id in 0..n {
+        s.submit(Request { id: 10_000 + id, prompt_tokens: 256, max_tokens: 5000, adapter: adapter.map(String::from) }, now);
+    }
+}
+
+fn first(o: &RequestOutcome) -> String {
+    let dest = o.upstream_header(DEST).unwrap_or_else(|| panic!("not routed: {o:?}"));
+    dest.split(',').next().unwrap_or_default().to_string()
+}
+
+fn route(world: &mut World, proxy: usize, worker: usize, req: &HttpRequest) -> RequestOutcome {
+    let o = world.request(proxy, worker, req);
+    assert!(o.trap.is_none(), "{:?}", o.trap);
+    world.finish(proxy, &o, 200);
+    o
+}
+
+#[test]
+fn all_workers_pick_from_one_table() {
+    let mut w = world_with(servers(4, ServerParams { max_num_seqs: 4, ..Default::default() }), json!({}), 4, 1);
+    load(&mut w, 0, 30, None);
+    load(&mut w, 1, 20, None);
+    load(&mut w, 2, 10, None);
+    w.advance_ms(200);
+    for worker in 0..4 {
+        let o = route(&mut w, 0, worker, &chat(MODEL));
+        assert_eq!(o.upstream_header(DEST), Some(format!("{},{},{}", addr(3), addr(2), addr(1)).as_str()), "worker {worker}");
+    }
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0);
+}
+
+#[test]
+fn before_the_first_scrape_the_picker_fails_open_and_counts_it() {
+    let mut w = world_with(servers(3, ServerParams::default()), json!({}), 2, 1);
+    let mut chosen = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        chosen.insert(first(&route(&mut w, 0, i % 2, &chat(MODEL))));
+    }
+    assert!(chosen.len() >= 2, "spread over the configured endpoints: {chosen:?}");
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 6);
+    w.advance_ms(200);
+    route(&mut w, 0, 0, &chat(MODEL));
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 6, "scheduled once the table is there");
+}
+
+#[test]
+fn unhealthy_servers_are_avoided_and_come_back() {
+    let mut w = world_with(servers(3, ServerParams::default()), json!({"scrape_timeout_ms": 300}), 2, 1);
+    w.advance_ms(100);
+    for (server, fault) in [(0, Fault::Timeout), (1, Fault::Refused)] {
+        w.fleet.server(&addr(server)).expect("server").fault = fault;
+    }
+    w.advance_ms(400);
+    for i in 0..20 {
+        let o = route(&mut w, 0, i % 2, &chat(MODEL));
+        assert_eq!(o.upstream_header(DEST), Some(addr(2).as_str()), "only the healthy one, no fallbacks");
+    }
+    w.fleet.server(&addr(0)).expect("server").fault = Fault::None;
+    w.advance_ms(500);
+    let seen: std::collections::BTreeSet<String> = (0..40).map(|i| first(&route(&mut w, 0, i % 2, &chat(MODEL)))).collect();
+    assert!(seen.contains(&addr(0)), "healed server used again: {seen:?}");
+    assert!(!seen.contains(&addr(1)));
+}
+
+#[test]
+fn a_stopped_scraper_makes_the_table_stale_and_the_picker_fail_open() {
+    let mut w = world_with(servers(2, ServerParams::default()), json!({"stale_after_ms": 1000}), 2, 1);
+    w.advance_ms(200);
+    route(&mut w, 0, 0, &chat(MODEL));
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0);
+    // The singleton dies (its VM failed): nothing publishes any more.
+    w.proxies[0].vms[0].failed = Some("stopped by the test".into());
+    w.advance_ms(900);
+    route(&mut w, 0, 0, &chat(MODEL));
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0, "still fresh");
+    w.advance_ms(200);
+    let o = route(&mut w, 0, 1, &chat(MODEL));
+    assert!(o.upstream_header(DEST).is_some());
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 1);
+}
+
+#[test]
+fn lora_requests_go_where_the_adapter_runs() {
+    let params = |max_loras| ServerParams { adapters: vec!["sql-lora".into(), "tweet-lora".into()], max_loras, ..Default::default() };
+    let mut fleet = vec![SimServer::new(&addr(0), params(2)), SimServer::new(&addr(1), params(1))];
+    fleet.push(SimServer::new(&addr(2), ServerParams::default()));
+    let mut w = world_with(fleet, json!({}), 2, 1);
+    load(&mut w, 0, 1, Some("sql-lora"));
+    load(&mut w, 1, 1, Some("tweet-lora"));
+    w.advance_ms(6000); // past the first /v1/models reads
+    for i in 0..10 {
+        let o = route(&mut w, 0, i % 2, &chat("sql-lora"));
+        assert_eq!(o.upstream_header(DEST), Some(addr(0).as_str()), "only where sql-lora can run now");
+    }
+    let o = route(&mut w, 0, 0, &chat("no-such-lora"));
+    assert_eq!(o.status(), Some(404));
+}
+
+fn error_code(o: &RequestOutcome) -> (u32, String) {
+    let r = o.local_response.as_ref().unwrap_or_else(|| panic!("no local response: {o:?}"));
+    let v: Value = serde_json::from_slice(&r.body).expect("JSON error body");
+    assert!(r.headers.iter().any(|(k, v)| k == "content-type" && v == "application/json"));
+    (r.status, v["error"]["code"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn errors_are_answered_by_the_module_and_never_forwarded() {
+    let mut w = world_with(servers(2, ServerParams::default()), json!({"max_body_bytes": 2048}), 2, 1);
+    w.advance_ms(200);
+    let post = |body: &[u8]| HttpRequest {
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        headers: vec![],
+        body: body.to_vec(),
+        chunk: 512,
+    };
+    for (body, status, code) in [
+        (&b"{oops"[..], 400, "invalid_json"),
+        (&br#"{"messages":[]}"#[..], 400, "missing_model"),
+        (&br#"{"model":["x"]}"#[..], 400, "invalid_model"),
+        (&br#"{"model":"gpt-9"}"#[..], 404, "model_not_found"),
+    ] {
+        let o = route(&mut w, 0, 0, &post(body));
+        assert_eq!(error_code(&o), (status, code.to_string()));
+        assert!(o.upstream_headers.is_none(), "{code} was forwarded");
+    }
+    let big = json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let o = route(&mut w, 0, 1, &post(big.to_string().as_bytes()));
+    assert_eq!(error_code(&o), (413, "request_too_large".to_string()));
+    assert!(o.upstream_headers.is_none());
+
+    for i in 0..2 {
+        w.fleet.server(&addr(i)).expect("server").fault = Fault::ServerError;
+    }
+    w.advance_ms(200);
+    let o = route(&mut w, 0, 0, &chat(MODEL));
+    assert_eq!(error_code(&o), (503, "no_healthy_endpoint".to_string()));
+    assert!(o.upstream_headers.is_none());
+    assert_eq!(w.proxies[0].metric("wasm_epp.rejected"), 6);
+}
+
+#[test]
+fn a_client_destination_header_is_replaced() {
+    let mut w = world_with(servers(2, ServerParams::default()), json!({}), 1, 1);
+    load(&mut w, 0, 40, None);
+    w.advance_ms(200);
+    let mut req = chat(MODEL);
+    req.headers.push((DEST.into(), addr(0)));
+    let o = route(&mut w, 0, 0, &req);
+    assert_eq!(first(&o), addr(1));
+    let copies = o.upstream_headers.as_ref().map_or(0, |h| h.iter().filter(|(k, _)| k == DEST).count());
+    assert_eq!(copies, 1);
+}
+
+#[test]
+fn without_allow_on_headers_stop_iteration_the_body_comes_too_late() {
+    // What Envoy does when the plugin config lacks the flag: headers go on at once, so the
+    // destination header never makes it upstream. The shipped configs set the flag.
+    let fleet = Fleet::new(servers(2, ServerParams::default()));
+    let config = json!({"endpoints": fleet.addresses()}).to_string();
+    let proxy = ProxyConfig { plugin_config: config, allow_on_headers_stop_iteration: false, ..Default::default() };
+    let mut w = World::new(&epp_tests::paths::epp_wasm(), fleet, 1, proxy).expect("world");
+    w.advance_ms(200);
+    let o = route(&mut w, 0, 0, &chat(MODEL));
+    assert!(o.upstream_headers.is_some() && o.upstream_header(DEST).is_none());
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_field_named() {
+    for (plugin, field) in [
+        (json!({"stale_after_ms": 0}), "stale_after_ms"),
+        (json!({"enginee": "vllm"}), "enginee"),
+        (json!({"endpoints": ["not-an-address"]}), "endpoints[0]"),
+    ] {
+        let mut config = json!({"endpoints": ["10.0.0.1:8000"]});
+        if let (Some(c), Some(p)) = (config.as_object_mut(), plugin.as_object()) {
+            c.extend(p.clone());
+        }
+        let proxy = ProxyConfig { plugin_config: config.to_string(), ..Default::default() };
+        let w = World::new(&epp_tests::paths::epp_wasm(), Fleet::default(), 1, proxy).expect("world");
+        let errors = &w.proxies[0].startup_errors;
+        assert_eq!(errors.len(), 3, "the scraper and both workers refuse: {errors:?}");
+        assert!(errors.iter().all(|e| e.contains("invalid plugin configuration") && e.contains(field)), "{errors:?}");
+    }
+}
+
+#[test]
+fn the_scraper_in_wasm_reads_every_real_captured_page() {
+    let dir = epp_tests::paths::repo_root().join("../shared/fixtures/metrics");
+    for (file, engine) in [
+        ("vllm-v1-qwen3-4b-instruct-fp8.txt", "vllm"),
+        ("vllm-v0-mymodelname-vllm-composer-test.txt", "vllm"),
+        ("llm-d-inference-sim-ssup2-blog-istio-gie.txt", "vllm"),
+        ("sglang-llama3.1-8b-loaded-docs-2025-03.txt", "sglang"),
+        ("sglang-legacy-gemma2-9b-docs-2024-11.txt", "sglang"),
+        ("triton-trtllm-readme-2025-waiting-fraction.txt", "triton-trtllm"),
+        ("triton-trtllm-readme-2023-inflight-batcher.txt", "triton-trtllm"),
+    ] {
+        let page = std::fs::read_to_string(dir.join(file)).expect("fixture");
+        let mut s = servers(2, ServerParams::default());
+        s[0].page_override = Some(page);
+        s[1].fault = Fault::ServerError;
+        let mut w = world_with(s, json!({"engine": engine, "models_path": ""}), 1, 1);
+        w.advance_ms(200);
+        // The server with the real page is healthy (the other one fails its scrapes).
+        let o = route(&mut w, 0, 0, &HttpRequest::get("/v1/models"));
+        assert_eq!(o.upstream_header(DEST), Some(addr(0).as_str()), "{file}");
+        assert!(w.traps().is_empty(), "{file}: {:?}", w.traps());
+    }
+}
+
+#[test]
+fn picker_memory_is_flat_over_100k_requests() {
+    let mut w = world_with(servers(8, ServerParams::default()), json!({}), 1, 1);
+    w.advance_ms(200);
+    let reqs = [chat(MODEL), chat("nope"), HttpRequest::get("/v1/models")];
+    let mut run = |w: &mut World, n: usize| {
+        for i in 0..n {
+            route(w, 0, 0, &reqs[i % reqs.len()]);
+            if i % 500 == 0 {
+                w.advance_ms(50);
+            }
+        }
+    };
+    run(&mut w, 2_000);
+    let warm = w.proxies[0].vms[1].memory_bytes();
+    run(&mut w, 100_000);
+    let after = w.proxies[0].vms[1].memory_bytes();
+    assert_eq!(after, warm, "linear memory grew from {warm} to {after} bytes");
+    assert!(w.traps().is_empty());
+}
+
+#[test]
+fn replays_exactly_from_the_seed() {
+    let decisions = || {
+        let mut w = world_with(servers(4, ServerParams::default()), json!({}), 2, 2);
+        w.advance_ms(200);
+        (0..50).map(|i| route(&mut w, i % 2, i % 2, &chat(MODEL)).upstream_header(DEST).map(String::from)).collect::<Vec<_>>()
+    };
+    assert_eq!(decisions(), decisions());
+}
+
+#[test]
+fn a_panicking_module_is_reported_with_the_callback_and_the_message() {
+    let wasm = epp_tests::paths::repo_root().join("dist/test/epp-panic.wasm");
+    assert!(wasm.exists(), "{} is built by ./build.sh test", wasm.display());
+    let fleet = Fleet::new(servers(2, ServerParams::default()));
+    let config = json!({"endpoints": fleet.addresses()}).to_string();
+    let mut w = World::new(&wasm, fleet, 1, ProxyConfig { plugin_config: config, ..Default::default() }).expect("world");
+    w.advance_ms(200);
+    let o = w.request(0, 0, &chat(MODEL));
+    let trap = o.trap.expect("the injected panic traps");
+    assert!(trap.contains("proxy_on_request_body") && trap.contains("injected panic"), "{trap}");
+    let again = w.request(0, 0, &chat(MODEL));
+    assert!(again.trap.is_some_and(|t| t.contains("VM failed earlier")), "a failed VM stays failed");
+}
