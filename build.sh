@@ -66,9 +66,11 @@ build_wasm() {
   echo "dist/epp.wasm: $(wc -c <dist/epp.wasm) bytes" >&2
 }
 
+# Always the whole workspace: the same package set means the same features, so cargo
+# builds each dependency (wasmtime is the big one) once, not once per command.
 build_native() {
-  say "building model-sim, host-sim and the test harness"
-  cargo build --release -p model-sim -p host-sim -p epp-tests --bins
+  say "building model-sim, host-sim, the demo and the test harness"
+  cargo build --release --workspace
 }
 
 # A deliberately broken module for the test that shows how host-sim reports a trap.
@@ -87,12 +89,12 @@ cmd_test() {
   ensure_wasm_test_runner
   build_native
   say "unit tests (native)"
-  cargo test --release --workspace --exclude epp-tests
+  cargo test --release --workspace --lib --bins
   say "unit tests of the module's core, compiled to wasm32 (wasm-bindgen-test on Node.js)"
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p epp --no-default-features --target wasm32-unknown-unknown --lib
   say "integration tests: the real module in host-sim and in real Envoy"
-  cargo test --release -p epp-tests -- --test-threads 2
+  cargo test --release --workspace --test '*' -- --test-threads 2
 }
 
 cmd_demo() {

@@ -11,3 +11,4 @@ pub mod world;
 pub use fleet::{Fault, Fleet, SimServer};
 pub use proxy::{HttpRequest, LocalResponse, Proxy, ProxyConfig, RequestOutcome};
 pub use world::World;
+pub use wasmtime;
