@@ -2,6 +2,7 @@
 # The one entry point. Installs what it needs (into git-ignored .tools/) and is safe to rerun.
 #
 #   ./build.sh            build dist/epp.wasm (wasm32-wasip1, release, LTO, panic=abort, stripped)
+#   ./build.sh bench-overhead   the module's data-path cost: real Envoy with/without it, and fuel in host-sim
 #   ./build.sh test       every test: unit (native and wasm32), host-sim, real Envoy
 #   ./build.sh demo       simulated model servers + real Envoy + the module, traffic, a report
 #   ./build.sh help       this text
@@ -60,9 +61,9 @@ ensure_wasm_test_runner() {
 build_wasm() {
   ensure_rust_targets wasm32-wasip1
   say "building dist/epp.wasm"
-  cargo rustc --release -p epp --target wasm32-wasip1 --crate-type cdylib
+  cargo rustc --profile wasm -p epp --target wasm32-wasip1 --crate-type cdylib
   mkdir -p dist
-  cp target/wasm32-wasip1/release/epp.wasm dist/epp.wasm
+  cp target/wasm32-wasip1/wasm/epp.wasm dist/epp.wasm
   echo "dist/epp.wasm: $(wc -c <dist/epp.wasm) bytes" >&2
 }
 
@@ -76,10 +77,10 @@ build_native() {
 # A deliberately broken module for the test that shows how host-sim reports a trap.
 build_test_wasm() {
   say "building dist/test/epp-panic.wasm (test only: a panic injected in the picker)"
-  cargo rustc --release -p epp --target wasm32-wasip1 --crate-type cdylib --features inject-panic \
+  cargo rustc --profile wasm -p epp --target wasm32-wasip1 --crate-type cdylib --features inject-panic \
     --target-dir target/inject-panic
   mkdir -p dist/test
-  cp target/inject-panic/wasm32-wasip1/release/epp.wasm dist/test/epp-panic.wasm
+  cp target/inject-panic/wasm32-wasip1/wasm/epp.wasm dist/test/epp-panic.wasm
 }
 
 cmd_test() {
@@ -105,10 +106,20 @@ cmd_demo() {
   "$ROOT/target/release/demo" "$@"
 }
 
+cmd_bench_overhead() {
+  build_wasm
+  ensure_envoy
+  command -v wrk >/dev/null || { say "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
+  build_native
+  say "bench-overhead"
+  "$ROOT/target/release/bench-overhead" "$@"
+}
+
 case "${1:-build}" in
   build) build_wasm ;;
   test) shift; cmd_test "$@" ;;
   demo) shift; cmd_demo "$@" ;;
-  help|-h|--help) sed -n '2,8p' "$0" ;;
+  bench-overhead) shift; cmd_bench_overhead "$@" ;;
+  help|-h|--help) sed -n '2,9p' "$0" ;;
   *) echo "unknown command: $1 (try ./build.sh help)" >&2; exit 2 ;;
 esac

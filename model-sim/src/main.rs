@@ -54,6 +54,9 @@ struct Args {
     /// Output tokens when a request sets no max_tokens.
     #[arg(long, default_value_t = 32)]
     default_max_tokens: u32,
+    /// Answer completions at once, without the engine: a fast upstream for overhead benchmarks.
+    #[arg(long)]
+    instant: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -79,6 +82,7 @@ struct App {
     wake: Arc<Notify>,
     start: Instant,
     default_max_tokens: u32,
+    instant: bool,
 }
 
 impl App {
@@ -116,6 +120,7 @@ async fn main() {
         wake: Arc::new(Notify::new()),
         start: Instant::now(),
         default_max_tokens: args.default_max_tokens,
+        instant: args.instant,
     };
     tokio::spawn(drive(app.clone()));
     let router = Router::new()
@@ -203,6 +208,11 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 async fn generate(app: App, body: Bytes, kind: Kind) -> Response {
+    if app.instant {
+        let body = json!({"id": "cmpl-instant", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]});
+        return Json(body).into_response();
+    }
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),

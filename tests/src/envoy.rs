@@ -19,7 +19,8 @@ pub struct EnvoyOptions {
     /// The module to load (default: dist/epp.wasm).
     pub wasm: Option<PathBuf>,
     pub concurrency: u32,
-    /// Without the picker filter: Envoy alone (the pool's round-robin fallback), as a baseline.
+    /// Without the module (no picker filter, no scraper): Envoy alone, the pool's
+    /// round-robin fallback serving, as a baseline.
     pub without_picker: bool,
 }
 
@@ -55,11 +56,13 @@ pub fn render(template: &str, endpoints: &[String], plugin: &Value, wasm: &str, 
     while let Some(line) = lines.next() {
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
-        if without_picker && trimmed == "- name: envoy.filters.http.wasm" {
+        // Without the module: drop the scraper (up to static_resources) and the picker
+        // filter (up to the router).
+        if without_picker && (trimmed == "bootstrap_extensions:" || trimmed == "- name: envoy.filters.http.wasm") {
             skipping_picker = true;
         }
         if skipping_picker {
-            if trimmed != "- name: envoy.filters.http.router" {
+            if trimmed != "- name: envoy.filters.http.router" && trimmed != "static_resources:" {
                 if trimmed == "value: |" {
                     replaced_configs += 1;
                 }
