@@ -22,7 +22,7 @@ struct Args {
     /// The module to run.
     #[arg(long, default_value = "dist/epp.wasm")]
     wasm: PathBuf,
-    /// Simulated servers, at 10.0.0.1:8000, 10.0.0.2:8000, …
+    /// Simulated servers, at 10.0.0.1:8000, 10.0.0.2:8000, … (10.0.1.0:8000 after 10.0.0.255)
     #[arg(long, default_value_t = 4)]
     servers: usize,
     /// LoRA adapters every server has registered, comma-separated.
@@ -79,7 +79,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut servers: Vec<SimServer> = (1..=args.servers)
         .map(|i| {
             let params = ServerParams { adapters: args.lora.clone(), ..Default::default() };
-            SimServer::new(&format!("10.0.0.{i}:8000"), params)
+            SimServer::new(&format!("10.0.{}.{}:8000", i / 256, i % 256), params)
         })
         .collect();
     for spec in &args.fault {
