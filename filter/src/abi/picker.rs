@@ -115,8 +115,7 @@ impl Context for PickerStream {}
 impl HttpContext for PickerStream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         // The destination is ours to set: a client's copy is never honoured.
-        let header = self.shared.borrow().router.config.destination_header.clone();
-        host::set_request_header(&header, None);
+        host::set_request_header(&self.shared.borrow().router.config.destination_header, None);
         self.path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         if end_of_stream {
             return self.decide(None);
