@@ -1,5 +1,5 @@
 use crate::scheduler::{Filter, SchedulingRequest};
-use crate::table::EndpointState;
+use crate::table::{same_name, EndpointState};
 
 /// For an adapter request, keep only endpoints that can run it now: the adapter is already
 /// running there, or an adapter slot is free. Elsewhere the request would wait until a
@@ -28,7 +28,7 @@ impl Filter for LoraAffinityFilter {
 fn can_run_now(e: &EndpointState, model: &str) -> bool {
     let m = &e.metrics;
     e.serves_base(model)
-        || m.running_adapters.iter().any(|a| a == model)
+        || m.running_adapters.iter().any(|a| same_name(a, model))
         // max_lora 0: LoRA state not reported, nothing to go by.
         || m.max_lora == 0
         || (m.running_adapters.len() as u32) < m.max_lora

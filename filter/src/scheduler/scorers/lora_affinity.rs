@@ -1,5 +1,5 @@
 use crate::scheduler::{Scorer, SchedulingRequest};
-use crate::table::EndpointState;
+use crate::table::{same_name, EndpointState};
 
 /// Send an adapter where it already runs, else where a slot is free, so adapters are not
 /// swapped in and out (GIE's scores: 1.0 running, 0.8 free slot, 0.6 waiting, 0 otherwise).
@@ -17,11 +17,11 @@ impl Scorer for LoraAffinityScorer {
         };
         out.extend(candidates.iter().map(|e| {
             let m = &e.metrics;
-            if e.serves_base(model) || m.running_adapters.iter().any(|a| a == model) {
+            if e.serves_base(model) || m.running_adapters.iter().any(|a| same_name(a, model)) {
                 1.0
             } else if m.max_lora > 0 && (m.running_adapters.len() as u32) < m.max_lora {
                 0.8
-            } else if m.waiting_adapters.iter().any(|a| a == model) {
+            } else if m.waiting_adapters.iter().any(|a| same_name(a, model)) {
                 0.6
             } else {
                 0.0
