@@ -116,7 +116,7 @@ fn run(args: Args) -> Result<(), String> {
         let s = world.fleet.server(addr).ok_or(format!("--load: no server {addr}"))?;
         for _ in 0..n {
             next_id += 1;
-            s.submit(Request { id: next_id, prompt_tokens: 512, max_tokens: 2000, adapter: None }, start);
+            s.submit(Request { id: next_id, prompt_tokens: 512, max_tokens: 2000, ..Default::default() }, start);
         }
     }
     world.advance_ms(args.warmup_ms);
@@ -216,12 +216,12 @@ fn read_requests(path: &PathBuf) -> Result<Vec<HttpRequest>, String> {
 /// The routed request runs on the chosen server's engine.
 fn serve(world: &mut World, addr: &str, req: &HttpRequest, id: u64) {
     let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
-    let text = body["messages"].to_string() + body["prompt"].as_str().unwrap_or_default();
     let now = world.now_us();
     let model = body["model"].as_str().unwrap_or_default().to_string();
     if let Some(s) = world.fleet.server(addr) {
         let adapter = (model != s.engine.params.model).then_some(model);
         let max_tokens = body["max_tokens"].as_u64().unwrap_or(64) as u32;
-        s.submit(Request { id, prompt_tokens: model_sim::text::tokens_in(&text), max_tokens, adapter }, now);
+        let prompt = model_sim::text::prompt_of(&body);
+        s.submit(Request::for_prompt(id, &prompt, max_tokens, adapter, s.engine.params.block_size), now);
     }
 }

@@ -8,15 +8,28 @@
 
 use std::collections::VecDeque;
 
+use crate::kv::{Holding, KvCache};
 use crate::params::ServerParams;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Request {
     pub id: u64,
     pub prompt_tokens: u32,
     pub max_tokens: u32,
     /// A LoRA adapter, or `None` for the base model.
     pub adapter: Option<String>,
+    /// The chained hashes of the prompt's full KV blocks (`text::prompt_blocks`): what
+    /// prefix caching matches. Empty: nothing of it can be found in the cache.
+    pub prompt_blocks: Vec<u64>,
+}
+
+impl Request {
+    /// A request for `prompt`, tokenized and cut into blocks as a server with `block_size`
+    /// tokens a block would.
+    pub fn for_prompt(id: u64, prompt: &str, max_tokens: u32, adapter: Option<String>, block_size: u32) -> Self {
+        let (prompt_tokens, prompt_blocks) = crate::text::prompt_blocks(prompt, block_size);
+        Request { id, prompt_tokens, max_tokens, adapter, prompt_blocks }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +47,7 @@ struct Seq {
     arrival_us: u64,
     prefilled: u32,
     generated: u32,
-    blocks: u32,
+    kv: Holding,
     first_token_us: Option<u64>,
 }
 
@@ -45,6 +58,10 @@ pub struct Stats {
     pub generation_tokens: u64,
     pub finished: u64,
     pub preemptions: u64,
+    /// Prompt tokens looked up in the prefix cache, and found there (vLLM's
+    /// `prefix_cache_queries` and `prefix_cache_hits`).
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
     pub ttft_s: Histogram,
     pub e2e_s: Histogram,
 }
@@ -85,7 +102,7 @@ pub struct Engine {
     pub params: ServerParams,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
-    used_blocks: u32,
+    kv: KvCache,
     /// Resident adapters, most recently used last (at most `max_loras`).
     resident: Vec<String>,
     pub stats: Stats,
@@ -101,10 +118,10 @@ pub struct Step {
 impl Engine {
     pub fn new(params: ServerParams) -> Self {
         Engine {
+            kv: KvCache::new(params.num_blocks),
             params,
             waiting: VecDeque::new(),
             running: Vec::new(),
-            used_blocks: 0,
             resident: Vec::new(),
             stats: Stats::default(),
         }
@@ -116,7 +133,7 @@ impl Engine {
             arrival_us: now_us,
             prefilled: 0,
             generated: 0,
-            blocks: 0,
+            kv: Holding::default(),
             first_token_us: None,
         });
     }
@@ -132,7 +149,7 @@ impl Engine {
         self.running.len()
     }
     pub fn kv_usage(&self) -> f64 {
-        f64::from(self.used_blocks) / f64::from(self.params.num_blocks.max(1))
+        self.kv.usage()
     }
     /// Distinct adapters of running sequences, and of waiting ones.
     pub fn adapters(&self) -> (Vec<String>, Vec<String>) {
@@ -141,10 +158,6 @@ impl Engine {
 
     fn blocks_for(&self, tokens: u32) -> u32 {
         tokens.div_ceil(self.params.block_size.max(1))
-    }
-
-    fn free_blocks(&self) -> u32 {
-        self.params.num_blocks.saturating_sub(self.used_blocks)
     }
 
     /// Runs one step that starts at `now_us`; `None` when there is nothing to do.
@@ -183,26 +196,29 @@ impl Engine {
             }
             let (prompt, generated) = (self.running[i].req.prompt_tokens, self.running[i].generated);
             let need = self.blocks_for(prompt + generated + 1);
-            while need > self.running[i].blocks {
-                if self.free_blocks() == 0 {
-                    // Recompute preemption of the newest sequence that is not this one.
-                    match (0..self.running.len()).rev().find(|&j| j != i && !preempted.contains(&j)) {
-                        Some(j) => {
-                            self.used_blocks -= self.running[j].blocks;
-                            self.running[j].blocks = 0;
-                            preempted.push(j);
-                            self.stats.preemptions += 1;
-                            continue;
-                        }
-                        None => break,
-                    }
+            while need > self.running[i].kv.blocks() {
+                if self.kv.grow(&mut self.running[i].kv) {
+                    continue;
                 }
-                self.running[i].blocks += 1;
-                self.used_blocks += 1;
+                // Recompute preemption of the newest sequence that is not this one.
+                match (0..self.running.len()).rev().find(|&j| j != i && !preempted.contains(&j)) {
+                    Some(j) => {
+                        self.kv.release(std::mem::take(&mut self.running[j].kv));
+                        preempted.push(j);
+                        self.stats.preemptions += 1;
+                    }
+                    None => break,
+                }
             }
         }
         decoders.retain(|i| !preempted.contains(i));
         duration += (self.params.step_per_seq_us * decoders.len() as u64) as f64;
+        // Decode reads every sequence's KV cache: memory-bound, so it grows with context.
+        let context: u64 = decoders
+            .iter()
+            .map(|&i| u64::from(self.running[i].req.prompt_tokens + self.running[i].generated))
+            .sum();
+        duration += context as f64 * self.params.decode_per_context_token_ns / 1000.0;
         let end_us = now_us + duration as u64;
 
         let mut events = Vec::new();
@@ -222,11 +238,11 @@ impl Engine {
         // Retire finished sequences; send preempted ones back to the head of the queue.
         let mut keep = Vec::with_capacity(self.running.len());
         let mut requeue = Vec::new();
-        for (i, s) in std::mem::take(&mut self.running).into_iter().enumerate() {
+        for (i, mut s) in std::mem::take(&mut self.running).into_iter().enumerate() {
             if preempted.contains(&i) {
                 requeue.push(s);
             } else if s.generated >= s.req.max_tokens.max(1) {
-                self.used_blocks -= s.blocks;
+                self.kv.release(std::mem::take(&mut s.kv));
                 self.stats.finished += 1;
                 self.stats.prompt_tokens += u64::from(s.req.prompt_tokens);
                 self.stats.e2e_s.observe((end_us - s.arrival_us) as f64 / 1e6);
@@ -255,20 +271,25 @@ impl Engine {
         let mut i = 0;
         while i < self.waiting.len() && self.running.len() < self.params.max_num_seqs {
             let s = &self.waiting[i];
-            let need = self.blocks_for(s.req.prompt_tokens + 1);
-            if need > self.free_blocks() {
-                break; // FIFO on memory: nothing smaller jumps ahead
-            }
+            // A prompt larger than the whole cache is capped rather than wedging the queue
+            // (vLLM rejects it up front).
+            let need = self.blocks_for(s.req.prompt_tokens + 1).min(self.params.num_blocks);
             if let Some(a) = &s.req.adapter {
                 let (running, _) = self.adapters();
                 if !running.contains(a) && running.len() >= self.params.max_loras {
                     i += 1;
                     continue;
                 }
+            }
+            let Some((holding, hits)) = self.kv.allocate_prompt(&s.req.prompt_blocks, need) else {
+                break; // FIFO on memory: nothing smaller jumps ahead
+            };
+            if let Some(a) = &s.req.adapter {
                 if !self.resident.contains(a) {
                     load_us += self.params.lora_load_us;
                     if self.resident.len() >= self.params.max_loras.max(1) {
                         // Evict the least recently used adapter that is not running.
+                        let (running, _) = self.adapters();
                         if let Some(pos) = self.resident.iter().position(|r| !running.contains(r)) {
                             self.resident.remove(pos);
                         }
@@ -277,8 +298,12 @@ impl Engine {
                 }
             }
             let Some(mut s) = self.waiting.remove(i) else { break };
-            s.blocks = need;
-            self.used_blocks += need;
+            // A cached prefix needs no prefill; the last prompt token is always computed.
+            let cached = (hits as u32 * self.params.block_size).min(s.req.prompt_tokens.saturating_sub(1));
+            self.stats.prefix_queries += u64::from(s.req.prompt_tokens);
+            self.stats.prefix_hits += u64::from(cached);
+            s.prefilled = cached;
+            s.kv = holding;
             self.running.push(s);
         }
         load_us
@@ -312,7 +337,7 @@ mod tests {
     }
 
     fn req(id: u64, prompt: u32, out: u32) -> Request {
-        Request { id, prompt_tokens: prompt, max_tokens: out, adapter: None }
+        Request { id, prompt_tokens: prompt, max_tokens: out, ..Default::default() }
     }
 
     #[test]
@@ -370,7 +395,7 @@ mod tests {
     fn adapters_wait_for_a_slot_and_others_pass() {
         let p = ServerParams { max_loras: 1, ..Default::default() };
         let mut e = Engine::new(p);
-        let lora = |id, a: &str| Request { id, prompt_tokens: 4, max_tokens: 50, adapter: Some(a.into()) };
+        let lora = |id, a: &str| Request { id, prompt_tokens: 4, max_tokens: 50, adapter: Some(a.into()), ..Default::default() };
         e.submit(lora(1, "a"), 0);
         e.submit(lora(2, "b"), 0);
         e.submit(req(3, 4, 50), 0);

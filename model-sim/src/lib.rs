@@ -5,6 +5,7 @@
 //! can. Both see the same queueing, KV-cache pressure, LoRA slots and latencies.
 
 pub mod engine;
+pub mod kv;
 pub mod metrics;
 pub mod params;
 pub mod text;

@@ -229,13 +229,7 @@ async fn generate(app: App, body: Bytes, kind: Kind) -> Response {
             return error(StatusCode::NOT_FOUND, format!("The model `{model}` does not exist."));
         }
     };
-    let prompt = match kind {
-        Kind::Chat => req["messages"]
-            .as_array()
-            .map(|m| m.iter().map(|x| x["content"].as_str().unwrap_or_default()).collect::<Vec<_>>().join("\n"))
-            .unwrap_or_default(),
-        Kind::Completion => req["prompt"].as_str().unwrap_or_default().to_string(),
-    };
+    let prompt = text::prompt_of(&req);
     let max_tokens = req["max_tokens"]
         .as_u64()
         .or_else(|| req["max_completion_tokens"].as_u64())
@@ -248,7 +242,7 @@ async fn generate(app: App, body: Bytes, kind: Kind) -> Response {
         let id = sim.next_id;
         sim.next_id += 1;
         sim.streams.insert(id, tx);
-        let request = Request { id, prompt_tokens: text::tokens_in(&prompt), max_tokens, adapter };
+        let request = Request::for_prompt(id, &prompt, max_tokens, adapter, sim.engine.params.block_size);
         let now = app.now_us();
         sim.engine.submit(request, now);
         id

@@ -46,6 +46,8 @@ pub fn render(engine: &Engine, now_unix_s: f64) -> String {
         ("vllm:prompt_tokens_total", "Number of prefill tokens processed.", s.prompt_tokens),
         ("vllm:generation_tokens_total", "Number of generation tokens processed.", s.generation_tokens),
         ("vllm:num_preemptions_total", "Cumulative number of preemption from the engine.", s.preemptions),
+        ("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.", s.prefix_queries),
+        ("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.", s.prefix_hits),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {:?}", value as f64);
     }

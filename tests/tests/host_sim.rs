@@ -39,7 +39,7 @@ fn load(world: &mut World, server: usize, n: u64, adapter: Option<&str>) {
     let now = world.now_us();
     let s = world.fleet.server(&addr(server)).expect("server");
     for id in 0..n {
-        s.submit(Request { id: 10_000 + id, prompt_tokens: 256, max_tokens: 5000, adapter: adapter.map(String::from) }, now);
+        s.submit(Request { id: 10_000 + id, prompt_tokens: 256, max_tokens: 5000, adapter: adapter.map(String::from), ..Default::default() }, now);
     }
 }
 

@@ -138,7 +138,7 @@ fn the_simulators_page_reads_like_vllm_v1() {
         ..Default::default()
     });
     for id in 0..3 {
-        e.submit(model_sim::Request { id, prompt_tokens: 64, max_tokens: 8, adapter: Some("sql-lora".into()) }, 0);
+        e.submit(model_sim::Request { id, prompt_tokens: 64, max_tokens: 8, adapter: Some("sql-lora".into()), ..Default::default() }, 0);
     }
     e.step(0);
     let page = model_sim::metrics::render(&e, 1.7e9);
