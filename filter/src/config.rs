@@ -4,9 +4,12 @@
 //! refuse to start instead of silently running with a default.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::engine::Engine;
+use crate::rewrite::RewriteRule;
+use crate::scheduler::filters::Saturation;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +48,21 @@ pub struct Config {
     /// Opt-in: add an `x-wasm-epp-explain` response header with the scores of each decision.
     #[serde(default)]
     pub explain: bool,
+    /// The scheduling profile: a preset name (`default`, `gie-default`) or an
+    /// EndpointPickerConfig-like object (see `scheduler::config`). Absent: `default`.
+    #[serde(default)]
+    pub scheduler: Option<serde_json::Value>,
+    /// Objective name → priority, chosen per request by the `x-gateway-inference-objective`
+    /// header. Negative priorities are sheddable: 429 while the pool is saturated.
+    /// Requests without a known objective have priority 0.
+    #[serde(default)]
+    pub objectives: BTreeMap<String, i32>,
+    /// When the pool counts as saturated (every endpoint is) for shedding.
+    #[serde(default)]
+    pub saturation: Saturation,
+    /// Requested model → weighted target models; the body's `model` is rewritten.
+    #[serde(default)]
+    pub model_rewrites: Vec<RewriteRule>,
 }
 
 mod defaults {
@@ -99,7 +117,11 @@ impl Config {
                 "expected a JSON object such as {\"endpoints\": [\"10.0.0.1:8000\"]}".into(),
             ));
         }
-        let config: Config = serde_json::from_value(doc).map_err(|e| ConfigError(e.to_string()))?;
+        // The path makes "`objectives.batch`: invalid type …" out of serde's bare message.
+        let config: Config = serde_path_to_error::deserialize(doc).map_err(|e| match e.path().to_string() {
+            p if p == "." => ConfigError(e.inner().to_string()),
+            p => ConfigError(format!("`{p}`: {}", e.inner())),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -147,6 +169,21 @@ impl Config {
         if !header_ok {
             return bad("destination_header", "must be a lower-case header name");
         }
+        if let Err(e) = crate::scheduler::config::build(self.scheduler.as_ref()) {
+            return bad("scheduler", &e);
+        }
+        for (i, rule) in self.model_rewrites.iter().enumerate() {
+            if let Err(e) = rule.validate() {
+                return bad(&format!("model_rewrites[{i}]"), &e);
+            }
+            if self.model_rewrites[..i].iter().any(|r| r.model == rule.model) {
+                return bad(&format!("model_rewrites[{i}]"), &format!("{:?} has two rules", rule.model));
+            }
+        }
+        let s = &self.saturation;
+        if !(0.0..=1.0).contains(&s.kv_cache_util_threshold) {
+            return bad("saturation.kvCacheUtilThreshold", "must be within [0, 1]");
+        }
         Ok(())
     }
 }
@@ -185,6 +222,10 @@ mod tests {
             (r#"{"endpoints":["1.2.3.4:1"],"stale_after_ms":-1}"#, "-1"),
             (r#"{"endpoints":["1.2.3.4:1"],"metrics_path":"metrics"}"#, "metrics_path"),
             (r#"{"endpoints":["1.2.3.4:1"],"destination_header":"X Y"}"#, "destination_header"),
+            (r#"{"endpoints":["1.2.3.4:1"],"scheduler":"fastest"}"#, "scheduler"),
+            (r#"{"endpoints":["1.2.3.4:1"],"objectives":{"batch":"low"}}"#, "objectives"),
+            (r#"{"endpoints":["1.2.3.4:1"],"model_rewrites":[{"model":"a","targets":[]}]}"#, "model_rewrites[0]"),
+            (r#"{"endpoints":["1.2.3.4:1"],"saturation":{"kvCacheUtilThreshold":2}}"#, "kvCacheUtilThreshold"),
             (r#"[1]"#, "JSON object"),
             (r#""#, "EOF"),
         ] {

@@ -32,6 +32,17 @@ impl Rejection {
             message: format!("The request body is larger than the limit of {limit} bytes."),
         }
     }
+    /// A sheddable request while the pool is saturated (OpenAI's rate-limit shape).
+    pub fn shed(objective: &str, priority: i32) -> Self {
+        Self {
+            status: 429,
+            kind: "requests",
+            code: "rate_limit_exceeded",
+            message: format!(
+                "Every endpoint is saturated and objective `{objective}` (priority {priority}) is sheddable; retry later."
+            ),
+        }
+    }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self { status: 503, kind: "service_unavailable", code: "no_healthy_endpoint", message: message.into() }
     }

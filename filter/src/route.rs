@@ -3,15 +3,39 @@
 
 use crate::config::Config;
 use crate::errors::Rejection;
+use crate::rewrite;
 use crate::rng::Rng;
-use crate::scheduler::{Decision, Profile, SchedulingRequest};
+use crate::scheduler::{Candidate, Decision, Profile, SchedulingRequest};
 use crate::table::{EndpointState, Health, Table};
+
+/// The request header naming the objective (and so the priority) of a request.
+pub const OBJECTIVE_HEADER: &str = "x-gateway-inference-objective";
+/// The request header restricting the endpoints to a comma list of `ip:port`.
+pub const SUBSET_HEADER: &str = "x-gateway-destination-endpoint-subset";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Addresses for the destination header: the choice, then fallbacks.
-    Route { endpoints: Vec<String>, fail_open: bool, explain: Option<String> },
+    Route {
+        /// Addresses for the destination header: the choice, then fallbacks.
+        endpoints: Vec<String>,
+        fail_open: bool,
+        explain: Option<String>,
+        /// The model a rewrite rule chose: the body must say this instead.
+        rewritten: Option<String>,
+    },
     Reject(Rejection),
+}
+
+/// What the router reads of one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Incoming<'a> {
+    pub model: Option<&'a str>,
+    /// The start of the prompt, as far as `Router::prompt_bytes` asked.
+    pub prompt: &'a [u8],
+    /// The objective header, if any.
+    pub objective: Option<&'a str>,
+    /// The subset header, if any.
+    pub subset: Option<&'a str>,
 }
 
 pub struct Router {
@@ -30,28 +54,65 @@ impl Router {
         Router { config, profile, rng, round_robin }
     }
 
-    pub fn decide(&mut self, table: Option<&Table>, model: Option<&str>, now_ms: u64) -> Outcome {
+    /// The profile the configuration describes (validated when the configuration was).
+    pub fn from_config(config: Config, seed: u64) -> Self {
+        let profile = crate::scheduler::config::build(config.scheduler.as_ref())
+            .unwrap_or_else(|_| crate::scheduler::registry::default_profile());
+        Router::new(config, profile, seed)
+    }
+
+    /// Prompt bytes the profile reads: the request parser stops there.
+    pub fn prompt_bytes(&self) -> usize {
+        self.profile.prompt_bytes()
+    }
+
+    /// One decision. `in_flight` gives this proxy's requests in flight to an endpoint now.
+    pub fn decide(
+        &mut self,
+        table: Option<&Table>,
+        incoming: &Incoming,
+        now_ms: u64,
+        in_flight: &dyn Fn(&EndpointState) -> i64,
+    ) -> Outcome {
         let want = 1 + self.config.max_fallbacks;
+        let rewritten =
+            incoming.model.and_then(|m| rewrite::rewrite(&self.config.model_rewrites, m, &mut self.rng)).map(str::to_string);
+        let model = rewritten.as_deref().or(incoming.model);
+        let subset = match incoming.subset.map(parse_subset) {
+            Some(list) if list.is_empty() => {
+                return Outcome::Reject(Rejection::unavailable(format!("The {SUBSET_HEADER} header lists no endpoint.")))
+            }
+            other => other,
+        };
+        let allowed = |address: &str| subset.as_ref().is_none_or(|s| s.contains(&address));
+
         let stale_after = self.config.stale_after_ms;
         let fresh = table.filter(|t| {
-            !t.is_stale(now_ms, stale_after)
-                && t.endpoints.iter().any(|e| !e.is_stale(now_ms, stale_after))
+            !t.is_stale(now_ms, stale_after) && t.endpoints.iter().any(|e| !e.is_stale(now_ms, stale_after))
         });
         let Some(table) = fresh else {
-            return self.fail_open(want);
+            return self.fail_open(want, &allowed, rewritten);
         };
 
-        let serving: Vec<&EndpointState> = table
-            .endpoints
-            .iter()
+        let in_subset: Vec<&EndpointState> = table.endpoints.iter().filter(|e| allowed(&e.address)).collect();
+        if in_subset.is_empty() {
+            return Outcome::Reject(Rejection::unavailable(format!(
+                "No endpoint of this pool is in the {SUBSET_HEADER} header."
+            )));
+        }
+        let serving: Vec<&EndpointState> = in_subset
+            .into_iter()
             .filter(|e| model.is_none_or(|m| e.models_unknown() || e.serves(m)))
             .collect();
         if serving.is_empty() {
             // `model` is Some here: without one every endpoint "serves".
             return Outcome::Reject(Rejection::model_not_found(model.unwrap_or_default()));
         }
-        let usable: Vec<&EndpointState> =
-            serving.iter().copied().filter(|e| e.is_usable(now_ms, stale_after)).collect();
+        let usable: Vec<Candidate> = serving
+            .iter()
+            .filter(|e| e.is_usable(now_ms, stale_after))
+            .map(|&e| Candidate { endpoint: e, pending: pending(e, in_flight(e)) })
+            .collect();
         if usable.is_empty() {
             let what = model.map_or("any model".to_string(), |m| format!("model `{m}`"));
             return Outcome::Reject(Rejection::unavailable(format!(
@@ -60,25 +121,55 @@ impl Router {
             )));
         }
 
-        let request = SchedulingRequest { model };
+        let (objective, priority) = self.priority(incoming.objective);
+        if priority < 0 && usable.iter().all(|c| self.config.saturation.is_saturated(c)) {
+            return Outcome::Reject(Rejection::shed(objective, priority));
+        }
+
+        let request = SchedulingRequest { model, prompt: incoming.prompt, priority };
         let decision = self.profile.schedule(&request, &usable, want, &mut self.rng);
         if decision.ranked.is_empty() {
             return Outcome::Reject(Rejection::unavailable("Every endpoint was filtered out."));
         }
         let endpoints = decision.ranked.iter().map(|&i| usable[i].address.clone()).collect();
-        let explain = self.config.explain.then(|| explain(&usable, &decision));
-        Outcome::Route { endpoints, fail_open: false, explain }
+        let explain = self.config.explain.then(|| explain(&usable, &decision, objective, priority));
+        Outcome::Route { endpoints, fail_open: false, explain, rewritten }
     }
 
-    /// No fresh table: spread over the configured endpoints rather than fail traffic.
-    fn fail_open(&mut self, want: usize) -> Outcome {
-        let all = &self.config.endpoints;
+    /// The objective's name and priority; unknown or absent objectives have priority 0.
+    fn priority<'a>(&self, objective: Option<&'a str>) -> (&'a str, i32) {
+        match objective {
+            Some(name) => (name, self.config.objectives.get(name).copied().unwrap_or(0)),
+            None => ("", 0),
+        }
+    }
+
+    /// No fresh table: spread over the configured endpoints (within the subset, if one was
+    /// given) rather than fail traffic.
+    fn fail_open(&mut self, want: usize, allowed: &dyn Fn(&str) -> bool, rewritten: Option<String>) -> Outcome {
+        let all: Vec<&String> = self.config.endpoints.iter().filter(|e| allowed(e)).collect();
         let n = all.len();
-        let start = self.round_robin % n.max(1);
+        if n == 0 {
+            return Outcome::Reject(Rejection::unavailable(format!(
+                "No endpoint of this pool is in the {SUBSET_HEADER} header."
+            )));
+        }
+        let start = self.round_robin % n;
         self.round_robin = self.round_robin.wrapping_add(1);
         let endpoints = (0..want.min(n)).map(|k| all[(start + k) % n].clone()).collect();
-        Outcome::Route { endpoints, fail_open: true, explain: None }
+        Outcome::Route { endpoints, fail_open: true, explain: None, rewritten }
     }
+}
+
+/// Requests sent since the scrape and not finished. The difference, not the gauge itself:
+/// a count that drifted (a VM restarted mid-request) cancels out.
+fn pending(e: &EndpointState, in_flight_now: i64) -> u32 {
+    (in_flight_now - e.in_flight_at_scrape).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// The subset header's addresses (`ip:port`, comma-separated, spaces allowed).
+fn parse_subset(header: &str) -> Vec<&str> {
+    header.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
 }
 
 fn first_reason(endpoints: &[&EndpointState]) -> String {
@@ -90,7 +181,7 @@ fn first_reason(endpoints: &[&EndpointState]) -> String {
 }
 
 /// `addr total (scorer=score …); …` in rank order, then what filters removed.
-fn explain(candidates: &[&EndpointState], d: &Decision) -> String {
+fn explain(candidates: &[Candidate], d: &Decision, objective: &str, priority: i32) -> String {
     let mut parts = Vec::new();
     for &i in &d.ranked {
         let scores: Vec<String> = d
@@ -98,11 +189,15 @@ fn explain(candidates: &[&EndpointState], d: &Decision) -> String {
             .iter()
             .map(|(name, weight, col)| format!("{name}={:.3}x{weight}", col[i]))
             .collect();
-        parts.push(format!("{} {:.3} ({})", candidates[i].address, d.totals[i], scores.join(" ")));
+        let c = &candidates[i];
+        parts.push(format!("{} {:.3} ({} pending={})", c.address, d.totals[i], scores.join(" "), c.pending));
     }
     for (filter, removed) in &d.filtered_out {
         let addrs: Vec<&str> = removed.iter().map(|&i| candidates[i].address.as_str()).collect();
         parts.push(format!("{filter} removed {}", addrs.join(" ")));
+    }
+    if !objective.is_empty() {
+        parts.push(format!("objective {objective} priority {priority}"));
     }
     parts.join("; ")
 }
@@ -122,6 +217,10 @@ mod tests {
         let doc = serde_json::json!({"endpoints": endpoints, "max_fallbacks": 1});
         let config = Config::parse(doc.to_string().as_bytes()).unwrap();
         Router::new(config, default_profile(), 1)
+    }
+
+    fn ask(r: &mut Router, t: Option<&Table>, model: Option<&str>, now: u64) -> Outcome {
+        r.decide(t, &Incoming { model, ..Default::default() }, now, &|_| 0)
     }
 
     fn table(endpoints: Vec<EndpointState>) -> Table {
@@ -145,7 +244,7 @@ mod tests {
     #[test]
     fn routes_to_least_loaded_with_a_fallback() {
         let t = table(vec![endpoint("a:1", load(9, 9, 0.9)), endpoint("b:1", load(0, 0, 0.0))]);
-        assert_eq!(route(router(2).decide(Some(&t), Some("base"), NOW)), vec!["b:1", "a:1"]);
+        assert_eq!(route(ask(&mut router(2), Some(&t), Some("base"), NOW)), vec!["b:1", "a:1"]);
     }
 
     #[test]
@@ -156,18 +255,18 @@ mod tests {
         down.health = Health::Unhealthy("connection refused".into());
         let t = table(vec![other.clone(), down]);
         let mut r = router(2);
-        assert_eq!(status(r.decide(Some(&t), Some("nope"), NOW)), 404);
-        assert_eq!(status(r.decide(Some(&t), Some("base"), NOW)), 503);
-        assert_eq!(route(r.decide(Some(&t), Some("other"), NOW)), vec!["a:1"]);
+        assert_eq!(status(ask(&mut r, Some(&t), Some("nope"), NOW)), 404);
+        assert_eq!(status(ask(&mut r, Some(&t), Some("base"), NOW)), 503);
+        assert_eq!(route(ask(&mut r, Some(&t), Some("other"), NOW)), vec!["a:1"]);
         // Bodiless requests go to any healthy endpoint.
-        assert_eq!(route(r.decide(Some(&t), None, NOW)), vec!["a:1"]);
+        assert_eq!(route(ask(&mut r, Some(&t), None, NOW)), vec!["a:1"]);
     }
 
     #[test]
     fn unknown_models_may_serve_anything() {
         let mut e = endpoint("a:1", load(0, 0, 0.0));
         e.models.clear();
-        assert_eq!(route(router(1).decide(Some(&table(vec![e])), Some("x"), NOW)), vec!["a:1"]);
+        assert_eq!(route(ask(&mut router(1), Some(&table(vec![e])), Some("x"), NOW)), vec!["a:1"]);
     }
 
     #[test]
@@ -177,11 +276,11 @@ mod tests {
         old.checked_ms = 0;
         let t = table(vec![old.clone(), endpoint("b:1", load(5, 5, 0.5))]);
         let mut r = router(2);
-        assert_eq!(route(r.decide(Some(&t), Some("base"), 2500)), vec!["b:1"]);
+        assert_eq!(route(ask(&mut r, Some(&t), Some("base"), 2500)), vec!["b:1"]);
         // Every endpoint's news older than stale_after_ms: fail open over the config.
         let t = table(vec![old]);
         let firsts: Vec<String> = (0..4)
-            .map(|_| match r.decide(Some(&t), Some("base"), 2500) {
+            .map(|_| match ask(&mut r, Some(&t), Some("base"), 2500) {
                 Outcome::Route { endpoints, fail_open: true, .. } => endpoints[0].clone(),
                 o => panic!("{o:?}"),
             })
@@ -189,9 +288,9 @@ mod tests {
         assert_ne!(firsts[0], firsts[1], "fail-open spreads: {firsts:?}");
         assert_eq!(firsts[0], firsts[2]);
         // No table at all, or a table the scraper stopped updating: fail open too.
-        assert!(matches!(r.decide(None, None, NOW), Outcome::Route { fail_open: true, .. }));
+        assert!(matches!(ask(&mut r, None, None, NOW), Outcome::Route { fail_open: true, .. }));
         let t = table(vec![endpoint("b:1", load(0, 0, 0.0))]);
-        assert!(matches!(r.decide(Some(&t), None, 9999), Outcome::Route { fail_open: true, .. }));
+        assert!(matches!(ask(&mut r, Some(&t), None, 9999), Outcome::Route { fail_open: true, .. }));
     }
 
     #[test]
@@ -199,12 +298,91 @@ mod tests {
         let mut r = router(2);
         r.config.explain = true;
         let t = table(vec![endpoint("a:1", load(1, 0, 0.0)), endpoint("b:1", load(0, 0, 0.0))]);
-        match r.decide(Some(&t), Some("base"), NOW) {
+        match ask(&mut r, Some(&t), Some("base"), NOW) {
             Outcome::Route { explain: Some(text), .. } => {
                 assert!(text.starts_with("b:1 "), "{text}");
                 assert!(text.contains("queue-scorer=0.000x2"), "{text}");
             }
             o => panic!("{o:?}"),
         }
+    }
+
+    fn configured(extra: serde_json::Value) -> Router {
+        let mut doc = serde_json::json!({"endpoints": ["10.0.0.1:8000"]});
+        doc.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Router::from_config(Config::parse(doc.to_string().as_bytes()).unwrap(), 1)
+    }
+
+    #[test]
+    fn sheddable_requests_get_429_only_when_every_endpoint_is_saturated() {
+        let mut r = configured(serde_json::json!({"objectives": {"batch": -1, "chat": 10}}));
+        let busy = table(vec![endpoint("a:1", load(9, 8, 0.5)), endpoint("b:1", load(0, 8, 0.95))]);
+        let ask_as = |r: &mut Router, t: &Table, objective: Option<&str>| {
+            r.decide(Some(t), &Incoming { model: Some("base"), objective, ..Default::default() }, NOW, &|_| 0)
+        };
+        assert_eq!(status(ask_as(&mut r, &busy, Some("batch"))), 429);
+        assert!(matches!(ask_as(&mut r, &busy, Some("chat")), Outcome::Route { .. }));
+        assert!(matches!(ask_as(&mut r, &busy, None), Outcome::Route { .. }), "no objective: priority 0");
+        assert!(matches!(ask_as(&mut r, &busy, Some("unknown")), Outcome::Route { .. }));
+        let one_free = table(vec![endpoint("a:1", load(9, 8, 0.5)), endpoint("b:1", load(0, 8, 0.2))]);
+        assert_eq!(route(ask_as(&mut r, &one_free, Some("batch")))[0], "b:1");
+        // Requests sent since the scrape count: b's queue of 0 plus 5 pending saturates it.
+        let pending = r.decide(
+            Some(&one_free),
+            &Incoming { model: Some("base"), objective: Some("batch"), ..Default::default() },
+            NOW,
+            &|e| if e.address == "b:1" { 5 } else { 0 },
+        );
+        assert_eq!(status(pending), 429);
+    }
+
+    #[test]
+    fn subset_header_restricts_and_empty_or_foreign_lists_are_503() {
+        let t = table(vec![endpoint("a:1", load(0, 0, 0.0)), endpoint("b:1", load(9, 9, 0.9))]);
+        let mut r = router(2);
+        let with = |r: &mut Router, subset: &str| {
+            r.decide(Some(&t), &Incoming { model: Some("base"), subset: Some(subset), ..Default::default() }, NOW, &|_| 0)
+        };
+        assert_eq!(route(with(&mut r, " b:1 , z:9")), vec!["b:1"]);
+        assert_eq!(status(with(&mut r, "")), 503);
+        assert_eq!(status(with(&mut r, "z:9")), 503);
+        // Failing open stays within the subset too.
+        let config_addr = r.config.endpoints[1].clone();
+        match r.decide(None, &Incoming { subset: Some(&config_addr), ..Default::default() }, NOW, &|_| 0) {
+            Outcome::Route { endpoints, fail_open: true, .. } => assert_eq!(endpoints, vec![config_addr]),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn rewrite_picks_among_servers_of_the_target() {
+        let mut r = configured(serde_json::json!({"model_rewrites": [{"model": "chat", "targets": [{"model": "small"}]}]}));
+        let mut small = endpoint("a:1", load(9, 9, 0.9));
+        small.models = vec!["small".into()];
+        let t = table(vec![small, endpoint("b:1", load(0, 0, 0.0))]);
+        match r.decide(Some(&t), &Incoming { model: Some("chat"), ..Default::default() }, NOW, &|_| 0) {
+            Outcome::Route { endpoints, rewritten, .. } => {
+                assert_eq!(endpoints, vec!["a:1"]);
+                assert_eq!(rewritten.as_deref(), Some("small"));
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_burst_between_scrapes_spreads() {
+        // Three idle endpoints, one scrape, twelve requests before the next: without
+        // pending counts every request would see the same table and pick alike.
+        let t = table(["a:1", "b:1", "c:1"].iter().map(|a| endpoint(a, load(0, 0, 0.0))).collect());
+        let mut r = router(3);
+        let mut sent: std::collections::HashMap<String, i64> = Default::default();
+        for _ in 0..12 {
+            let counts = sent.clone();
+            let o = r.decide(Some(&t), &Incoming { model: Some("base"), ..Default::default() }, NOW, &|e| {
+                counts.get(&e.address).copied().unwrap_or(0)
+            });
+            *sent.entry(route(o)[0].clone()).or_default() += 1;
+        }
+        assert_eq!(sent.values().copied().collect::<std::collections::BTreeSet<i64>>(), [4].into());
     }
 }

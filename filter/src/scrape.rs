@@ -140,6 +140,13 @@ impl Scraper {
         t.state.adapters = adapters;
     }
 
+    /// The pickers' in-flight count for `endpoint` as its metrics page is read.
+    pub fn note_in_flight(&mut self, endpoint: usize, in_flight: i64) {
+        if let Some(t) = self.targets.get_mut(endpoint) {
+            t.state.in_flight_at_scrape = in_flight;
+        }
+    }
+
     /// Every probe sent has been answered.
     pub fn round_complete(&self) -> bool {
         self.targets.iter().all(|t| !t.metrics_in_flight && !t.models_in_flight)

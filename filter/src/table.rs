@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The shared-data key of the table. The version in the key lets two module versions
 /// that share a `vm_id` during a rollout keep their own tables.
 pub const TABLE_KEY: &str = "wasm-epp/v1/table";
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Table {
@@ -34,6 +34,9 @@ pub struct EndpointState {
     pub models: Vec<String>,
     /// LoRA adapters registered on it (`/v1/models` entries with a parent).
     pub adapters: Vec<String>,
+    /// This proxy's requests in flight to it when the metrics were read: what it sent
+    /// after that is load the metrics cannot show yet.
+    pub in_flight_at_scrape: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -162,6 +165,7 @@ mod tests {
                 },
                 models: vec!["llama".into()],
                 adapters: vec![],
+                in_flight_at_scrape: 2,
             }],
         }
     }
@@ -177,8 +181,8 @@ mod tests {
     #[test]
     fn foreign_or_corrupt_bytes_are_errors() {
         let mut bytes = sample().encode();
-        bytes[0] = 2;
-        assert!(Table::decode(&bytes).unwrap_err().contains("format 2"));
+        bytes[0] = 9;
+        assert!(Table::decode(&bytes).unwrap_err().contains("format 9"));
         assert!(Table::decode(&[]).is_err());
         let good = sample().encode();
         for cut in 1..good.len() {

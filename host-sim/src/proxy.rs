@@ -210,6 +210,8 @@ pub struct RequestOutcome {
     pub context: u32,
     /// The request headers as they went upstream; `None` if the request never did.
     pub upstream_headers: Option<HeaderMap>,
+    /// The request body as it went upstream (after any rewrite by the module).
+    pub upstream_body: Option<Vec<u8>>,
     pub local_response: Option<LocalResponse>,
     /// Wasm instructions (fuel) the module spent on this request's callbacks.
     pub fuel: u64,
@@ -355,6 +357,9 @@ impl Proxy {
             out.trap = Some(trap);
         }
         out.local_response = local_response(vm, ctx);
+        if out.upstream_headers.is_some() {
+            out.upstream_body = vm.state().streams.get(&ctx).map(|s| s.request_body.clone());
+        }
         out.fuel = vm.total_fuel - fuel_before;
         out
     }

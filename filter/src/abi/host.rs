@@ -63,3 +63,31 @@ pub fn increment(counter: Option<u32>) {
         let _ = hostcalls::increment_metric(id, 1);
     }
 }
+
+/// A gauge in the host's stats. Envoy's stats are process-wide: every VM that defines the
+/// same name (the singleton and each worker) reads and moves the same number.
+pub fn gauge(name: &str) -> Option<u32> {
+    hostcalls::define_metric(proxy_wasm::types::MetricType::Gauge, name).ok()
+}
+
+pub fn add(gauge: Option<u32>, delta: i64) {
+    if let Some(id) = gauge {
+        let _ = hostcalls::increment_metric(id, delta);
+    }
+}
+
+pub fn read(gauge: Option<u32>) -> i64 {
+    gauge.and_then(|id| hostcalls::get_metric(id).ok()).map_or(0, |v| v as i64)
+}
+
+/// The in-flight gauge of each configured endpoint, in config order.
+pub fn in_flight_gauges(endpoints: &[String]) -> hashbrown::HashMap<String, Option<u32>> {
+    endpoints
+        .iter()
+        .map(|e| {
+            // Stat names are dot-separated paths: keep the address in one segment.
+            let name = format!("wasm_epp.in_flight.{}", e.replace(['.', ':'], "_"));
+            (e.clone(), gauge(&name))
+        })
+        .collect()
+}

@@ -7,12 +7,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
+use hashbrown::HashMap;
+
 use super::host;
 use crate::config::Config;
 use crate::errors::Rejection;
 use crate::request;
-use crate::route::{Outcome, Router};
-use crate::scheduler::registry::default_profile;
+use crate::route::{Incoming, Outcome, Router, OBJECTIVE_HEADER, SUBSET_HEADER};
 use crate::table::{Table, TABLE_KEY};
 
 const EXPLAIN_HEADER: &str = "x-wasm-epp-explain";
@@ -27,6 +28,8 @@ struct Shared {
     /// The table as last decoded, and the CAS it had: decode again only when it changes.
     table: Option<(u32, Table)>,
     stats: Stats,
+    /// This proxy's requests in flight per endpoint (gauges every VM shares).
+    in_flight: HashMap<String, Option<u32>>,
 }
 
 struct Stats {
@@ -43,12 +46,21 @@ impl PickerRoot {
             fail_open: host::counter("wasm_epp.fail_open"),
             rejected: host::counter("wasm_epp.rejected"),
         };
-        let router = Router::new(config, default_profile(), seed);
-        PickerRoot { shared: Rc::new(RefCell::new(Shared { router, table: None, stats })) }
+        let in_flight = host::in_flight_gauges(&config.endpoints);
+        let router = Router::from_config(config, seed);
+        PickerRoot { shared: Rc::new(RefCell::new(Shared { router, table: None, stats, in_flight })) }
     }
 
     pub fn new_stream(&self) -> PickerStream {
-        PickerStream { shared: self.shared.clone(), path: String::new(), decided: false, explain: None }
+        PickerStream {
+            shared: self.shared.clone(),
+            path: String::new(),
+            objective: None,
+            subset: None,
+            decided: false,
+            explain: None,
+            counted: None,
+        }
     }
 }
 
@@ -72,24 +84,39 @@ impl Shared {
 pub struct PickerStream {
     shared: Rc<RefCell<Shared>>,
     path: String,
+    objective: Option<String>,
+    subset: Option<String>,
     decided: bool,
     explain: Option<String>,
+    /// The in-flight gauge this request counts in, until the stream ends.
+    counted: Option<Option<u32>>,
 }
 
 impl PickerStream {
-    fn decide(&mut self, model: Option<&str>) -> Action {
+    /// Decides for a request whose body is `body` (empty for a bodiless one).
+    fn decide(&mut self, model: Option<&str>, prompt: &[u8], body: &[u8]) -> Action {
         self.decided = true;
         let mut shared = self.shared.borrow_mut();
         shared.refresh_table();
-        let Shared { router, table, stats } = &mut *shared;
-        let outcome = router.decide(table.as_ref().map(|(_, t)| t), model, host::now_ms());
+        let Shared { router, table, stats, in_flight } = &mut *shared;
+        let incoming = Incoming { model, prompt, objective: self.objective.as_deref(), subset: self.subset.as_deref() };
+        let gauges = &*in_flight;
+        let now_in_flight = |e: &crate::table::EndpointState| host::read(gauges.get(&e.address).copied().flatten());
+        let outcome = router.decide(table.as_ref().map(|(_, t)| t), &incoming, host::now_ms(), &now_in_flight);
         match outcome {
-            Outcome::Route { endpoints, fail_open, explain } => {
+            Outcome::Route { endpoints, fail_open, explain, rewritten } => {
+                if let Some(target) = rewritten {
+                    rewrite_body(body, &target);
+                }
                 let header = router.config.destination_header.as_str();
                 host::set_request_header(header, Some(&endpoints.join(",")));
                 host::increment(stats.routed);
                 if fail_open {
                     host::increment(stats.fail_open);
+                }
+                if let Some(gauge) = endpoints.first().and_then(|e| in_flight.get(e)) {
+                    host::add(*gauge, 1);
+                    self.counted = Some(*gauge);
                 }
                 self.explain = explain;
                 Action::Continue
@@ -97,6 +124,17 @@ impl PickerStream {
             Outcome::Reject(r) => reject(stats, &r),
         }
     }
+}
+
+/// The body with its `model` replaced, and a content-length to match (the headers are
+/// still held, so they can change).
+fn rewrite_body(body: &[u8], target: &str) {
+    let Some(new) = request::with_model(body, target) else { return };
+    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &new) {
+        log::warn!("wasm-epp picker: could not rewrite the body: {e:?}");
+        return;
+    }
+    host::set_request_header("content-length", Some(&new.len().to_string()));
 }
 
 /// Answers the client and counts it; the request goes no further.
@@ -117,8 +155,10 @@ impl HttpContext for PickerStream {
         // The destination is ours to set: a client's copy is never honoured.
         host::set_request_header(&self.shared.borrow().router.config.destination_header, None);
         self.path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        self.objective = host::header(MapType::HttpRequestHeaders, OBJECTIVE_HEADER);
+        self.subset = host::header(MapType::HttpRequestHeaders, SUBSET_HEADER);
         if end_of_stream {
-            return self.decide(None);
+            return self.decide(None, &[], &[]);
         }
         // Hold the headers until the body names the model.
         Action::Pause
@@ -156,13 +196,21 @@ impl HttpContext for PickerStream {
         }
         Action::Continue
     }
+
+    fn on_log(&mut self) {
+        // The stream ended (answered, failed or cancelled): no longer in flight.
+        if let Some(gauge) = self.counted.take() {
+            host::add(gauge, -1);
+        }
+    }
 }
 
 impl PickerStream {
     fn decide_on_body(&mut self, body_size: usize) -> Action {
         let body = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
-        match request::model_of(&self.path, &body) {
-            Ok(model) => self.decide(model.as_deref()),
+        let prompt_bytes = self.shared.borrow().router.prompt_bytes();
+        match request::parse(&self.path, &body, prompt_bytes) {
+            Ok(parsed) => self.decide(parsed.model.as_deref(), &parsed.prompt, &body),
             Err(r) => {
                 self.decided = true;
                 reject(&self.shared.borrow().stats, &r)

@@ -17,6 +17,8 @@ const MAX_PAGE_BYTES: usize = 8 << 20;
 
 pub struct ScraperRoot {
     scraper: Scraper,
+    /// The pickers' in-flight gauges, by endpoint index.
+    in_flight: Vec<Option<u32>>,
     /// Call token → (endpoint index, probe).
     pending: HashMap<u32, (usize, Probe)>,
 }
@@ -27,7 +29,9 @@ impl ScraperRoot {
             log::error!("wasm-epp scraper: the host refused a tick period");
             return None;
         }
-        Some(ScraperRoot { scraper: Scraper::new(config), pending: HashMap::new() })
+        let gauges = host::in_flight_gauges(&config.endpoints);
+        let in_flight = config.endpoints.iter().map(|e| gauges.get(e).copied().flatten()).collect();
+        Some(ScraperRoot { scraper: Scraper::new(config), in_flight, pending: HashMap::new() })
     }
 
     pub fn tick(&mut self) {
@@ -74,6 +78,12 @@ impl ScraperRoot {
             self.scraper.on_failed(endpoint, probe, &why, now);
         } else {
             let body = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+            if probe == Probe::Metrics {
+                // What the page shows includes the requests in flight now (give or take the
+                // call's latency); later sends are the pickers' to count.
+                let in_flight = host::read(self.in_flight.get(endpoint).copied().flatten());
+                self.scraper.note_in_flight(endpoint, in_flight);
+            }
             self.scraper.on_answer(endpoint, probe, status, &body, now);
         }
         if self.scraper.round_complete() {

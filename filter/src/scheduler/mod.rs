@@ -2,10 +2,13 @@
 //! scorers (each score in [0, 1]), then one picker that ranks what is left. Plugins are
 //! types behind these traits, one per file, found by name in `registry`.
 
+pub mod config;
 pub mod filters;
 pub mod pickers;
 pub mod registry;
 pub mod scorers;
+
+use std::ops::Deref;
 
 use crate::rng::Rng;
 use crate::table::EndpointState;
@@ -13,21 +16,65 @@ use crate::table::EndpointState;
 /// What the scheduler knows of the request.
 #[derive(Debug, Clone, Default)]
 pub struct SchedulingRequest<'a> {
-    /// The model (base or adapter) asked for; `None` for bodiless or non-model requests.
+    /// The model (base or adapter) to serve, after any rewrite; `None` for bodiless or
+    /// non-model requests.
     pub model: Option<&'a str>,
+    /// The start of the prompt (chat messages rendered in order, or the completion
+    /// prompt), as many bytes as the profile's plugins asked for.
+    pub prompt: &'a [u8],
+    /// The objective's priority: negative is sheddable.
+    pub priority: i32,
+}
+
+/// An endpoint as the scheduler sees it: the scraped state, and the requests this proxy
+/// sent it since that state was scraped.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub endpoint: &'a EndpointState,
+    /// Requests sent and not finished that the scraped metrics cannot show yet.
+    pub pending: u32,
+}
+
+impl<'a> Candidate<'a> {
+    pub fn new(endpoint: &'a EndpointState) -> Self {
+        Candidate { endpoint, pending: 0 }
+    }
+    /// Waiting requests, counting the ones sent since the scrape: they queue until the
+    /// server's next step admits them.
+    pub fn queue(&self) -> u32 {
+        self.endpoint.metrics.waiting.saturating_add(self.pending)
+    }
+    /// Running requests, counting the ones sent since the scrape.
+    pub fn running(&self) -> u32 {
+        self.endpoint.metrics.running.saturating_add(self.pending)
+    }
+}
+
+impl Deref for Candidate<'_> {
+    type Target = EndpointState;
+    fn deref(&self) -> &EndpointState {
+        self.endpoint
+    }
 }
 
 pub trait Filter {
     fn name(&self) -> &'static str;
     /// Whether each candidate stays. A filter that would leave none should keep all and let
     /// the scorers decide, unless emptiness is its point (and then the caller answers 503).
-    fn keep(&self, request: &SchedulingRequest, candidates: &[&EndpointState]) -> Vec<bool>;
+    fn keep(&self, request: &SchedulingRequest, candidates: &[Candidate]) -> Vec<bool>;
 }
 
 pub trait Scorer {
     fn name(&self) -> &'static str;
     /// One score in [0, 1] per candidate, higher is better, pushed onto `out`.
-    fn score(&self, request: &SchedulingRequest, candidates: &[&EndpointState], out: &mut Vec<f64>);
+    fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>);
+    /// The request went to `chosen`: a scorer that learns from decisions (prefix
+    /// affinity) records it here.
+    fn picked(&mut self, _request: &SchedulingRequest, _chosen: &Candidate) {}
+    /// Prompt bytes this scorer reads; the request is parsed only as far as some scorer needs.
+    fn prompt_bytes(&self) -> usize {
+        0
+    }
 }
 
 pub trait Picker {
@@ -42,6 +89,7 @@ pub struct WeightedScorer {
 }
 
 pub struct Profile {
+    pub name: String,
     pub filters: Vec<Box<dyn Filter>>,
     pub scorers: Vec<WeightedScorer>,
     pub picker: Box<dyn Picker>,
@@ -62,9 +110,9 @@ pub struct Decision {
 
 impl Profile {
     pub fn schedule(
-        &self,
+        &mut self,
         request: &SchedulingRequest,
-        candidates: &[&EndpointState],
+        candidates: &[Candidate],
         want: usize,
         rng: &mut Rng,
     ) -> Decision {
@@ -72,7 +120,7 @@ impl Profile {
         // Indices still in play after the filters.
         let mut alive: Vec<usize> = (0..candidates.len()).collect();
         for filter in &self.filters {
-            let view: Vec<&EndpointState> = alive.iter().map(|&i| candidates[i]).collect();
+            let view: Vec<Candidate> = alive.iter().map(|&i| candidates[i]).collect();
             let keep = filter.keep(request, &view);
             let removed: Vec<usize> = alive
                 .iter()
@@ -85,9 +133,9 @@ impl Profile {
                 decision.filtered_out.push((filter.name(), removed));
             }
         }
-        let view: Vec<&EndpointState> = alive.iter().map(|&i| candidates[i]).collect();
+        let view: Vec<Candidate> = alive.iter().map(|&i| candidates[i]).collect();
         let mut totals = vec![0.0; view.len()];
-        for ws in &self.scorers {
+        for ws in &mut self.scorers {
             let mut column = Vec::with_capacity(view.len());
             ws.scorer.score(request, &view, &mut column);
             column.resize(view.len(), 0.0);
@@ -105,7 +153,17 @@ impl Profile {
             .filter_map(|i| alive.get(i).copied())
             .collect();
         decision.totals = spread(&alive, &totals, candidates.len());
+        if let Some(&first) = decision.ranked.first() {
+            for ws in &mut self.scorers {
+                ws.scorer.picked(request, &candidates[first]);
+            }
+        }
         decision
+    }
+
+    /// Prompt bytes the plugins of this profile read.
+    pub fn prompt_bytes(&self) -> usize {
+        self.scorers.iter().map(|s| s.scorer.prompt_bytes()).max().unwrap_or(0)
     }
 }
 
@@ -130,7 +188,12 @@ pub(crate) fn less_is_better(values: impl Iterator<Item = f64> + Clone, out: &mu
 
 #[cfg(test)]
 pub(crate) mod testing {
+    use super::Candidate;
     use crate::table::{EndpointState, Health, Metrics};
+
+    pub fn candidates(endpoints: &[EndpointState]) -> Vec<Candidate<'_>> {
+        endpoints.iter().map(Candidate::new).collect()
+    }
 
     pub fn endpoint(address: &str, metrics: Metrics) -> EndpointState {
         EndpointState {
@@ -141,6 +204,7 @@ pub(crate) mod testing {
             metrics,
             models: vec!["base".into()],
             adapters: vec![],
+            in_flight_at_scrape: 0,
         }
     }
 
@@ -163,8 +227,8 @@ mod tests {
             endpoint("b:1", load(0, 1, 0.1)),
             endpoint("c:1", load(3, 4, 0.5)),
         ];
-        let view: Vec<&EndpointState> = eps.iter().collect();
-        let profile = registry::default_profile();
+        let view = candidates(&eps);
+        let mut profile = registry::default_profile();
         let d = profile.schedule(&SchedulingRequest::default(), &view, 3, &mut Rng::new(7));
         assert_eq!(d.ranked, vec![1, 2, 0]);
         assert!(d.totals[1] > d.totals[2] && d.totals[2] > d.totals[0]);
@@ -174,8 +238,8 @@ mod tests {
     #[test]
     fn ties_are_broken_at_random() {
         let eps = [endpoint("a:1", load(1, 1, 0.1)), endpoint("b:1", load(1, 1, 0.1))];
-        let view: Vec<&EndpointState> = eps.iter().collect();
-        let profile = registry::default_profile();
+        let view = candidates(&eps);
+        let mut profile = registry::default_profile();
         let mut rng = Rng::new(3);
         let firsts: Vec<usize> = (0..200)
             .map(|_| profile.schedule(&SchedulingRequest::default(), &view, 1, &mut rng).ranked[0])

@@ -65,7 +65,7 @@ fn envoy_section(work: &Path, seconds: u32) -> Vec<Value> {
         let script = work.join(format!("post-{body_bytes}.lua"));
         write_script(&script, &work.join(format!("body-{body_bytes}.json")), &body);
         for concurrency in [1u32, 64] {
-            let mut run = |without_picker: bool| {
+            let run = |without_picker: bool| {
                 let envoy = Envoy::start(&endpoints, EnvoyOptions { without_picker, concurrency: 1, ..Default::default() });
                 if !without_picker {
                     envoy.wait_for_table();

@@ -1,4 +1,4 @@
-use crate::scheduler::{Filter, SchedulingRequest};
+use crate::scheduler::{Candidate, Filter, SchedulingRequest};
 use crate::table::{same_name, EndpointState};
 
 /// For an adapter request, keep only endpoints that can run it now: the adapter is already
@@ -12,7 +12,7 @@ impl Filter for LoraAffinityFilter {
         "lora-affinity-filter"
     }
 
-    fn keep(&self, request: &SchedulingRequest, candidates: &[&EndpointState]) -> Vec<bool> {
+    fn keep(&self, request: &SchedulingRequest, candidates: &[Candidate]) -> Vec<bool> {
         let ready: Vec<bool> = match request.model {
             Some(model) => candidates.iter().map(|e| can_run_now(e, model)).collect(),
             None => vec![true; candidates.len()],
@@ -58,17 +58,17 @@ mod tests {
             endpoint("c:1", lora(&["y"], 2)),
             endpoint("d:1", lora(&[], 0)),
         ];
-        let view: Vec<&EndpointState> = eps.iter().collect();
-        let keep = LoraAffinityFilter.keep(&SchedulingRequest { model: Some("x") }, &view);
+        let view = candidates(&eps);
+        let keep = LoraAffinityFilter.keep(&SchedulingRequest { model: Some("x"), ..Default::default() }, &view);
         assert_eq!(keep, vec![true, false, true, true]);
-        let keep = LoraAffinityFilter.keep(&SchedulingRequest { model: Some("base") }, &view);
+        let keep = LoraAffinityFilter.keep(&SchedulingRequest { model: Some("base"), ..Default::default() }, &view);
         assert_eq!(keep, vec![true; 4]);
     }
 
     #[test]
     fn keeps_all_when_none_can() {
         let eps = [endpoint("a:1", lora(&["y"], 1)), endpoint("b:1", lora(&["z"], 1))];
-        let view: Vec<&EndpointState> = eps.iter().collect();
-        assert_eq!(LoraAffinityFilter.keep(&SchedulingRequest { model: Some("x") }, &view), vec![true, true]);
+        let view = candidates(&eps);
+        assert_eq!(LoraAffinityFilter.keep(&SchedulingRequest { model: Some("x"), ..Default::default() }, &view), vec![true, true]);
     }
 }

@@ -1,5 +1,5 @@
-use crate::scheduler::{Scorer, SchedulingRequest};
-use crate::table::{same_name, EndpointState};
+use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
+use crate::table::same_name;
 
 /// Send an adapter where it already runs, else where a slot is free, so adapters are not
 /// swapped in and out (GIE's scores: 1.0 running, 0.8 free slot, 0.6 waiting, 0 otherwise).
@@ -10,7 +10,7 @@ impl Scorer for LoraAffinityScorer {
     fn name(&self) -> &'static str {
         "lora-affinity-scorer"
     }
-    fn score(&self, request: &SchedulingRequest, candidates: &[&EndpointState], out: &mut Vec<f64>) {
+    fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>) {
         let Some(model) = request.model else {
             out.extend(candidates.iter().map(|_| 1.0));
             return;
@@ -52,13 +52,13 @@ mod tests {
             endpoint("c:1", lora(&["y", "z"], &["x"], 2)),
             endpoint("d:1", lora(&["y", "z"], &[], 2)),
         ];
-        let view: Vec<&EndpointState> = eps.iter().collect();
+        let view = candidates(&eps);
         let mut out = vec![];
-        let req = SchedulingRequest { model: Some("x") };
+        let req = SchedulingRequest { model: Some("x"), ..Default::default() };
         LoraAffinityScorer.score(&req, &view, &mut out);
         assert_eq!(out, vec![1.0, 0.8, 0.6, 0.0]);
         out.clear();
-        LoraAffinityScorer.score(&SchedulingRequest { model: Some("base") }, &view, &mut out);
+        LoraAffinityScorer.score(&SchedulingRequest { model: Some("base"), ..Default::default() }, &view, &mut out);
         assert_eq!(out, vec![1.0; 4]);
     }
 }

@@ -1,14 +1,14 @@
-use crate::scheduler::{less_is_better, Scorer, SchedulingRequest};
-use crate::table::EndpointState;
+use crate::scheduler::{less_is_better, Candidate, Scorer, SchedulingRequest};
 
-/// Shorter waiting queue scores higher: (max − q) / (max − min) over the candidates.
+/// Shorter waiting queue scores higher: (max − q) / (max − min) over the candidates, where
+/// q counts the requests this proxy sent since the last scrape.
 pub struct QueueScorer;
 
 impl Scorer for QueueScorer {
     fn name(&self) -> &'static str {
         "queue-scorer"
     }
-    fn score(&self, _: &SchedulingRequest, candidates: &[&EndpointState], out: &mut Vec<f64>) {
-        less_is_better(candidates.iter().map(|e| f64::from(e.metrics.waiting)), out);
+    fn score(&mut self, _: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>) {
+        less_is_better(candidates.iter().map(|c| f64::from(c.queue())), out);
     }
 }

@@ -1,14 +1,14 @@
-use crate::scheduler::{less_is_better, Scorer, SchedulingRequest};
-use crate::table::EndpointState;
+use crate::scheduler::{less_is_better, Candidate, Scorer, SchedulingRequest};
 
-/// Fewer running requests scores higher: (max − r) / (max − min) over the candidates.
+/// Fewer running requests scores higher: (max − r) / (max − min) over the candidates, where
+/// r counts the requests this proxy sent since the last scrape.
 pub struct RunningRequestsScorer;
 
 impl Scorer for RunningRequestsScorer {
     fn name(&self) -> &'static str {
         "running-requests-scorer"
     }
-    fn score(&self, _: &SchedulingRequest, candidates: &[&EndpointState], out: &mut Vec<f64>) {
-        less_is_better(candidates.iter().map(|e| f64::from(e.metrics.running)), out);
+    fn score(&mut self, _: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>) {
+        less_is_better(candidates.iter().map(|c| f64::from(c.running())), out);
     }
 }

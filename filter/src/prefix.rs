@@ -1,0 +1,148 @@
+//! Approximate prefix-cache state, as GIE's prefix plugin keeps it: the prompt cut into
+//! fixed blocks of bytes (GIE: 16 tokens × 4 characters), a hash chained from block to
+//! block and seeded with the model name, and per endpoint a bounded set of the block
+//! hashes it was sent, least recently used forgotten first.
+
+use core::hash::BuildHasher;
+
+use foldhash::quality::FixedState;
+use hashbrown::{HashMap, HashSet};
+
+/// Fixed seeds: every VM of every proxy running this module computes the same hashes,
+/// so their indexes and placements agree.
+const BLOCK_SEED: u64 = 0x5eed_b10c;
+const PLACEMENT_SEED: u64 = 0x9ace_11e5;
+
+/// The chained hashes of the first `max_blocks` full blocks of `prompt`. A partial last
+/// block is left out: the server cannot have cached it as a block either.
+pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
+    let state = FixedState::with_seed(BLOCK_SEED);
+    let mut previous = state.hash_one(model.as_bytes());
+    prompt
+        .chunks_exact(block_bytes.max(1))
+        .take(max_blocks)
+        .map(|block| {
+            previous = state.hash_one((previous, block));
+            previous
+        })
+        .collect()
+}
+
+/// Where a prefix lives when no one has recorded it yet: rendezvous hashing of `anchor`
+/// (one of its block hashes) over the addresses. Every VM and every proxy picks the same
+/// one, without talking to each other. Returns an index into `addresses`.
+pub fn home(anchor: u64, addresses: impl Iterator<Item = impl AsRef<str>>) -> Option<usize> {
+    let state = FixedState::with_seed(PLACEMENT_SEED);
+    addresses
+        .enumerate()
+        .max_by_key(|(_, a)| state.hash_one((anchor, a.as_ref().as_bytes())))
+        .map(|(i, _)| i)
+}
+
+/// The block hashes one endpoint was sent, at most about `capacity`, least recently used
+/// forgotten first. Two generations approximate LRU in O(1): hits move to the current
+/// one; when it fills, the previous generation is dropped.
+#[derive(Debug, Default)]
+struct Recent {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+}
+
+impl Recent {
+    fn contains(&self, h: &u64) -> bool {
+        self.current.contains(h) || self.previous.contains(h)
+    }
+
+    fn insert(&mut self, h: u64, capacity: usize) {
+        if self.current.insert(h) {
+            self.previous.remove(&h);
+            if self.current.len() >= capacity.div_ceil(2).max(1) {
+                self.previous = std::mem::take(&mut self.current);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PrefixIndex {
+    endpoints: HashMap<String, Recent>,
+}
+
+impl PrefixIndex {
+    /// How many leading blocks of `hashes` were sent to `address` (stops at the first miss).
+    pub fn matched(&self, address: &str, hashes: &[u64]) -> usize {
+        match self.endpoints.get(address) {
+            Some(r) => hashes.iter().take_while(|h| r.contains(h)).count(),
+            None => 0,
+        }
+    }
+
+    /// `address` was sent a prompt with these blocks; it keeps about `capacity` of them.
+    pub fn record(&mut self, address: &str, hashes: &[u64], capacity: usize) {
+        if !self.endpoints.contains_key(address) {
+            self.endpoints.insert(address.to_string(), Recent::default());
+        }
+        if let Some(r) = self.endpoints.get_mut(address) {
+            for &h in hashes {
+                r.insert(h, capacity);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn chained_and_seeded_by_model() {
+        let a = block_hashes("m", &[b'x'; 200], 64, 256);
+        assert_eq!(a.len(), 3, "three full blocks of 64 bytes; the partial fourth is left out");
+        let mut text = vec![b'x'; 200];
+        text[70] = b'y';
+        let b = block_hashes("m", &text, 64, 256);
+        assert_eq!(a[0], b[0]);
+        assert_ne!(a[1], b[1]);
+        assert_ne!(a[2], b[2], "a change carries on down the chain");
+        assert_ne!(block_hashes("n", &[b'x'; 64], 64, 256), a[..1]);
+        assert_eq!(block_hashes("m", &[b'x'; 10_000], 64, 8).len(), 8, "bounded by max_blocks");
+    }
+
+    #[test]
+    fn matches_the_leading_run_and_forgets_the_oldest() {
+        let mut index = PrefixIndex::default();
+        index.record("a", &[1, 2, 3], 100);
+        assert_eq!(index.matched("a", &[1, 2, 3, 4]), 3);
+        assert_eq!(index.matched("a", &[9, 2, 3]), 0, "a prefix match stops at the first miss");
+        assert_eq!(index.matched("b", &[1]), 0);
+        // Capacity 4: generations of 2; old blocks go once two newer generations filled.
+        let mut small = PrefixIndex::default();
+        small.record("a", &[1, 2], 4);
+        small.record("a", &[3, 4], 4);
+        small.record("a", &[5, 6], 4);
+        assert_eq!(small.matched("a", &[1]), 0);
+        assert_eq!(small.matched("a", &[5, 6]), 2);
+    }
+
+    #[test]
+    fn home_is_the_same_everywhere_and_spreads() {
+        let addrs = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"];
+        let mut counts = [0; 4];
+        for anchor in 0..4000u64 {
+            let h = home(anchor, addrs.iter()).unwrap();
+            assert_eq!(Some(h), home(anchor, addrs.iter()));
+            counts[h] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        // Removing an endpoint moves only the anchors that lived there.
+        let moved = (0..4000u64)
+            .filter(|&a| {
+                let before = home(a, addrs.iter()).unwrap();
+                before != 3 && home(a, addrs[..3].iter()) != Some(before)
+            })
+            .count();
+        assert_eq!(moved, 0);
+    }
+}

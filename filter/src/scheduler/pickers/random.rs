@@ -1,0 +1,19 @@
+use crate::rng::Rng;
+use crate::scheduler::Picker;
+
+/// Uniformly at random, scores ignored: the baseline every scorer should beat.
+pub struct RandomPicker;
+
+impl Picker for RandomPicker {
+    fn name(&self) -> &'static str {
+        "random-picker"
+    }
+    fn pick(&self, totals: &[f64], want: usize, rng: &mut Rng) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..totals.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        order.truncate(want);
+        order
+    }
+}
