@@ -28,15 +28,16 @@ pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: 
         .collect()
 }
 
-/// Where a prefix lives when no one has recorded it yet: rendezvous hashing of `anchor`
-/// (one of its block hashes) over the addresses. Every VM and every proxy picks the same
-/// one, without talking to each other. Returns an index into `addresses`.
-pub fn home(anchor: u64, addresses: impl Iterator<Item = impl AsRef<str>>) -> Option<usize> {
+/// Where a prefix lives when no one has recorded it yet: the addresses ranked by
+/// rendezvous hashing of `anchor` (one of its block hashes), home first. Every VM and
+/// every proxy ranks them the same, without talking to each other, and removing an
+/// endpoint moves only the prefixes that lived there. Returns indices into `addresses`.
+pub fn placement(anchor: u64, addresses: impl Iterator<Item = impl AsRef<str>>) -> Vec<usize> {
     let state = FixedState::with_seed(PLACEMENT_SEED);
-    addresses
-        .enumerate()
-        .max_by_key(|(_, a)| state.hash_one((anchor, a.as_ref().as_bytes())))
-        .map(|(i, _)| i)
+    let mut ranked: Vec<(u64, usize)> =
+        addresses.enumerate().map(|(i, a)| (state.hash_one((anchor, a.as_ref().as_bytes())), i)).collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked.into_iter().map(|(_, i)| i).collect()
 }
 
 /// The block hashes one endpoint was sent, at most about `capacity`, least recently used
@@ -131,16 +132,16 @@ mod tests {
         let addrs = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"];
         let mut counts = [0; 4];
         for anchor in 0..4000u64 {
-            let h = home(anchor, addrs.iter()).unwrap();
-            assert_eq!(Some(h), home(anchor, addrs.iter()));
+            let h = placement(anchor, addrs.iter())[0];
+            assert_eq!(placement(anchor, addrs.iter()), placement(anchor, addrs.iter()));
             counts[h] += 1;
         }
         assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
         // Removing an endpoint moves only the anchors that lived there.
         let moved = (0..4000u64)
             .filter(|&a| {
-                let before = home(a, addrs.iter()).unwrap();
-                before != 3 && home(a, addrs[..3].iter()) != Some(before)
+                let before = placement(a, addrs.iter())[0];
+                before != 3 && placement(a, addrs[..3].iter())[0] != before
             })
             .count();
         assert_eq!(moved, 0);

@@ -3,6 +3,7 @@
 //! timers, HTTP calls), on a virtual clock with simulated model servers.
 
 pub mod abi;
+pub mod bench;
 pub mod fleet;
 pub mod proxy;
 pub mod vm;

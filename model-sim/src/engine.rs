@@ -156,6 +156,28 @@ impl Engine {
         (distinct(self.running.iter()), distinct(self.waiting.iter()))
     }
 
+    /// Tokens of `prompt_blocks` found in the prefix cache now.
+    pub fn cached_tokens(&self, prompt_blocks: &[u64]) -> u32 {
+        self.kv.cached_prefix(prompt_blocks) as u32 * self.params.block_size
+    }
+
+    /// Prompt tokens still to prefill, for waiting and running sequences (counting what
+    /// the prefix cache would save the waiting ones).
+    pub fn prefill_backlog(&self) -> u64 {
+        let waiting: u64 = self
+            .waiting
+            .iter()
+            .map(|s| u64::from(s.req.prompt_tokens.saturating_sub(self.cached_tokens(&s.req.prompt_blocks))))
+            .sum();
+        let running: u64 = self.running.iter().map(|s| u64::from(s.req.prompt_tokens - s.prefilled)).sum();
+        waiting + running
+    }
+
+    /// Whether `adapter` is resident (no load penalty) or a slot is free for it.
+    pub fn adapter_ready(&self, adapter: &str) -> bool {
+        self.resident.iter().any(|a| a == adapter) || self.resident.len() < self.params.max_loras
+    }
+
     fn blocks_for(&self, tokens: u32) -> u32 {
         tokens.div_ceil(self.params.block_size.max(1))
     }

@@ -101,7 +101,7 @@ pub fn preset(name: &str) -> Option<Value> {
                 {"type": "lora-affinity-filter"},
                 {"type": "queue-scorer"},
                 {"type": "kv-cache-utilization-scorer"},
-                {"type": "prefix-cache-scorer", "parameters": {"placement": 0.5}},
+                {"type": "prefix-cache-scorer", "parameters": {"placement": 1.0}},
                 {"type": "lora-affinity-scorer"},
                 {"type": "max-score-picker"}
             ],

@@ -9,10 +9,11 @@ use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 ///
 /// Each picker VM learns only from its own decisions, and a fleet has many (a VM per
 /// Envoy worker, several Envoy replicas). So that they agree without talking, a prefix
-/// nobody has recorded yet has a *home*: the rendezvous-hash winner of one of its blocks
-/// among the candidates, the same in every VM. The home scores `placement` (unless the
-/// recorded share is higher): new groups of requests start on the same endpoint
-/// everywhere, and load scorers still move them when the home is busy.
+/// has a *home*: the first of the candidates ranked by rendezvous hashing of one of its
+/// blocks, the same in every VM. The home scores `placement` (unless the recorded share
+/// is higher): a new group of requests starts on the same endpoint everywhere, and load
+/// scorers still move requests off it when it is busy. (Scoring the next endpoints in
+/// that order too was measured, and spread load worse than it kept affinity.)
 pub struct PrefixCacheScorer {
     params: Params,
     index: PrefixIndex,
@@ -54,6 +55,7 @@ mod defaults {
     pub fn placement_block() -> usize {
         8
     }
+
 }
 
 impl Params {
@@ -114,7 +116,7 @@ impl Scorer for PrefixCacheScorer {
         out.extend(candidates.iter().map(|c| self.index.matched(&c.address, &self.hashes) as f64 / n as f64));
         if p.placement > 0.0 {
             let anchor = self.hashes[p.placement_block.min(n) - 1];
-            if let Some(home) = prefix::home(anchor, candidates.iter().map(|c| c.address.as_str())) {
+            if let Some(&home) = prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str())).first() {
                 let s = &mut out[start + home];
                 *s = s.max(p.placement);
             }

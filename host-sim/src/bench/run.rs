@@ -1,0 +1,231 @@
+//! One benchmark run: a workload's arrivals at one rate through one policy, on a fleet
+//! of simulated servers in virtual time, with the real module deciding for module policies.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use model_sim::engine::Event;
+use model_sim::{Request, ServerParams};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use serde_json::json;
+
+use super::policy::{self, Policy, ProxyView};
+use super::workload::{Arrival, Workload};
+use crate::fleet::{Fleet, SimServer};
+use crate::proxy::{HttpRequest, ProxyConfig, RequestOutcome};
+use crate::world::World;
+
+/// What a run measured.
+#[derive(Debug, Default, Clone)]
+pub struct RunResult {
+    pub policy: String,
+    pub rate: f64,
+    /// Per completed request (ms).
+    pub ttft_ms: Vec<f64>,
+    pub e2e_ms: Vec<f64>,
+    /// Time to first token of priority-0 requests (ms).
+    pub ttft_p0_ms: Vec<f64>,
+    pub output_tokens: u64,
+    /// From the first arrival to the last token (s).
+    pub span_s: f64,
+    /// Prompt tokens found in the servers' prefix caches, and looked up.
+    pub prefix_hits: u64,
+    pub prefix_queries: u64,
+    /// Answered 429 by the module (never forwarded).
+    pub shed: usize,
+    /// Answered with another error, or never routed.
+    pub errors: usize,
+    pub traps: Vec<String>,
+}
+
+/// A routed request, until it finishes.
+struct Track {
+    arrival_us: u64,
+    priority: i32,
+    first_us: Option<u64>,
+    server: usize,
+    proxy: usize,
+    /// The module's stream, to end when the server finishes.
+    stream: Option<RequestOutcome>,
+}
+
+pub fn addresses(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("10.0.{}.{}:8000", i / 256, i % 256)).collect()
+}
+
+/// Runs `arrivals` through `policy` on `servers`.
+pub fn run(
+    wasm: &Path,
+    servers: &[ServerParams],
+    arrivals: &[Arrival],
+    policy: &Policy,
+    objectives: &serde_json::Value,
+    seed: u64,
+) -> Result<RunResult, String> {
+    let addrs = addresses(servers.len());
+    let fleet = Fleet::new(addrs.iter().zip(servers).map(|(a, p)| SimServer::new(a, p.clone())).collect());
+    // Host-side policies keep a view per proxy, like Envoy's load balancers.
+    let (proxies, workers, config) = match policy {
+        Policy::Module { scheduler, proxies, workers, .. } => {
+            let plugin = json!({"endpoints": addrs, "scheduler": scheduler, "objectives": objectives, "max_fallbacks": 0});
+            let config = ProxyConfig { plugin_config: plugin.to_string(), workers: *workers, seed, ..Default::default() };
+            (*proxies, *workers, config)
+        }
+        _ => (0, 1, ProxyConfig::default()),
+    };
+    let views = if proxies > 0 { proxies } else { 2 };
+    let mut world = World::new(wasm, fleet, proxies, config).map_err(|e| format!("{e:#}"))?;
+    if let Some(e) = world.proxies.iter().flat_map(|p| p.startup_errors.iter()).next() {
+        return Err(e.clone());
+    }
+    world.advance_ms(500); // the scraper's first rounds
+    let mut sim = Sim {
+        world,
+        start_us: 0,
+        tracks: HashMap::new(),
+        views: vec![ProxyView::default(); views],
+        result: RunResult { policy: policy.name().into(), ..Default::default() },
+        last_token_us: 0,
+    };
+    sim.start_us = sim.world.now_us();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let block_size = servers.first().map_or(16, |p| p.block_size);
+    for (k, a) in arrivals.iter().enumerate() {
+        sim.advance_to(sim.start_us + a.at_us);
+        let proxy = k % views;
+        let adapter = (a.model != servers[0].model).then(|| a.model.clone());
+        let req = Request::for_prompt(k as u64, &a.prompt, a.max_tokens, adapter, block_size);
+        let (server, stream) = match policy {
+            Policy::Module { .. } => match sim.through_module(proxy, (k / views) % workers, a) {
+                Some(routed) => routed,
+                None => continue,
+            },
+            _ => {
+                let view = &mut sim.views[proxy];
+                (policy::choose(policy, view, &sim.world.fleet, &req, &mut rng), None)
+            }
+        };
+        sim.views[proxy].active.resize(servers.len(), 0);
+        sim.views[proxy].active[server] += 1;
+        let now = sim.world.now_us();
+        sim.world.fleet.servers[server].submit(req, now);
+        let track = Track { arrival_us: now, priority: a.priority, first_us: None, server, proxy, stream };
+        sim.tracks.insert(k as u64, track);
+    }
+    // Let everything in flight finish (bounded, should a policy have wedged a server).
+    let deadline = sim.world.now_us() + 3_600_000_000;
+    while !sim.tracks.is_empty() && sim.world.now_us() < deadline {
+        let next = sim.world.now_us() + 50_000;
+        sim.advance_to(next);
+    }
+    let mut result = sim.result;
+    result.errors += sim.tracks.len();
+    result.span_s = sim.last_token_us.saturating_sub(sim.start_us) as f64 / 1e6;
+    for s in &sim.world.fleet.servers {
+        result.prefix_hits += s.engine.stats.prefix_hits;
+        result.prefix_queries += s.engine.stats.prefix_queries;
+    }
+    result.traps = sim.world.traps();
+    Ok(result)
+}
+
+struct Sim {
+    world: World,
+    start_us: u64,
+    tracks: HashMap<u64, Track>,
+    views: Vec<ProxyView>,
+    result: RunResult,
+    last_token_us: u64,
+}
+
+impl Sim {
+    /// Runs proxies and servers to `t_us` in slices short enough that finished requests
+    /// leave the in-flight counts about when they would in Envoy.
+    fn advance_to(&mut self, t_us: u64) {
+        while self.world.now_us() < t_us {
+            let next = (self.world.now_us() + 2_000).min(t_us);
+            self.world.run_until(next * 1000);
+            for i in 0..self.world.fleet.servers.len() {
+                self.world.fleet.servers[i].advance_to(next);
+                let events = std::mem::take(&mut self.world.fleet.servers[i].events);
+                for (at, event) in events {
+                    self.on_event(at, event);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, at_us: u64, event: Event) {
+        match event {
+            Event::FirstToken { id } => {
+                if let Some(t) = self.tracks.get_mut(&id) {
+                    t.first_us = Some(at_us);
+                }
+            }
+            Event::Token { .. } => {}
+            Event::Finished { id, output_tokens, .. } => {
+                let Some(t) = self.tracks.remove(&id) else { return };
+                let first = t.first_us.unwrap_or(at_us);
+                let ttft = first.saturating_sub(t.arrival_us) as f64 / 1000.0;
+                self.result.ttft_ms.push(ttft);
+                if t.priority >= 0 {
+                    self.result.ttft_p0_ms.push(ttft);
+                }
+                self.result.e2e_ms.push(at_us.saturating_sub(t.arrival_us) as f64 / 1000.0);
+                self.result.output_tokens += u64::from(output_tokens);
+                self.last_token_us = self.last_token_us.max(at_us);
+                if let Some(view) = self.views.get_mut(t.proxy) {
+                    if let Some(n) = view.active.get_mut(t.server) {
+                        *n -= 1;
+                    }
+                }
+                if let Some(stream) = t.stream {
+                    self.world.finish(t.proxy, &stream, 200);
+                }
+            }
+        }
+    }
+
+    /// The module's decision for `a`: the server and the open stream, or `None` if the
+    /// module answered itself (429 counted as shed, anything else as an error).
+    fn through_module(&mut self, proxy: usize, worker: usize, a: &Arrival) -> Option<(usize, Option<RequestOutcome>)> {
+        let body = json!({"model": a.model, "max_tokens": a.max_tokens, "messages": [{"role": "user", "content": a.prompt}]});
+        let mut req = HttpRequest::post_json("/v1/chat/completions", &body);
+        if let Some(objective) = a.objective {
+            req.headers.push(("x-gateway-inference-objective".into(), objective.into()));
+        }
+        let out = self.world.request(proxy, worker, &req);
+        let chosen = out
+            .upstream_header("x-gateway-destination-endpoint")
+            .and_then(|d| d.split(',').next())
+            .and_then(|addr| self.world.fleet.servers.iter().position(|s| s.addr == addr));
+        match (&out.local_response, chosen) {
+            (None, Some(server)) => Some((server, Some(out))),
+            (Some(r), _) if r.status == 429 => {
+                self.result.shed += 1;
+                self.world.finish(proxy, &out, 429);
+                None
+            }
+            _ => {
+                self.result.errors += 1;
+                self.world.finish(proxy, &out, 503);
+                None
+            }
+        }
+    }
+}
+
+/// Every rate of `workload` through `policy`.
+pub fn sweep(wasm: &Path, workload: &Workload, policy: &Policy, seed: u64) -> Result<Vec<RunResult>, String> {
+    workload
+        .rates
+        .iter()
+        .map(|&rate| {
+            let arrivals = workload.arrivals(rate, seed);
+            let mut r = run(wasm, &workload.servers, &arrivals, policy, &workload.objectives, seed)?;
+            r.rate = rate;
+            Ok(r)
+        })
+        .collect()
+}

@@ -1,0 +1,248 @@
+//! The workloads of the fleet benchmark: who asks what, when, of which fleet. Seeded,
+//! Poisson arrivals; the same arrivals go to every policy.
+
+use std::path::Path;
+
+use model_sim::ServerParams;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Exp};
+
+pub const BASE_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// One request of a workload.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// Since the start of the run (µs).
+    pub at_us: u64,
+    pub model: String,
+    pub prompt: String,
+    pub max_tokens: u32,
+    /// The objective header, and the priority it has in the module's configuration.
+    pub objective: Option<&'static str>,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    SharedPrefix,
+    ShareGpt,
+    MultiLora,
+    Overload,
+}
+
+pub struct Workload {
+    pub kind: Kind,
+    pub name: &'static str,
+    /// The fleet.
+    pub servers: Vec<ServerParams>,
+    /// Offered loads (requests/s) for the TTFT-against-load plot, and the one the results
+    /// table reports.
+    pub rates: Vec<f64>,
+    pub main_rate: f64,
+    /// How long requests arrive for (virtual seconds).
+    pub duration_s: f64,
+    /// The objectives the module is configured with.
+    pub objectives: serde_json::Value,
+    /// ShareGPT conversations (prompt, answer tokens), for `sharegpt`.
+    conversations: Vec<(String, u32)>,
+}
+
+/// The objectives of the `overload` workload.
+pub const INTERACTIVE: &str = "interactive";
+pub const BATCH: &str = "batch";
+
+impl Workload {
+    pub fn names() -> [&'static str; 4] {
+        ["shared-prefix", "sharegpt", "multi-lora", "overload"]
+    }
+
+    /// The workload `name`; `sharegpt` reads the dataset at `sharegpt`.
+    pub fn by_name(name: &str, sharegpt: Option<&Path>, quick: bool) -> Result<Workload, String> {
+        let h100 = ServerParams { model: BASE_MODEL.into(), ..ServerParams::h100_llama_8b() };
+        let duration_s = if quick { 8.0 } else { 30.0 };
+        let mut w = match name {
+            // llm-d's benchmark shape scaled to 8 servers: 96 groups × 5 users, a 2,000-token
+            // shared context per group, 400-token questions, 64-token answers. The KV cache
+            // is scaled down with the contexts (2,000 blocks a server) so that the contexts
+            // alone fill 75% of the fleet's cache, as llm-d's 6,000-token contexts did (73%).
+            "shared-prefix" => Workload {
+                kind: Kind::SharedPrefix,
+                name: "shared-prefix",
+                servers: vec![ServerParams { num_blocks: 2_000, ..h100.clone() }; 8],
+                rates: vec![40.0, 80.0, 120.0, 160.0],
+                main_rate: 120.0,
+                duration_s,
+                objectives: serde_json::json!({}),
+                conversations: vec![],
+            },
+            "sharegpt" => {
+                let path = sharegpt.ok_or("sharegpt: no dataset path (./build.sh bench installs it)")?;
+                Workload {
+                    kind: Kind::ShareGpt,
+                    name: "sharegpt",
+                    servers: vec![h100.clone(); 8],
+                    rates: vec![40.0, 80.0, 120.0, 160.0],
+                    main_rate: 160.0,
+                    duration_s,
+                    objectives: serde_json::json!({}),
+                    conversations: read_sharegpt(path, 5_000)?,
+                }
+            }
+            // 15 adapters, skewed (5 × 12%, 5 × 6%, 5 × 2%), two adapter slots a server.
+            "multi-lora" => Workload {
+                kind: Kind::MultiLora,
+                name: "multi-lora",
+                servers: vec![ServerParams { adapters: adapters(), max_loras: 2, ..h100.clone() }; 8],
+                rates: vec![40.0, 80.0, 120.0, 160.0],
+                main_rate: 120.0,
+                duration_s,
+                objectives: serde_json::json!({}),
+                conversations: vec![],
+            },
+            // Half interactive (priority 0), half batch (sheddable), up to twice capacity.
+            "overload" => Workload {
+                kind: Kind::Overload,
+                name: "overload",
+                servers: vec![ServerParams { max_num_seqs: 64, ..h100.clone() }; 4],
+                rates: vec![40.0, 80.0, 120.0, 160.0],
+                main_rate: 160.0,
+                duration_s,
+                objectives: serde_json::json!({INTERACTIVE: 0, BATCH: -1}),
+                conversations: vec![],
+            },
+            other => return Err(format!("unknown workload {other:?}; workloads: {}", Workload::names().join(", "))),
+        };
+        if quick {
+            w.rates = vec![w.main_rate];
+        }
+        Ok(w)
+    }
+
+    /// The arrivals at `rate` requests/s, from `seed`.
+    pub fn arrivals(&self, rate: f64, seed: u64) -> Vec<Arrival> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let gap = Exp::new(rate.max(1e-6)).map_err(|_| ()).ok();
+        let mut t = 0.0f64;
+        let mut out = Vec::new();
+        let contexts: Vec<String> = match self.kind {
+            Kind::SharedPrefix => (0..96).map(|g| words(&mut SmallRng::seed_from_u64(1000 + g), 2_000)).collect(),
+            _ => vec![],
+        };
+        let adapters = adapters();
+        loop {
+            t += gap.as_ref().map_or(1.0, |g| g.sample(&mut rng));
+            if t >= self.duration_s {
+                return out;
+            }
+            let at_us = (t * 1e6) as u64;
+            let mut a = Arrival {
+                at_us,
+                model: BASE_MODEL.into(),
+                prompt: String::new(),
+                max_tokens: 64,
+                objective: None,
+                priority: 0,
+            };
+            match self.kind {
+                Kind::SharedPrefix => {
+                    let group = rng.gen_range(0..contexts.len());
+                    let user = rng.gen_range(0..5);
+                    a.prompt = format!("{}\nUser {user}: {}", contexts[group], words(&mut rng, 400));
+                }
+                Kind::ShareGpt => {
+                    let (prompt, answer) = &self.conversations[rng.gen_range(0..self.conversations.len())];
+                    a.prompt = prompt.clone();
+                    a.max_tokens = *answer;
+                }
+                Kind::MultiLora => {
+                    // 5 × 12%, 5 × 6%, 5 × 2%: cumulative 60%, 90%, 100%.
+                    let u: f64 = rng.gen();
+                    let (tier, within) = if u < 0.6 { (0, u / 0.12) } else if u < 0.9 { (1, (u - 0.6) / 0.06) } else { (2, (u - 0.9) / 0.02) };
+                    a.model = adapters[tier * 5 + (within as usize).min(4)].clone();
+                    a.prompt = words(&mut rng, 300);
+                    a.max_tokens = 128;
+                }
+                Kind::Overload => {
+                    let interactive = rng.gen_bool(0.5);
+                    a.objective = Some(if interactive { INTERACTIVE } else { BATCH });
+                    a.priority = if interactive { 0 } else { -1 };
+                    let tokens = rng.gen_range(100..800);
+                    a.prompt = words(&mut rng, tokens);
+                    a.max_tokens = rng.gen_range(64..256);
+                }
+            }
+            out.push(a);
+        }
+    }
+}
+
+fn adapters() -> Vec<String> {
+    (1..=15).map(|i| format!("adapter-{i:02}")).collect()
+}
+
+/// Exactly `tokens` tokens of made-up text: words of a space and three letters, each one
+/// token to the simulator's tokenizer (4 characters a token, as it assumes).
+fn words(rng: &mut SmallRng, tokens: usize) -> String {
+    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(tokens * 4);
+    for _ in 0..tokens {
+        out.push(' ');
+        for _ in 0..3 {
+            out.push(LETTERS[rng.gen_range(0..LETTERS.len())] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_one_token_each() {
+        let text = words(&mut SmallRng::seed_from_u64(1), 2000);
+        assert_eq!(model_sim::text::tokens_in(&text), 2000);
+    }
+}
+
+/// The first `max` conversations of the ShareGPT file that open with a human turn and a
+/// model answer: (prompt, answer length in tokens). The packaged file is cut off mid-way:
+/// entries are read one at a time and reading stops at the first incomplete one.
+fn read_sharegpt(path: &Path, max: usize) -> Result<Vec<(String, u32)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        conversations: Vec<Turn>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Turn {
+        from: String,
+        value: String,
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut at = bytes.iter().position(|&b| b == b'[').ok_or("sharegpt: not a JSON array")? + 1;
+    let mut out = Vec::new();
+    while out.len() < max {
+        let mut stream = serde_json::Deserializer::from_slice(&bytes[at..]).into_iter::<Entry>();
+        let Some(Ok(entry)) = stream.next() else { break };
+        at += stream.byte_offset();
+        while at < bytes.len() && (bytes[at].is_ascii_whitespace() || bytes[at] == b',') {
+            at += 1;
+        }
+        if let [human, gpt, ..] = entry.conversations.as_slice() {
+            if human.from == "human" && gpt.from == "gpt" && !human.value.is_empty() {
+                // vLLM's benchmark_serving filter: 4 tokens or more each, prompts up to 1,024
+                // tokens, prompt and answer together up to 2,048.
+                let prompt_tokens = model_sim::text::tokens_in(&human.value);
+                let answer = model_sim::text::tokens_in(&gpt.value);
+                if prompt_tokens >= 4 && answer >= 4 && prompt_tokens <= 1024 && prompt_tokens + answer <= 2048 {
+                    out.push((human.value.clone(), answer));
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no complete conversations", path.display()));
+    }
+    Ok(out)
+}
