@@ -4,6 +4,7 @@
 //! free of proxy-wasm calls and tested natively and as wasm32; `abi` is the thin glue
 //! that binds it to the host.
 
+pub mod affinity;
 pub mod config;
 pub mod engine;
 pub mod errors;

@@ -27,7 +27,7 @@ pub enum Outcome {
 }
 
 /// What the router reads of one request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Incoming<'a> {
     pub model: Option<&'a str>,
     /// The start of the prompt, as far as `Router::prompt_bytes` asked.
@@ -36,6 +36,8 @@ pub struct Incoming<'a> {
     pub objective: Option<&'a str>,
     /// The subset header, if any.
     pub subset: Option<&'a str>,
+    /// The proxy's shared data, for plugins that share state between workers.
+    pub shared: Option<&'a dyn crate::affinity::SharedStore>,
 }
 
 pub struct Router {
@@ -126,7 +128,7 @@ impl Router {
             return Outcome::Reject(Rejection::shed(objective, priority));
         }
 
-        let request = SchedulingRequest { model, prompt: incoming.prompt, priority };
+        let request = SchedulingRequest { model, prompt: incoming.prompt, priority, shared: incoming.shared };
         let decision = self.profile.schedule(&request, &usable, want, &mut self.rng);
         if decision.ranked.is_empty() {
             return Outcome::Reject(Rejection::unavailable("Every endpoint was filtered out."));

@@ -64,6 +64,21 @@ pub fn increment(counter: Option<u32>) {
     }
 }
 
+/// The proxy's shared data (one store per `vm_id`), for plugins.
+pub struct HostStore;
+
+impl crate::affinity::SharedStore for HostStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(bytes), Some(cas))) => Some((bytes, cas)),
+            _ => None,
+        }
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        hostcalls::set_shared_data(key, Some(value), (cas != 0).then_some(cas)).is_ok()
+    }
+}
+
 /// A gauge in the host's stats. Envoy's stats are process-wide: every VM that defines the
 /// same name (the singleton and each worker) reads and moves the same number.
 pub fn gauge(name: &str) -> Option<u32> {

@@ -99,7 +99,13 @@ impl PickerStream {
         let mut shared = self.shared.borrow_mut();
         shared.refresh_table();
         let Shared { router, table, stats, in_flight } = &mut *shared;
-        let incoming = Incoming { model, prompt, objective: self.objective.as_deref(), subset: self.subset.as_deref() };
+        let incoming = Incoming {
+            model,
+            prompt,
+            objective: self.objective.as_deref(),
+            subset: self.subset.as_deref(),
+            shared: Some(&host::HostStore),
+        };
         let gauges = &*in_flight;
         let now_in_flight = |e: &crate::table::EndpointState| host::read(gauges.get(&e.address).copied().flatten());
         let outcome = router.decide(table.as_ref().map(|(_, t)| t), &incoming, host::now_ms(), &now_in_flight);

@@ -10,11 +10,12 @@ pub mod scorers;
 
 use std::ops::Deref;
 
+use crate::affinity::SharedStore;
 use crate::rng::Rng;
 use crate::table::EndpointState;
 
 /// What the scheduler knows of the request.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct SchedulingRequest<'a> {
     /// The model (base or adapter) to serve, after any rewrite; `None` for bodiless or
     /// non-model requests.
@@ -24,6 +25,8 @@ pub struct SchedulingRequest<'a> {
     pub prompt: &'a [u8],
     /// The objective's priority: negative is sheddable.
     pub priority: i32,
+    /// What the workers of this proxy share (proxy-wasm shared data), if anything.
+    pub shared: Option<&'a dyn SharedStore>,
 }
 
 /// An endpoint as the scheduler sees it: the scraped state, and the requests this proxy

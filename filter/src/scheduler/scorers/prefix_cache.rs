@@ -1,5 +1,6 @@
 use serde::Deserialize;
 
+use crate::affinity;
 use crate::prefix::{self, PrefixIndex};
 use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 
@@ -8,17 +9,22 @@ use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 /// KV cache already is.
 ///
 /// Each picker VM learns only from its own decisions, and a fleet has many (a VM per
-/// Envoy worker, several Envoy replicas). So that they agree without talking, a prefix
-/// has a *home*: the first of the candidates ranked by rendezvous hashing of one of its
-/// blocks, the same in every VM. The home scores `placement` (unless the recorded share
-/// is higher): a new group of requests starts on the same endpoint everywhere, and load
-/// scorers still move requests off it when it is busy. (Scoring the next endpoints in
-/// that order too was measured, and spread load worse than it kept affinity.)
+/// Envoy worker, several Envoy replicas). So that they agree, a prefix's *anchor* (one of
+/// its block hashes) gives it one *placement* endpoint, scoring `placement` (unless the
+/// recorded share is higher):
+/// - the endpoint this proxy's workers assigned it to (`affinity`, in shared data), or
+/// - if none yet, its *home*: the first of the candidates ranked by rendezvous hashing of
+///   the anchor, the same in every VM of every proxy, without talking.
+///
+/// Load scorers still move requests off it when it is busy. (Measured and dropped:
+/// scoring the next endpoints in the rendezvous order too; following the latest endpoint
+/// instead of the first; a weaker home score for prefixes seen once: BENCHMARKS.md.)
 pub struct PrefixCacheScorer {
     params: Params,
     index: PrefixIndex,
-    /// The hashes of the request being scheduled, kept for `picked`.
+    /// The hashes and anchor of the request being scheduled, kept for `picked`.
     hashes: Vec<u64>,
+    anchor: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,7 +81,7 @@ impl Params {
 
 impl PrefixCacheScorer {
     pub fn new(params: Params) -> Self {
-        PrefixCacheScorer { params, index: PrefixIndex::default(), hashes: Vec::new() }
+        PrefixCacheScorer { params, index: PrefixIndex::default(), hashes: Vec::new(), anchor: None }
     }
 
     /// Blocks an endpoint can hold: its KV cache in tokens, at ~4 bytes a token, when the
@@ -108,24 +114,35 @@ impl Scorer for PrefixCacheScorer {
             p.max_prefix_blocks_to_match,
         );
         let n = self.hashes.len();
+        self.anchor = None;
         if n == 0 {
             out.extend(candidates.iter().map(|_| 0.0));
             return;
         }
         let start = out.len();
         out.extend(candidates.iter().map(|c| self.index.matched(&c.address, &self.hashes) as f64 / n as f64));
-        if p.placement > 0.0 {
-            let anchor = self.hashes[p.placement_block.min(n) - 1];
-            if let Some(&home) = prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str())).first() {
-                let s = &mut out[start + home];
-                *s = s.max(p.placement);
-            }
+        if p.placement == 0.0 {
+            return; // GIE's scorer: what this VM recorded, nothing more
+        }
+        let anchor = self.hashes[p.placement_block.min(n) - 1];
+        self.anchor = Some(anchor);
+        let assigned = request.shared.and_then(|s| affinity::recall(s, anchor));
+        let placed = match assigned {
+            Some(id) => candidates.iter().position(|c| affinity::endpoint_id(&c.address) == id),
+            None => prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str())).first().copied(),
+        };
+        if let Some(i) = placed {
+            let s = &mut out[start + i];
+            *s = s.max(p.placement);
         }
     }
 
-    fn picked(&mut self, _: &SchedulingRequest, chosen: &Candidate) {
+    fn picked(&mut self, request: &SchedulingRequest, chosen: &Candidate) {
         let capacity = self.capacity(chosen);
         self.index.record(&chosen.address, &self.hashes, capacity);
+        if let (Some(anchor), Some(store)) = (self.anchor, request.shared) {
+            affinity::assign(store, anchor, affinity::endpoint_id(&chosen.address));
+        }
     }
 }
 

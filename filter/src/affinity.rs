@@ -1,0 +1,160 @@
+//! Where this proxy assigned each prefix, shared by all its workers.
+//!
+//! Every Envoy worker runs its own picker VM with its own prefix index. Without a shared
+//! record, a group of requests that load sent somewhere other than its home would
+//! scatter, one endpoint per worker. So the first endpoint a prefix's *anchor* (one of
+//! its block hashes) goes to is its assignment for every worker of the proxy, until the
+//! record forgets it. (Following the latest endpoint instead split groups over two
+//! endpoints and lost hit rate: BENCHMARKS.md.)
+//!
+//! The record lives in proxy-wasm shared data (one store per `vm_id`, so per proxy), in a
+//! fixed number of small keys, since the ABI cannot delete one: the anchor picks the key,
+//! and each key keeps its most recently assigned anchors.
+
+use core::hash::BuildHasher;
+
+use foldhash::quality::FixedState;
+
+/// The host's shared data, as the ABI offers it: values with a version (CAS).
+pub trait SharedStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Stores `value` if the key's version is still `cas` (0: unconditionally); false if not.
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool;
+}
+
+const SHARDS: u64 = 256;
+const PER_SHARD: usize = 16;
+/// anchor (8) + endpoint id (4).
+const ENTRY: usize = 12;
+
+/// A short id of an endpoint address; 0 means none.
+pub fn endpoint_id(address: &str) -> u32 {
+    (FixedState::with_seed(0xadd7).hash_one(address.as_bytes()) as u32).max(1)
+}
+
+fn key(anchor: u64) -> String {
+    format!("wasm-epp/v1/affinity/{}", anchor % SHARDS)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Entry {
+    anchor: u64,
+    endpoint: u32,
+}
+
+fn decode(bytes: &[u8]) -> Vec<Entry> {
+    bytes
+        .chunks_exact(ENTRY)
+        .map(|c| {
+            let word = |r: core::ops::Range<usize>| c[r].iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            Entry { anchor: word(0..8), endpoint: word(8..12) as u32 }
+        })
+        .collect()
+}
+
+fn encode(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ENTRY);
+    for e in entries {
+        out.extend_from_slice(&e.anchor.to_le_bytes());
+        out.extend_from_slice(&e.endpoint.to_le_bytes());
+    }
+    out
+}
+
+/// The endpoint (id) this proxy assigned `anchor` to, if it remembers one.
+pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
+    let (bytes, _) = store.get(&key(anchor))?;
+    decode(&bytes).into_iter().find(|e| e.anchor == anchor).map(|e| e.endpoint)
+}
+
+/// Assigns `anchor` to `endpoint`, unless it has an assignment already: a group that
+/// stays put costs one read a request, and no write.
+pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32) {
+    let key = key(anchor);
+    // A worker that lost the CAS race reads again; after a few, losing one update is fine.
+    for _ in 0..3 {
+        let (bytes, cas) = store.get(&key).unwrap_or_default();
+        let mut entries = decode(&bytes);
+        if entries.iter().any(|e| e.anchor == anchor) {
+            return;
+        }
+        entries.insert(0, Entry { anchor, endpoint });
+        entries.truncate(PER_SHARD);
+        if store.set(&key, &encode(&entries), cas) {
+            return;
+        }
+    }
+}
+
+/// An in-memory store with the host's CAS rules, for tests and native runs.
+#[derive(Default)]
+pub struct MemoryStore(core::cell::RefCell<hashbrown::HashMap<String, (Vec<u8>, u32)>>);
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.0.borrow().get(key).cloned()
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        let mut map = self.0.borrow_mut();
+        let version = map.get(key).map_or(0, |(_, v)| *v);
+        if cas != 0 && cas != version {
+            return false;
+        }
+        map.insert(key.to_string(), (value.to_vec(), version + 1));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn the_first_assignment_sticks() {
+        let store = MemoryStore::default();
+        assert_eq!(recall(&store, 7), None);
+        assign(&store, 7, 1);
+        assign(&store, 7, 2);
+        assert_eq!(recall(&store, 7), Some(1));
+        assert_eq!(store.get(&key(7)).unwrap().1, 1, "an existing assignment is not written again");
+        assign(&store, 7 + SHARDS, 3);
+        assert_eq!(recall(&store, 7 + SHARDS), Some(3), "same shard, own entry");
+        assert_eq!(recall(&store, 7), Some(1));
+    }
+
+    #[test]
+    fn a_shard_keeps_the_most_recent_anchors() {
+        let store = MemoryStore::default();
+        for i in 0..(PER_SHARD as u64 + 4) {
+            assign(&store, i * SHARDS, 5);
+        }
+        assert_eq!(recall(&store, 0), None, "the oldest anchors went");
+        assert_eq!(recall(&store, (PER_SHARD as u64 + 3) * SHARDS), Some(5));
+        assert_eq!(store.get(&key(0)).unwrap().0.len(), PER_SHARD * ENTRY);
+    }
+
+    #[test]
+    fn a_lost_race_is_retried() {
+        struct Flaky(MemoryStore, core::cell::Cell<u32>);
+        impl SharedStore for Flaky {
+            fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+                self.0.get(key)
+            }
+            fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+                self.1.set(self.1.get() + 1);
+                // Another worker writes first, once.
+                if self.1.get() == 1 {
+                    self.0.set(key, &encode(&[Entry { anchor: 99, endpoint: 9 }]), 0);
+                    return false;
+                }
+                self.0.set(key, value, cas)
+            }
+        }
+        let store = Flaky(MemoryStore::default(), Default::default());
+        assign(&store, 99 + SHARDS, 4);
+        assert_eq!(recall(&store, 99 + SHARDS), Some(4));
+        assert_eq!(recall(&store, 99), Some(9), "the other worker's write survived");
+    }
+}
