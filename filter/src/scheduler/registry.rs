@@ -92,10 +92,12 @@ pub fn preset(name: &str) -> Option<Value> {
                 {"pluginRef": "max-score-picker"}
             ]}]
         })),
-        // GIE's default, plus what host-sim measurements showed to help (BENCHMARKS.md):
-        // adapters only where they can run now, LoRA affinity, and prefix placement so
-        // that every worker and replica starts a new prefix on the same endpoint. Load
-        // scorers also count what this proxy sent since the last scrape (in every profile).
+        // GIE's default, changed where host-sim measurements showed it (BENCHMARKS.md):
+        // adapters only where they run (or can run) now, and LoRA affinity; prefix
+        // placement, so that every worker and replica sends a recurring prefix to one home;
+        // running requests and a lighter queue weight, which spread long generations
+        // better. Load scorers also count what this proxy sent since the last scrape (in
+        // every profile).
         "default" => Some(json!({
             "plugins": [
                 {"type": "lora-affinity-filter"},
@@ -103,14 +105,16 @@ pub fn preset(name: &str) -> Option<Value> {
                 {"type": "kv-cache-utilization-scorer"},
                 {"type": "prefix-cache-scorer", "parameters": {"placement": 1.0}},
                 {"type": "lora-affinity-scorer"},
+                {"type": "running-requests-scorer"},
                 {"type": "max-score-picker"}
             ],
             "schedulingProfiles": [{"name": "default", "plugins": [
                 {"pluginRef": "lora-affinity-filter"},
-                {"pluginRef": "queue-scorer", "weight": 2},
+                {"pluginRef": "queue-scorer", "weight": 1},
                 {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
                 {"pluginRef": "prefix-cache-scorer", "weight": 3},
                 {"pluginRef": "lora-affinity-scorer", "weight": 1},
+                {"pluginRef": "running-requests-scorer", "weight": 1},
                 {"pluginRef": "max-score-picker"}
             ]}]
         })),

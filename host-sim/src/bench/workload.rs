@@ -70,8 +70,8 @@ impl Workload {
                 kind: Kind::SharedPrefix,
                 name: "shared-prefix",
                 servers: vec![ServerParams { num_blocks: 2_000, ..h100.clone() }; 8],
-                rates: vec![40.0, 80.0, 120.0, 160.0],
-                main_rate: 120.0,
+                rates: vec![40.0, 60.0, 80.0, 100.0, 120.0],
+                main_rate: 80.0,
                 duration_s,
                 objectives: serde_json::json!({}),
                 conversations: vec![],
@@ -82,11 +82,11 @@ impl Workload {
                     kind: Kind::ShareGpt,
                     name: "sharegpt",
                     servers: vec![h100.clone(); 8],
-                    rates: vec![40.0, 80.0, 120.0, 160.0],
-                    main_rate: 160.0,
+                    rates: vec![60.0, 100.0, 120.0, 140.0, 160.0],
+                    main_rate: 140.0,
                     duration_s,
                     objectives: serde_json::json!({}),
-                    conversations: read_sharegpt(path, 5_000)?,
+                    conversations: read_sharegpt(path, 20_000)?,
                 }
             }
             // 15 adapters, skewed (5 × 12%, 5 × 6%, 5 × 2%), two adapter slots a server.
@@ -106,7 +106,7 @@ impl Workload {
                 name: "overload",
                 servers: vec![ServerParams { max_num_seqs: 64, ..h100.clone() }; 4],
                 rates: vec![40.0, 80.0, 120.0, 160.0],
-                main_rate: 160.0,
+                main_rate: 120.0,
                 duration_s,
                 objectives: serde_json::json!({INTERACTIVE: 0, BATCH: -1}),
                 conversations: vec![],
@@ -130,6 +130,10 @@ impl Workload {
             _ => vec![],
         };
         let adapters = adapters();
+        // ShareGPT conversations in a seeded order, each once (as vLLM's benchmark samples).
+        let mut order: Vec<usize> = (0..self.conversations.len()).collect();
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+        let mut next_conversation = order.into_iter().cycle();
         loop {
             t += gap.as_ref().map_or(1.0, |g| g.sample(&mut rng));
             if t >= self.duration_s {
@@ -151,7 +155,7 @@ impl Workload {
                     a.prompt = format!("{}\nUser {user}: {}", contexts[group], words(&mut rng, 400));
                 }
                 Kind::ShareGpt => {
-                    let (prompt, answer) = &self.conversations[rng.gen_range(0..self.conversations.len())];
+                    let (prompt, answer) = &self.conversations[next_conversation.next().unwrap_or(0)];
                     a.prompt = prompt.clone();
                     a.max_tokens = *answer;
                 }

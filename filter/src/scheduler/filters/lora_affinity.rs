@@ -1,11 +1,16 @@
 use crate::scheduler::{Candidate, Filter, SchedulingRequest};
 use crate::table::{same_name, EndpointState};
 
-/// For an adapter request, keep only endpoints that can run it now: the adapter is already
-/// running there, or an adapter slot is free. Elsewhere the request would wait until a
-/// running adapter drains, which can take as long as the longest generation in flight.
+/// For an adapter request, keep the endpoints where the adapter already runs and has
+/// room (a queue under 5, GIE's threshold); if none, the ones that can run it now (it runs
+/// there, or an adapter slot is free). Elsewhere the request waits until a running
+/// adapter drains, which under steady traffic can be never (vLLM admits other adapters'
+/// requests past it). Preferring where it runs over a free slot keeps each adapter on few
+/// endpoints, so slots do not fill with every adapter everywhere.
 /// If no endpoint can run it now, all stay and the scorers decide.
 pub struct LoraAffinityFilter;
+
+const ROOMY_QUEUE: u32 = 5;
 
 impl Filter for LoraAffinityFilter {
     fn name(&self) -> &'static str {
@@ -13,22 +18,33 @@ impl Filter for LoraAffinityFilter {
     }
 
     fn keep(&self, request: &SchedulingRequest, candidates: &[Candidate]) -> Vec<bool> {
-        let ready: Vec<bool> = match request.model {
-            Some(model) => candidates.iter().map(|e| can_run_now(e, model)).collect(),
-            None => vec![true; candidates.len()],
-        };
-        if ready.iter().any(|&r| r) {
-            ready
-        } else {
-            vec![true; candidates.len()]
+        let all = vec![true; candidates.len()];
+        let Some(model) = request.model else { return all };
+        if candidates.iter().any(|c| c.serves_base(model)) {
+            return all; // a base model needs no adapter slot
         }
+        let tiers: [&dyn Fn(&Candidate) -> bool; 2] = [
+            &|c| runs(c, model) && c.queue() < ROOMY_QUEUE,
+            &|c| can_run_now(c, model),
+        ];
+        for tier in tiers {
+            let keep: Vec<bool> = candidates.iter().map(tier).collect();
+            if keep.iter().any(|&k| k) {
+                return keep;
+            }
+        }
+        all
     }
+}
+
+/// A base model it serves, or an adapter with requests running there.
+fn runs(e: &EndpointState, model: &str) -> bool {
+    e.serves_base(model) || e.metrics.running_adapters.iter().any(|a| same_name(a, model))
 }
 
 fn can_run_now(e: &EndpointState, model: &str) -> bool {
     let m = &e.metrics;
-    e.serves_base(model)
-        || m.running_adapters.iter().any(|a| same_name(a, model))
+    runs(e, model)
         // max_lora 0: LoRA state not reported, nothing to go by.
         || m.max_lora == 0
         || (m.running_adapters.len() as u32) < m.max_lora
@@ -60,9 +76,20 @@ mod tests {
         ];
         let view = candidates(&eps);
         let keep = LoraAffinityFilter.keep(&SchedulingRequest { model: Some("x"), ..Default::default() }, &view);
-        assert_eq!(keep, vec![true, false, true, true]);
+        assert_eq!(keep, vec![true, false, false, false], "where it runs first");
         let keep = LoraAffinityFilter.keep(&SchedulingRequest { model: Some("base"), ..Default::default() }, &view);
         assert_eq!(keep, vec![true; 4]);
+    }
+
+    #[test]
+    fn free_slots_when_it_runs_nowhere_or_only_where_busy() {
+        let eps = [endpoint("a:1", lora(&["x"], 1)), endpoint("b:1", lora(&["y"], 1)), endpoint("c:1", lora(&["y"], 2))];
+        let mut view = candidates(&eps);
+        let req = SchedulingRequest { model: Some("z"), ..Default::default() };
+        assert_eq!(LoraAffinityFilter.keep(&req, &view), vec![false, false, true]);
+        view[0].pending = 5; // a's queue is no longer roomy
+        let req = SchedulingRequest { model: Some("x"), ..Default::default() };
+        assert_eq!(LoraAffinityFilter.keep(&req, &view), vec![true, false, true]);
     }
 
     #[test]
