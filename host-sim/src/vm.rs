@@ -229,7 +229,14 @@ impl HostState {
             current_context: ROOT_CONTEXT,
             phase: Phase::Root,
             host_errors: Vec::new(),
-            rng: seed | 1,
+            // Spread the seed (splitmix64) so neighbouring seeds give unrelated streams, and
+            // keep xorshift's state non-zero.
+            rng: {
+                let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) | 1
+            },
         }
     }
 

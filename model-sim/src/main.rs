@@ -143,12 +143,18 @@ async fn main() {
         Err(_) => String::new(),
     };
     println!("model-sim listening on {addr} serving {} {:?}", args.model, args.lora);
-    // Every answer says which server gave it, so tests and the demo can see the routing.
+    // Every answer says which server gave it, and echoes the destination list the gateway
+    // set, so tests and the demo can see the routing.
     let served_by = axum::http::HeaderValue::from_str(&addr).unwrap_or(axum::http::HeaderValue::from_static(""));
-    let router = router.layer(axum::middleware::map_response(move |mut r: Response| {
+    let router = router.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
         let served_by = served_by.clone();
         async move {
+            let destination = req.headers().get("x-gateway-destination-endpoint").cloned();
+            let mut r = next.run(req).await;
             r.headers_mut().insert("x-served-by", served_by);
+            if let Some(d) = destination {
+                r.headers_mut().insert("x-seen-destination", d);
+            }
             r
         }
     }));

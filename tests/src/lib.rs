@@ -3,7 +3,9 @@
 
 pub mod client;
 pub mod envoy;
+pub mod hostsim;
 pub mod paths;
+pub mod scenario;
 pub mod sim;
 
 pub use client::{Client, Reply};

@@ -1,59 +1,10 @@
 //! Scenarios on the real dist/epp.wasm in host-sim: Envoy's topology (a singleton scraper,
 //! worker pickers sharing one vm_id's shared data), simulated vLLM servers, virtual time.
 
+use epp_tests::hostsim::{addr, chat, first, load, route, servers, world_with, DEST, MODEL};
 use host_sim::{Fault, Fleet, HttpRequest, ProxyConfig, RequestOutcome, SimServer, World};
-use model_sim::{Request, ServerParams};
+use model_sim::ServerParams;
 use serde_json::{json, Value};
-
-const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
-const DEST: &str = "x-gateway-destination-endpoint";
-
-fn addr(i: usize) -> String {
-    format!("10.0.0.{}:8000", i + 1)
-}
-
-fn world_with(servers: Vec<SimServer>, plugin: Value, workers: usize, proxies: usize) -> World {
-    let fleet = Fleet::new(servers);
-    let mut config = json!({"endpoints": fleet.addresses()});
-    if let (Some(c), Some(p)) = (config.as_object_mut(), plugin.as_object()) {
-        c.extend(p.clone());
-    }
-    let proxy = ProxyConfig { plugin_config: config.to_string(), workers, ..Default::default() };
-    let world = World::new(&epp_tests::paths::epp_wasm(), fleet, proxies, proxy).expect("world");
-    for p in &world.proxies {
-        assert!(p.startup_errors.is_empty(), "{:?}", p.startup_errors);
-    }
-    world
-}
-
-fn servers(n: usize, params: ServerParams) -> Vec<SimServer> {
-    (0..n).map(|i| SimServer::new(&addr(i), params.clone())).collect()
-}
-
-fn chat(model: &str) -> HttpRequest {
-    HttpRequest::post_json("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
-}
-
-/// Queues `n` long requests on a server, from outside the gateway.
-fn load(world: &mut World, server: usize, n: u64, adapter: Option<&str>) {
-    let now = world.now_us();
-    let s = world.fleet.server(&addr(server)).expect("server");
-    for id in 0..n {
-        s.submit(Request { id: 10_000 + id, prompt_tokens: 256, max_tokens: 5000, adapter: adapter.map(String::from), ..Default::default() }, now);
-    }
-}
-
-fn first(o: &RequestOutcome) -> String {
-    let dest = o.upstream_header(DEST).unwrap_or_else(|| panic!("not routed: {o:?}"));
-    dest.split(',').next().unwrap_or_default().to_string()
-}
-
-fn route(world: &mut World, proxy: usize, worker: usize, req: &HttpRequest) -> RequestOutcome {
-    let o = world.request(proxy, worker, req);
-    assert!(o.trap.is_none(), "{:?}", o.trap);
-    world.finish(proxy, &o, 200);
-    o
-}
 
 #[test]
 fn all_workers_pick_from_one_table() {
@@ -254,7 +205,7 @@ fn picker_memory_is_flat_over_100k_requests() {
     let mut w = world_with(servers(8, ServerParams::default()), json!({}), 1, 1);
     w.advance_ms(200);
     let reqs = [chat(MODEL), chat("nope"), HttpRequest::get("/v1/models")];
-    let mut run = |w: &mut World, n: usize| {
+    let run = |w: &mut World, n: usize| {
         for i in 0..n {
             route(w, 0, 0, &reqs[i % reqs.len()]);
             if i % 500 == 0 {

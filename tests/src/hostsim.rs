@@ -1,0 +1,56 @@
+//! Set-ups the host-sim tests share: a world of the real module over simulated servers.
+
+use host_sim::{Fleet, HttpRequest, ProxyConfig, RequestOutcome, SimServer, World};
+use model_sim::{Request, ServerParams};
+use serde_json::{json, Value};
+
+pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+pub const DEST: &str = "x-gateway-destination-endpoint";
+
+pub fn addr(i: usize) -> String {
+    format!("10.0.0.{}:8000", i + 1)
+}
+
+pub fn world_with(servers: Vec<SimServer>, plugin: Value, workers: usize, proxies: usize) -> World {
+    let fleet = Fleet::new(servers);
+    let mut config = json!({"endpoints": fleet.addresses()});
+    if let (Some(c), Some(p)) = (config.as_object_mut(), plugin.as_object()) {
+        c.extend(p.clone());
+    }
+    let proxy = ProxyConfig { plugin_config: config.to_string(), workers, ..Default::default() };
+    let world = World::new(&crate::paths::epp_wasm(), fleet, proxies, proxy).expect("world");
+    for p in &world.proxies {
+        assert!(p.startup_errors.is_empty(), "{:?}", p.startup_errors);
+    }
+    world
+}
+
+pub fn servers(n: usize, params: ServerParams) -> Vec<SimServer> {
+    (0..n).map(|i| SimServer::new(&addr(i), params.clone())).collect()
+}
+
+pub fn chat(model: &str) -> HttpRequest {
+    HttpRequest::post_json("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+}
+
+/// Queues `n` long requests on a server, from outside the gateway.
+pub fn load(world: &mut World, server: usize, n: u64, adapter: Option<&str>) {
+    let now = world.now_us();
+    let s = world.fleet.server(&addr(server)).expect("server");
+    for id in 0..n {
+        s.submit(Request { id: 10_000 + id, prompt_tokens: 256, max_tokens: 5000, adapter: adapter.map(String::from), ..Default::default() }, now);
+    }
+}
+
+pub fn first(o: &RequestOutcome) -> String {
+    let dest = o.upstream_header(DEST).unwrap_or_else(|| panic!("not routed: {o:?}"));
+    dest.split(',').next().unwrap_or_default().to_string()
+}
+
+pub fn route(world: &mut World, proxy: usize, worker: usize, req: &HttpRequest) -> RequestOutcome {
+    let o = world.request(proxy, worker, req);
+    assert!(o.trap.is_none(), "{:?}", o.trap);
+    world.finish(proxy, &o, 200);
+    o
+}
+

@@ -1,0 +1,127 @@
+//! The scheduler's protocol features in a real Envoy 1.40: shedding by objective, model
+//! rewrites, the fallback list, and in-flight accounting across Envoy's workers.
+
+use std::collections::HashMap;
+use std::thread;
+use std::time::Duration;
+
+use epp_tests::client::chat;
+use epp_tests::scenario::{addrs, assert_openai_error, load_directly, start, MODEL};
+use epp_tests::{wait_for, Envoy, EnvoyOptions, Sim};
+use serde_json::json;
+
+const OBJECTIVE: &str = "x-gateway-inference-objective";
+
+fn post_as(envoy: &Envoy, objective: &str, body: &serde_json::Value) -> epp_tests::Reply {
+    let headers = [("content-type", "application/json"), (OBJECTIVE, objective)];
+    envoy.client().send(&envoy.url("/v1/chat/completions"), &headers, Some(body.to_string().as_bytes()))
+}
+
+#[test]
+fn sheddable_requests_get_429_while_every_server_is_saturated() {
+    let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&["--max-num-seqs", "1"])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let envoy = start(&refs, json!({"objectives": {"batch": -1, "interactive": 10}}));
+
+    // Idle pool: batch work is welcome.
+    assert_eq!(post_as(&envoy, "batch", &chat(MODEL, "summarise", 2)).status, 200);
+
+    // Six requests on each server: one running, five waiting (GIE's queue threshold).
+    let load: Vec<_> = sims.iter().flat_map(|s| load_directly(s, MODEL, 6, 40)).collect();
+    wait_for("both servers saturated in the table", Duration::from_secs(5), || {
+        let saturated = sims.iter().all(|s| s.metric("vllm:num_requests_waiting") >= 5.0);
+        saturated.then(|| thread::sleep(Duration::from_millis(300)))
+    });
+    let upstream_before = envoy.stat("cluster.llm_pool.upstream_rq_total");
+    let shed = post_as(&envoy, "batch", &chat(MODEL, "summarise", 2));
+    assert_openai_error(&shed, 429, "rate_limit_exceeded");
+    assert_eq!(envoy.stat("cluster.llm_pool.upstream_rq_total"), upstream_before, "a shed request is never forwarded");
+
+    // Priority 0 (no objective) and positive priorities still go through, after the queue.
+    let interactive = post_as(&envoy, "interactive", &chat(MODEL, "hi", 1));
+    assert_eq!(interactive.status, 200, "{}", interactive.body);
+    assert_eq!(envoy.post("/v1/chat/completions", &chat(MODEL, "hi", 1)).status, 200);
+    for h in load {
+        assert_eq!(h.join().map(|r| r.status).unwrap_or(0), 200);
+    }
+}
+
+#[test]
+fn model_rewrite_splits_traffic_and_rewrites_the_body() {
+    let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&["--lora", "sql-lora"])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let rules = json!([{"model": "chat", "targets": [{"model": MODEL, "weight": 1}, {"model": "sql-lora", "weight": 1}]}]);
+    let envoy = start(&refs, json!({"model_rewrites": rules}));
+
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for i in 0..40 {
+        // `model` first, then a long field: a wrong content-length would cut or stall it.
+        let body = json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(3000 + i)}], "max_tokens": 1});
+        let r = envoy.post("/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        *served.entry(r.json()["model"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    assert_eq!(served.values().sum::<usize>(), 40);
+    for model in [MODEL, "sql-lora"] {
+        assert!(served.get(model).copied().unwrap_or(0) >= 8, "an even split reaches both targets: {served:?}");
+    }
+    // Models without a rule are left alone.
+    let r = envoy.post("/v1/chat/completions", &chat("sql-lora", "hi", 1));
+    assert_eq!(r.json()["model"], "sql-lora");
+}
+
+#[test]
+fn the_destination_header_lists_the_choice_then_fallbacks() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    for (fallbacks, expect) in [(2, 3), (0, 1)] {
+        let envoy = start(&refs, json!({"max_fallbacks": fallbacks}));
+        let r = envoy.post("/v1/chat/completions", &chat(MODEL, "hi", 1));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let list: Vec<&str> = r.header("x-seen-destination").unwrap_or_default().split(',').collect();
+        assert_eq!(list.len(), expect, "{list:?}");
+        assert_eq!(Some(list[0]), r.served_by(), "the first address serves");
+        let mut distinct = list.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), list.len(), "no address twice: {list:?}");
+        assert!(list.iter().all(|a| addrs(&refs).iter().any(|x| x == a)));
+    }
+}
+
+#[test]
+fn a_burst_between_scrapes_spreads_over_every_worker() {
+    // One scrape a second: a burst lands on a table that cannot show it.
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&["--max-num-seqs", "64"])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let plugin = json!({"scrape_interval_ms": 1000, "stale_after_ms": 10000});
+    let envoy = Envoy::start(&addrs(&refs), EnvoyOptions { plugin, concurrency: 4, ..Default::default() });
+    envoy.wait_for_table();
+    // Two servers a little busy at scrape time, one idle: without in-flight counts every
+    // worker would send the whole burst to the idle one.
+    let load: Vec<_> = sims[1..].iter().flat_map(|s| load_directly(s, MODEL, 2, 400)).collect();
+    thread::sleep(Duration::from_millis(2200));
+    let burst: Vec<_> = (0..18)
+        .map(|_| {
+            let url = envoy.url("/v1/chat/completions");
+            let client = envoy.client().clone();
+            thread::spawn(move || client.post_json(&url, &chat(MODEL, "burst", 30)))
+        })
+        .collect();
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for h in burst {
+        let r = h.join().expect("request thread");
+        assert_eq!(r.status, 200, "{}", r.body);
+        *served.entry(r.served_by().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    let idle = served.get(&sims[0].addr).copied().unwrap_or(0);
+    assert!(idle < 14, "the idle server got {idle} of 18: {served:?}");
+    for h in load {
+        assert_eq!(h.join().map(|r| r.status).unwrap_or(0), 200);
+    }
+    // Every stream that ended left the in-flight gauges.
+    for s in &sims {
+        let gauge = format!("wasmcustom.wasm_epp.in_flight.{}", s.addr.replace(['.', ':'], "_"));
+        wait_for("in-flight gauges back to zero", Duration::from_secs(5), || (envoy.stat(&gauge) == 0).then_some(()));
+    }
+}
