@@ -33,6 +33,7 @@ pub fn summary(r: &RunResult) -> Value {
         "shed": r.shed,
         "requests": r.ttft_ms.len(),
         "priority0_ttft_p99_ms": round(quantile(&r.ttft_p0_ms, 0.99)),
+        "priority0_shed": r.shed_priority0,
         "errors": r.errors,
         "offered_rps": r.rate,
     })

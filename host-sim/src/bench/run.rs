@@ -32,8 +32,9 @@ pub struct RunResult {
     /// Prompt tokens found in the servers' prefix caches, and looked up.
     pub prefix_hits: u64,
     pub prefix_queries: u64,
-    /// Answered 429 by the module (never forwarded).
+    /// Answered 429 by the module (never forwarded), and how many of those had priority ≥ 0.
     pub shed: usize,
+    pub shed_priority0: usize,
     /// Answered with another error, or never routed.
     pub errors: usize,
     pub traps: Vec<String>,
@@ -204,6 +205,9 @@ impl Sim {
             (None, Some(server)) => Some((server, Some(out))),
             (Some(r), _) if r.status == 429 => {
                 self.result.shed += 1;
+                if a.priority >= 0 {
+                    self.result.shed_priority0 += 1;
+                }
                 self.world.finish(proxy, &out, 429);
                 None
             }

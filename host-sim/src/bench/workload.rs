@@ -83,7 +83,8 @@ impl Workload {
                     name: "sharegpt",
                     servers: vec![h100.clone(); 8],
                     rates: vec![60.0, 100.0, 120.0, 140.0, 160.0],
-                    main_rate: 140.0,
+                    // High load: past the fleet's capacity (~150 requests/s).
+                    main_rate: 160.0,
                     duration_s,
                     objectives: serde_json::json!({}),
                     conversations: read_sharegpt(path, 20_000)?,

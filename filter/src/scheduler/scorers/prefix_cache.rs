@@ -12,13 +12,16 @@ use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 /// Envoy worker, several Envoy replicas). So that they agree, a prefix's *anchor* (one of
 /// its block hashes) gives it one *placement* endpoint, scoring `placement` (unless the
 /// recorded share is higher):
-/// - the endpoint this proxy's workers assigned it to (`affinity`, in shared data), or
+/// - the endpoint this proxy's workers first sent it to (`affinity`, in shared data), or
 /// - if none yet, its *home*: the first of the candidates ranked by rendezvous hashing of
-///   the anchor, the same in every VM of every proxy, without talking.
+///   the anchor, the same in every VM of every proxy, without talking. At first sight the
+///   home scores in proportion to the prompt's length (full from `fullPlacementBlocks`):
+///   long prompts are the costly ones to misplace and the likely shared contexts, while
+///   short one-off prompts stay spread by load.
 ///
 /// Load scorers still move requests off it when it is busy. (Measured and dropped:
-/// scoring the next endpoints in the rendezvous order too; following the latest endpoint
-/// instead of the first; a weaker home score for prefixes seen once: BENCHMARKS.md.)
+/// scoring the next endpoints in the rendezvous order; following the latest endpoint
+/// instead of the first; the full home score for every first sight: BENCHMARKS.md.)
 pub struct PrefixCacheScorer {
     params: Params,
     index: PrefixIndex,
@@ -42,6 +45,10 @@ pub struct Params {
     /// The home's score for a prefix no one recorded; 0 turns placement off (GIE's behaviour).
     #[serde(default)]
     pub placement: f64,
+    /// A prompt seen for the first time gets the home's full `placement` from this many
+    /// blocks on, and proportionally less below: one-off short prompts stay spread by load.
+    #[serde(default = "defaults::full_placement_blocks")]
+    pub full_placement_blocks: usize,
     /// Which block (1-based, or the last if the prompt is shorter) names the home: deep
     /// enough to tell groups apart, shallow enough that their requests share it.
     #[serde(default = "defaults::placement_block")]
@@ -61,6 +68,9 @@ mod defaults {
     pub fn placement_block() -> usize {
         8
     }
+    pub fn full_placement_blocks() -> usize {
+        128
+    }
 
 }
 
@@ -72,8 +82,8 @@ impl Params {
         if !(0.0..=1.0).contains(&self.placement) {
             return Err("placement must be within [0, 1]".into());
         }
-        if self.placement_block == 0 {
-            return Err("placementBlock must be at least 1".into());
+        if self.placement_block == 0 || self.full_placement_blocks == 0 {
+            return Err("placementBlock and fullPlacementBlocks must be at least 1".into());
         }
         Ok(())
     }
@@ -126,14 +136,21 @@ impl Scorer for PrefixCacheScorer {
         }
         let anchor = self.hashes[p.placement_block.min(n) - 1];
         self.anchor = Some(anchor);
+        let recorded_here = out[start..].iter().any(|&share| share > 0.0);
         let assigned = request.shared.and_then(|s| affinity::recall(s, anchor));
-        let placed = match assigned {
-            Some(id) => candidates.iter().position(|c| affinity::endpoint_id(&c.address) == id),
-            None => prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str())).first().copied(),
+        let (placed, strength) = match assigned {
+            Some(id) => (candidates.iter().position(|c| affinity::endpoint_id(&c.address) == id), p.placement),
+            None => {
+                let home = prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str())).first().copied();
+                // First sight: the longer the prompt, the more a wrong place would cost, and
+                // the likelier it is a shared context (a document, a long system prompt).
+                let first_sight = p.placement * (n as f64 / p.full_placement_blocks as f64).min(1.0);
+                (home, if recorded_here { p.placement } else { first_sight })
+            }
         };
         if let Some(i) = placed {
             let s = &mut out[start + i];
-            *s = s.max(p.placement);
+            *s = s.max(strength);
         }
     }
 
@@ -181,19 +198,43 @@ mod tests {
     }
 
     #[test]
-    fn placement_agrees_across_independent_scorers() {
+    fn first_sight_places_long_prompts_home_and_short_ones_lightly() {
         let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
         let view = candidates(&eps);
+        let long = vec![b'z'; 64 * 200];
         let homes: Vec<usize> = (0..2)
             .map(|_| {
-                let mut s = scorer(0.5);
                 let mut out = vec![];
-                s.score(&request(&[b'z'; 1024]), &view, &mut out);
+                scorer(0.5).score(&request(&long), &view, &mut out);
                 assert_eq!(out.iter().filter(|&&x| x == 0.5).count(), 1, "{out:?}");
                 out.iter().position(|&x| x == 0.5).unwrap()
             })
             .collect();
-        assert_eq!(homes[0], homes[1]);
+        assert_eq!(homes[0], homes[1], "independent VMs agree on the home");
+        let mut out = vec![];
+        scorer(0.5).score(&request(&long[..64 * 32]), &view, &mut out);
+        let top = out.iter().copied().fold(0.0, f64::max);
+        assert_eq!(top, 0.5 * 32.0 / 128.0, "32 blocks of 128: a quarter of the placement");
+    }
+
+    #[test]
+    fn the_proxys_assignment_is_shared_by_its_workers() {
+        let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
+        let view = candidates(&eps);
+        let prompt = vec![b'q'; 64 * 200];
+        let store = affinity::MemoryStore::default();
+        let req = SchedulingRequest { model: Some("m"), prompt: &prompt, shared: Some(&store), ..Default::default() };
+        let mut first = scorer(0.5);
+        let mut out = vec![];
+        first.score(&req, &view, &mut out);
+        let home = out.iter().position(|&x| x == 0.5).unwrap();
+        let elsewhere = (home + 1) % 8;
+        first.picked(&req, &view[elsewhere]); // load sent it away from home
+        // Another worker of the proxy: nothing recorded itself, follows the assignment.
+        out.clear();
+        scorer(0.5).score(&req, &view, &mut out);
+        assert_eq!(out[elsewhere], 0.5, "{out:?}");
+        assert_eq!(out[home], 0.0, "{out:?}");
     }
 
     #[test]
