@@ -1,9 +1,7 @@
 //! What the picker needs from a request: the `model` of an OpenAI-style JSON body.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -25,46 +23,13 @@ struct ModelOnly {
     model: Option<Value>,
 }
 
-/// `model` and the prompt's text, borrowed from the body where JSON escapes allow.
-#[derive(Deserialize)]
-struct ModelAndPrompt<'a> {
-    model: Option<Value>,
-    #[serde(borrow)]
-    messages: Option<Vec<Message<'a>>>,
-    #[serde(borrow)]
-    prompt: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow)]
-    content: Option<Text<'a>>,
-}
-
-/// A message's content or a completion prompt: a string, a list of strings, or a list of
-/// parts of which the `text` ones count. Anything else (token ids) has no text.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Text<'a> {
-    One(#[serde(borrow)] Cow<'a, str>),
-    Parts(#[serde(borrow)] Vec<Part<'a>>),
-    Other(IgnoredAny),
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Part<'a> {
-    Text { #[serde(borrow)] text: Cow<'a, str> },
-    Plain(#[serde(borrow)] Cow<'a, str>),
-    Other(IgnoredAny),
-}
-
 /// What the picker reads of a request body.
 #[derive(Debug, Default, PartialEq)]
 pub struct Body {
     pub model: Option<String>,
     /// The start of the prompt: chat messages' text in order, a line each, or the
-    /// completion prompt; at most the bytes asked for.
+    /// completion prompt, as the JSON string literals spell it (escapes and all: the same
+    /// text always gives the same bytes); at most the bytes asked for.
     pub prompt: Vec<u8>,
 }
 
@@ -85,18 +50,9 @@ pub fn parse(path: &str, body: &[u8], prompt_bytes: usize) -> Result<Body, Rejec
             false => Ok(Body::default()),
         };
     }
-    let mut prompt = Vec::new();
-    let parsed = match prompt_bytes {
-        0 => serde_json::from_slice::<ModelOnly>(body).map(|m| m.model),
-        // A body whose prompt fields have shapes we do not know is still routed by model.
-        limit => match serde_json::from_slice::<ModelAndPrompt>(body) {
-            Ok(b) => {
-                render_prompt(&b, limit, &mut prompt);
-                Ok(b.model)
-            }
-            Err(_) => serde_json::from_slice::<ModelOnly>(body).map(|m| m.model),
-        },
-    };
+    // serde validates the whole body and keeps only `model`; the prompt is read from the
+    // raw bytes afterwards, as far as needed, with no copy of the rest.
+    let parsed = serde_json::from_slice::<ModelOnly>(body).map(|m| m.model);
     let model = match parsed {
         Ok(Some(Value::String(m))) if !m.is_empty() => Some(m),
         _ if !strict => None,
@@ -113,30 +69,153 @@ pub fn parse(path: &str, body: &[u8], prompt_bytes: usize) -> Result<Body, Rejec
             ))
         }
     };
+    let prompt = if prompt_bytes > 0 { prompt_prefix(body, prompt_bytes) } else { Vec::new() };
     Ok(Body { model, prompt })
 }
 
-fn render_prompt(b: &ModelAndPrompt, limit: usize, out: &mut Vec<u8>) {
-    let mut push = |text: &str| {
-        let room = limit.saturating_sub(out.len());
-        out.extend_from_slice(&text.as_bytes()[..text.len().min(room)]);
-        out.len() < limit
-    };
-    let texts = b.messages.iter().flatten().filter_map(|m| m.content.as_ref()).chain(b.prompt.as_ref());
-    for (i, text) in texts.enumerate() {
-        if i > 0 && !push("\n") {
-            return;
+/// Up to `limit` bytes of the prompt of a valid JSON body: the `content` strings of
+/// `messages` (or the `text` of content parts) in order, a newline between messages, or
+/// the completion `prompt` (a string or a list of strings). Reads no further than it
+/// must: a 200 KB prompt costs the `limit` bytes it gives, not another pass.
+fn prompt_prefix(body: &[u8], limit: usize) -> Vec<u8> {
+    let mut p = Prefix { body, limit, out: Vec::new() };
+    let top = skip_ws(body, 0);
+    if let Some(messages) = member_start(body, top, b"messages") {
+        for (i, message) in elements(body, messages).enumerate() {
+            if i > 0 && !p.push(b"\n") {
+                break;
+            }
+            let Some(content) = member_start(body, message, b"content") else { continue };
+            let more = match body.get(content) {
+                Some(b'"') => p.literal(content),
+                Some(b'[') => elements(body, content).all(|part| match body.get(part) {
+                    Some(b'"') => p.literal(part),
+                    Some(b'{') => match member_start(body, part, b"text") {
+                        Some(t) if body.get(t) == Some(&b'"') => p.literal(t),
+                        _ => true,
+                    },
+                    _ => true,
+                }),
+                _ => true,
+            };
+            if !more {
+                break;
+            }
         }
-        let more = match text {
-            Text::One(s) => push(s),
-            Text::Parts(parts) => parts.iter().all(|p| match p {
-                Part::Text { text } | Part::Plain(text) => push(text),
-                Part::Other(_) => true,
-            }),
-            Text::Other(_) => true,
+    } else if let Some(prompt) = member_start(body, top, b"prompt") {
+        match body.get(prompt) {
+            Some(b'"') => {
+                p.literal(prompt);
+            }
+            Some(b'[') => {
+                let _ = elements(body, prompt).filter(|&at| body.get(at) == Some(&b'"')).all(|at| p.literal(at));
+            }
+            _ => {}
+        }
+    }
+    p.out
+}
+
+/// The prompt gathered so far, up to `limit` bytes.
+struct Prefix<'a> {
+    body: &'a [u8],
+    limit: usize,
+    out: Vec<u8>,
+}
+
+impl Prefix<'_> {
+    /// Appends what fits of `bytes`; false once the limit is reached.
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        let room = self.limit.saturating_sub(self.out.len());
+        self.out.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.out.len() < self.limit
+    }
+
+    /// Appends the text of the string literal at `at`.
+    fn literal(&mut self, at: usize) -> bool {
+        let room = self.limit.saturating_sub(self.out.len());
+        let body = self.body;
+        self.push(literal_prefix(body, at, room))
+    }
+}
+
+/// The text of the string literal at `at` (quotes off, escapes as written), at most `room`
+/// bytes of it, found without scanning past them: memchr finds the quotes a word at a time.
+fn literal_prefix(b: &[u8], at: usize, room: usize) -> &[u8] {
+    let start = at + 1;
+    let window = b.get(start..b.len().min(start.saturating_add(room))).unwrap_or_default();
+    let mut from = 0;
+    while let Some(k) = memchr::memchr(b'"', &window[from..]) {
+        let quote = from + k;
+        // A quote after an odd run of backslashes is escaped.
+        let backslashes = window[..quote].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes % 2 == 0 {
+            return &window[..quote];
+        }
+        from = quote + 1;
+    }
+    window
+}
+
+/// The starts of an array's elements, the array starting at `at`; each next one is found
+/// only when asked for.
+fn elements(b: &[u8], at: usize) -> impl Iterator<Item = usize> + '_ {
+    // Where to look for the next element: inside the array, or past the element last
+    // given (its end is found only now, when the caller wants the one after it).
+    enum Next {
+        First(usize),
+        After(usize),
+        Done,
+    }
+    let mut next = if b.get(at) == Some(&b'[') { Next::First(at + 1) } else { Next::Done };
+    std::iter::from_fn(move || {
+        let from = match next {
+            Next::First(i) => i,
+            Next::After(previous) => {
+                let j = skip_ws(b, value_end(b, previous)?);
+                if b.get(j) != Some(&b',') {
+                    return None;
+                }
+                j + 1
+            }
+            Next::Done => return None,
         };
-        if !more {
-            return;
+        let i = skip_ws(b, from);
+        if b.get(i).is_none_or(|&c| c == b']') {
+            next = Next::Done;
+            return None;
+        }
+        next = Next::After(i);
+        Some(i)
+    })
+}
+
+/// Where member `key`'s value starts in the object starting at `at`; values of earlier
+/// members are skipped, the value itself is not scanned.
+fn member_start(b: &[u8], at: usize, key: &[u8]) -> Option<usize> {
+    if b.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut i = at + 1;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        let name = b.get(i + 1..key_end - 1)?;
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        if name == key {
+            return Some(i);
+        }
+        i = skip_ws(b, value_end(b, i)?);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
         }
     }
 }
@@ -144,33 +223,8 @@ fn render_prompt(b: &ModelAndPrompt, limit: usize, out: &mut Vec<u8>) {
 /// The byte range of the top-level `"model"` string value (quotes included), for
 /// rewriting it in place. The body was already validated as JSON.
 pub fn model_value_span(body: &[u8]) -> Option<Range<usize>> {
-    let mut i = skip_ws(body, 0);
-    if body.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        i = skip_ws(body, i);
-        if body.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = string_end(body, i)?;
-        let key = &body[i + 1..key_end - 1];
-        i = skip_ws(body, key_end);
-        if body.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(body, i + 1);
-        let value_end = value_end(body, i)?;
-        if key == b"model" && body.get(i) == Some(&b'"') {
-            return Some(i..value_end);
-        }
-        i = skip_ws(body, value_end);
-        match body.get(i) {
-            Some(b',') => i += 1,
-            _ => return None,
-        }
-    }
+    let at = member_start(body, skip_ws(body, 0), b"model")?;
+    (body.get(at) == Some(&b'"')).then(|| Some(at..string_end(body, at)?)).flatten()
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -271,7 +325,7 @@ mod tests {
         let chat = br#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi \"there\""},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
         let b = parse("/v1/chat/completions", chat, 1000).unwrap();
         assert_eq!(b.model.as_deref(), Some("m"));
-        assert_eq!(String::from_utf8(b.prompt).unwrap(), "be brief\nhi \"there\"");
+        assert_eq!(String::from_utf8(b.prompt).unwrap(), String::from("be brief\n") + r#"hi \"there\""#, "raw literals");
         assert_eq!(parse("/v1/chat/completions", chat, 5).unwrap().prompt, b"be br");
         assert!(parse("/v1/chat/completions", chat, 0).unwrap().prompt.is_empty());
         let completion = br#"{"prompt":["a","b"],"model":"m"}"#;
@@ -293,5 +347,20 @@ mod tests {
         assert_eq!(with_model(br#"{"messages":[]}"#, "a"), None);
         assert_eq!(with_model(br#"{"model":7}"#, "a"), None);
         assert_eq!(with_model(br#"{"a":[1,{"b":"}"}],"model":"m"}"#, "z").unwrap(), br#"{"a":[1,{"b":"}"}],"model":"z"}"#);
+    }
+
+    #[test]
+    fn the_raw_scanner_survives_any_bytes() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\"b"},"c"]},{"content":"d"}],"prompt":["x"]}"#;
+        assert_eq!(prompt_prefix(body, 100), br#"a\"bc
+d"#.to_vec());
+        for cut in 0..body.len() {
+            let _ = prompt_prefix(&body[..cut], 100);
+            let _ = model_value_span(&body[..cut]);
+        }
+        let junk: [&[u8]; 6] = [br#"{"messages":[{"content":"\"}]"#, br#"{""#, br#"{"a""#, b"[[[[", br#"{"messages":[,,,]}"#, br#""\"#];
+        for j in junk {
+            let _ = prompt_prefix(j, 100);
+        }
     }
 }

@@ -68,13 +68,14 @@ impl Router {
         self.profile.prompt_bytes()
     }
 
-    /// One decision. `in_flight` gives this proxy's requests in flight to an endpoint now.
+    /// One decision. `in_flight` gives this proxy's requests in flight now to the
+    /// endpoint at that position of the table.
     pub fn decide(
         &mut self,
         table: Option<&Table>,
         incoming: &Incoming,
         now_ms: u64,
-        in_flight: &dyn Fn(&EndpointState) -> i64,
+        in_flight: &dyn Fn(usize) -> i64,
     ) -> Outcome {
         let want = 1 + self.config.max_fallbacks;
         let rewritten =
@@ -96,15 +97,17 @@ impl Router {
             return self.fail_open(want, &allowed, rewritten);
         };
 
-        let in_subset: Vec<&EndpointState> = table.endpoints.iter().filter(|e| allowed(&e.address)).collect();
+        // (row in the table, endpoint): the row finds its in-flight count.
+        let in_subset: Vec<(usize, &EndpointState)> =
+            table.endpoints.iter().enumerate().filter(|(_, e)| allowed(&e.address)).collect();
         if in_subset.is_empty() {
             return Outcome::Reject(Rejection::unavailable(format!(
                 "No endpoint of this pool is in the {SUBSET_HEADER} header."
             )));
         }
-        let serving: Vec<&EndpointState> = in_subset
+        let serving: Vec<(usize, &EndpointState)> = in_subset
             .into_iter()
-            .filter(|e| model.is_none_or(|m| e.models_unknown() || e.serves(m)))
+            .filter(|(_, e)| model.is_none_or(|m| e.models_unknown() || e.serves(m)))
             .collect();
         if serving.is_empty() {
             // `model` is Some here: without one every endpoint "serves".
@@ -112,14 +115,14 @@ impl Router {
         }
         let usable: Vec<Candidate> = serving
             .iter()
-            .filter(|e| e.is_usable(now_ms, stale_after))
-            .map(|&e| Candidate { endpoint: e, pending: pending(e, in_flight(e)) })
+            .filter(|(_, e)| e.is_usable(now_ms, stale_after))
+            .map(|&(row, e)| Candidate { endpoint: e, pending: pending(e, in_flight(row)) })
             .collect();
         if usable.is_empty() {
             let what = model.map_or("any model".to_string(), |m| format!("model `{m}`"));
             return Outcome::Reject(Rejection::unavailable(format!(
                 "No healthy endpoint serves {what} right now ({}).",
-                first_reason(&serving)
+                first_reason(serving.iter().map(|(_, e)| *e))
             )));
         }
 
@@ -180,8 +183,8 @@ fn parse_subset(header: &str) -> Vec<&str> {
     header.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
 }
 
-fn first_reason(endpoints: &[&EndpointState]) -> String {
-    let unhealthy = endpoints.iter().find_map(|e| match &e.health {
+fn first_reason<'a>(mut endpoints: impl Iterator<Item = &'a EndpointState>) -> String {
+    let unhealthy = endpoints.find_map(|e| match &e.health {
         Health::Unhealthy(why) => Some(format!("{}: {why}", e.address)),
         _ => None,
     });
@@ -340,7 +343,7 @@ mod tests {
             Some(&one_free),
             &Incoming { model: Some("base"), objective: Some("batch"), ..Default::default() },
             NOW,
-            &|e| if e.address == "b:1" { 5 } else { 0 },
+            &|row| if row == 1 { 5 } else { 0 },
         );
         assert_eq!(status(pending), 429);
     }
@@ -387,8 +390,8 @@ mod tests {
         let mut sent: std::collections::HashMap<String, i64> = Default::default();
         for _ in 0..12 {
             let counts = sent.clone();
-            let o = r.decide(Some(&t), &Incoming { model: Some("base"), ..Default::default() }, NOW, &|e| {
-                counts.get(&e.address).copied().unwrap_or(0)
+            let o = r.decide(Some(&t), &Incoming { model: Some("base"), ..Default::default() }, NOW, &|row| {
+                counts.get(&t.endpoints[row].address).copied().unwrap_or(0)
             });
             *sent.entry(route(o)[0].clone()).or_default() += 1;
         }

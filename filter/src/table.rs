@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// that share a `vm_id` during a rollout keep their own tables.
 pub const TABLE_KEY: &str = "wasm-epp/v1/table";
 const FORMAT: u8 = 2;
+/// The generation of the table last published (8 bytes, little-endian): a picker reads
+/// these 8 bytes per request, and the table itself only when they change.
+pub const GENERATION_KEY: &str = "wasm-epp/v1/generation";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Table {

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::errors::Rejection;
 use crate::request;
 use crate::route::{Incoming, Outcome, Router, OBJECTIVE_HEADER, SUBSET_HEADER};
-use crate::table::{Table, TABLE_KEY};
+use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
 
 const EXPLAIN_HEADER: &str = "x-wasm-epp-explain";
 
@@ -28,8 +28,10 @@ struct Shared {
     /// The table as last decoded, and the CAS it had: decode again only when it changes.
     table: Option<(u32, Table)>,
     stats: Stats,
-    /// This proxy's requests in flight per endpoint (gauges every VM shares).
+    /// This proxy's requests in flight per endpoint (gauges every VM shares), by address
+    /// and by position in the current table.
     in_flight: HashMap<String, Option<u32>>,
+    in_flight_by_row: Vec<Option<u32>>,
 }
 
 struct Stats {
@@ -48,7 +50,8 @@ impl PickerRoot {
         };
         let in_flight = host::in_flight_gauges(&config.endpoints);
         let router = Router::from_config(config, seed);
-        PickerRoot { shared: Rc::new(RefCell::new(Shared { router, table: None, stats, in_flight })) }
+        let shared = Shared { router, table: None, stats, in_flight, in_flight_by_row: Vec::new() };
+        PickerRoot { shared: Rc::new(RefCell::new(shared)) }
     }
 
     pub fn new_stream(&self) -> PickerStream {
@@ -67,6 +70,12 @@ impl PickerRoot {
 impl Shared {
     /// The current table, decoded at most once per publish.
     fn refresh_table(&mut self) {
+        if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(GENERATION_KEY) {
+            let published = bytes.try_into().map(u64::from_le_bytes).ok();
+            if published.is_some() && self.table.as_ref().map(|(_, t)| t.generation) == published {
+                return;
+            }
+        }
         let (bytes, cas) = match hostcalls::get_shared_data(TABLE_KEY) {
             Ok((Some(bytes), Some(cas))) => (bytes, cas),
             _ => return,
@@ -75,7 +84,10 @@ impl Shared {
             return;
         }
         match Table::decode(&bytes) {
-            Ok(t) => self.table = Some((cas, t)),
+            Ok(t) => {
+                self.in_flight_by_row = t.endpoints.iter().map(|e| self.in_flight.get(&e.address).copied().flatten()).collect();
+                self.table = Some((cas, t));
+            }
             Err(e) => log::warn!("wasm-epp picker: {e}"),
         }
     }
@@ -98,7 +110,7 @@ impl PickerStream {
         self.decided = true;
         let mut shared = self.shared.borrow_mut();
         shared.refresh_table();
-        let Shared { router, table, stats, in_flight } = &mut *shared;
+        let Shared { router, table, stats, in_flight, in_flight_by_row } = &mut *shared;
         let incoming = Incoming {
             model,
             prompt,
@@ -106,8 +118,8 @@ impl PickerStream {
             subset: self.subset.as_deref(),
             shared: Some(&host::HostStore),
         };
-        let gauges = &*in_flight;
-        let now_in_flight = |e: &crate::table::EndpointState| host::read(gauges.get(&e.address).copied().flatten());
+        let rows = &*in_flight_by_row;
+        let now_in_flight = |row: usize| host::read(rows.get(row).copied().flatten());
         let outcome = router.decide(table.as_ref().map(|(_, t)| t), &incoming, host::now_ms(), &now_in_flight);
         match outcome {
             Outcome::Route { endpoints, fail_open, explain, rewritten } => {

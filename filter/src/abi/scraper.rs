@@ -10,7 +10,7 @@ use proxy_wasm::types::{BufferType, MapType};
 use super::host;
 use crate::config::Config;
 use crate::scrape::{Probe, Scraper};
-use crate::table::TABLE_KEY;
+use crate::table::{GENERATION_KEY, TABLE_KEY};
 
 /// A page larger than this is not a metrics page we want to parse on the data plane.
 const MAX_PAGE_BYTES: usize = 8 << 20;
@@ -92,10 +92,13 @@ impl ScraperRoot {
     }
 
     fn publish(&mut self, now: u64) {
-        let bytes = self.scraper.publish(now).encode();
-        // One writer: no CAS needed. Readers use the CAS to see a new table.
-        if let Err(e) = hostcalls::set_shared_data(TABLE_KEY, Some(&bytes), None) {
+        let table = self.scraper.publish(now);
+        // One writer: no CAS needed. The table first, then its generation, which readers
+        // watch: a reader that sees the new generation finds the new table.
+        if let Err(e) = hostcalls::set_shared_data(TABLE_KEY, Some(&table.encode()), None) {
             log::warn!("wasm-epp scraper: could not publish the table: {e:?}");
+            return;
         }
+        let _ = hostcalls::set_shared_data(GENERATION_KEY, Some(&table.generation.to_le_bytes()), None);
     }
 }

@@ -29,6 +29,9 @@ fn main() {
     println!("== deterministic cost in host-sim (wasm instructions, 'fuel')");
     let fuel = fuel_section();
     println!("{}", serde_json::to_string_pretty(&fuel).unwrap_or_default());
+    if std::env::args().any(|a| a == "--fuel-only") {
+        return; // quick look while optimising; bench/overhead.json is left as it is
+    }
 
     println!("\n== real Envoy, with and without the module (wrk)");
     let cases = envoy_section(&work, if quick { 2 } else { 6 });
