@@ -65,7 +65,7 @@ pub fn read(engine: Engine, page: &str) -> Result<Reading, String> {
     // count only one of them.
     let mut vllm_kv_new = (0.0f64, 0u32);
     let mut vllm_kv_old = (0.0f64, 0u32);
-    for item in prom::parse(page) {
+    for item in prom::parse_only(page, |name| reads(engine, name)) {
         let s = match item {
             Ok(s) => s,
             Err(_) => {
@@ -186,6 +186,26 @@ pub fn engine_name(engine: Engine) -> &'static str {
         Engine::TrtllmServe => "trtllm-serve",
         Engine::TritonTrtllm => "triton-trtllm",
     }
+}
+
+/// The series `read` looks at for `engine`; the parser skips the others unread.
+fn reads(engine: Engine, name: &str) -> bool {
+    is_load_series(name)
+        || match engine {
+            Engine::Vllm => matches!(
+                name,
+                "vllm:kv_cache_usage_perc"
+                    | "vllm:gpu_cache_usage_perc"
+                    | "vllm:cache_config_info"
+                    | "vllm:lora_requests_info"
+                    | "vllm:lora_adapter_loaded"
+            ),
+            Engine::Sglang => name == "sglang:token_usage",
+            Engine::TrtllmServe => name == "trtllm_kv_cache_utilization",
+            Engine::TritonTrtllm => {
+                matches!(name, "nv_trt_llm_request_metrics" | "nv_trt_llm_kv_cache_block_metrics")
+            }
+        }
 }
 
 fn is_load_series(name: &str) -> bool {

@@ -37,10 +37,28 @@ pub struct LineError {
 /// Every sample of a page, in order, with an error for each line that is not a sample,
 /// a comment or blank.
 pub fn parse(page: &str) -> impl Iterator<Item = Result<Sample<'_>, LineError>> {
-    page.split('\n').enumerate().filter_map(|(i, line)| {
+    parse_only(page, |_| true)
+}
+
+/// Like `parse`, but a line whose metric name `wanted` turns down is skipped without
+/// reading its labels or value: most of a vLLM page is histogram buckets the picker never
+/// reads, and splitting their labels was most of a scrape's cost.
+pub fn parse_only<'a>(
+    page: &'a str,
+    wanted: impl Fn(&str) -> bool + 'a,
+) -> impl Iterator<Item = Result<Sample<'a>, LineError>> + 'a {
+    page.split('\n').enumerate().filter_map(move |(i, line)| {
         let line = line.strip_suffix('\r').unwrap_or(line).trim_start_matches([' ', '\t']);
         if line.is_empty() || line.starts_with('#') {
             return None;
+        }
+        // A quoted name (`{"my.metric", …}`) is only known once parsed.
+        if !line.starts_with('{') {
+            // Bytes, not chars: a name is ASCII, and this runs on every line of the page.
+            let end = line.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b':'));
+            if !wanted(&line[..end.unwrap_or(line.len())]) {
+                return None;
+            }
         }
         Some(parse_sample(line).map_err(|reason| LineError { line: i + 1, reason }))
     })
@@ -257,5 +275,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn unwanted_series_are_skipped_unread() {
+        let page = "a_bucket{le=\"1\"} 3\nb{x=\"y\"} 2\nbroken{ 1\n{\"quoted.name\"} 4\n";
+        let got: Vec<_> = parse_only(page, |n| n == "b").collect();
+        assert_eq!(got.len(), 2, "b, and the quoted line that must be parsed to be named: {got:?}");
+        assert_eq!(got[0].as_ref().map(|s| s.name), Ok("b"));
+        assert!(parse_only(page, |n| n == "broken").any(|r| r.is_err()), "a wanted bad line is still reported");
     }
 }

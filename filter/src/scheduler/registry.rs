@@ -1,7 +1,7 @@
 //! Plugins by name, and the presets that ship.
 //!
-//! A new plugin is one file under `filters/`, `scorers/` or `pickers/` and one line in
-//! `build` below; configurations then name it by its type.
+//! A new plugin is one file under `filters/`, `scorers/` or `pickers/` (declared in that
+//! folder's `mod.rs`) and one line in `PLUGINS` below; configurations then name it by type.
 
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -20,55 +20,51 @@ pub enum Plugin {
     ProfileHandler,
 }
 
-/// Every plugin type a configuration may name.
-pub const PLUGIN_TYPES: &[&str] = &[
-    "lora-affinity-filter",
-    "saturation-filter",
-    "queue-scorer",
-    "kv-cache-utilization-scorer",
-    "running-requests-scorer",
-    "lora-affinity-scorer",
-    "prefix-cache-scorer",
-    "max-score-picker",
-    "random-picker",
-    "weighted-random-picker",
-    "single-profile-handler",
+type Build = fn(&Value) -> Result<Plugin, String>;
+
+/// Every plugin a configuration may name: a type name and how to build it from its
+/// `parameters`. A new plugin is one file and one line here.
+const PLUGINS: &[(&str, Build)] = &[
+    ("lora-affinity-filter", |p| plain(p, || Plugin::Filter(Box::new(LoraAffinityFilter)))),
+    ("saturation-filter", |p| Ok(Plugin::Filter(Box::new(SaturationFilter(params::<Saturation>(p)?))))),
+    ("queue-scorer", |p| plain(p, || Plugin::Scorer(Box::new(QueueScorer)))),
+    ("kv-cache-utilization-scorer", |p| plain(p, || Plugin::Scorer(Box::new(KvCacheScorer)))),
+    ("running-requests-scorer", |p| plain(p, || Plugin::Scorer(Box::new(RunningRequestsScorer)))),
+    ("lora-affinity-scorer", |p| plain(p, || Plugin::Scorer(Box::new(LoraAffinityScorer)))),
+    ("prefix-cache-scorer", |p| {
+        let p: prefix_cache::Params = params(p)?;
+        p.validate()?;
+        Ok(Plugin::Scorer(Box::new(PrefixCacheScorer::new(p))))
+    }),
+    ("max-score-picker", |p| plain(p, || Plugin::Picker(Box::new(MaxScorePicker)))),
+    ("random-picker", |p| plain(p, || Plugin::Picker(Box::new(RandomPicker)))),
+    ("weighted-random-picker", |p| plain(p, || Plugin::Picker(Box::new(WeightedRandomPicker)))),
+    ("single-profile-handler", |p| plain(p, || Plugin::ProfileHandler)),
 ];
 
 /// The plugin of type `kind` with its `parameters` (null or an object).
 pub fn build(kind: &str, parameters: &Value) -> Result<Plugin, String> {
-    let none = || no_parameters(kind, parameters);
-    Ok(match kind {
-        "lora-affinity-filter" => none().map(|_| Plugin::Filter(Box::new(LoraAffinityFilter)))?,
-        "saturation-filter" => Plugin::Filter(Box::new(SaturationFilter(params::<Saturation>(parameters)?))),
-        "queue-scorer" => none().map(|_| Plugin::Scorer(Box::new(QueueScorer)))?,
-        "kv-cache-utilization-scorer" => none().map(|_| Plugin::Scorer(Box::new(KvCacheScorer)))?,
-        "running-requests-scorer" => none().map(|_| Plugin::Scorer(Box::new(RunningRequestsScorer)))?,
-        "lora-affinity-scorer" => none().map(|_| Plugin::Scorer(Box::new(LoraAffinityScorer)))?,
-        "prefix-cache-scorer" => {
-            let p: prefix_cache::Params = params(parameters)?;
-            p.validate()?;
-            Plugin::Scorer(Box::new(PrefixCacheScorer::new(p)))
+    match PLUGINS.iter().find(|(name, _)| *name == kind) {
+        Some((_, build)) => build(parameters),
+        None => {
+            let known: Vec<&str> = PLUGINS.iter().map(|(name, _)| *name).collect();
+            Err(format!("unknown plugin type {kind:?}; known: {}", known.join(", ")))
         }
-        "max-score-picker" => none().map(|_| Plugin::Picker(Box::new(MaxScorePicker)))?,
-        "random-picker" => none().map(|_| Plugin::Picker(Box::new(RandomPicker)))?,
-        "weighted-random-picker" => none().map(|_| Plugin::Picker(Box::new(WeightedRandomPicker)))?,
-        "single-profile-handler" => Plugin::ProfileHandler,
-        other => return Err(format!("unknown plugin type {other:?}; known: {}", PLUGIN_TYPES.join(", "))),
-    })
+    }
+}
+
+/// A plugin without parameters.
+fn plain(parameters: &Value, make: impl FnOnce() -> Plugin) -> Result<Plugin, String> {
+    match parameters {
+        Value::Null => Ok(make()),
+        Value::Object(m) if m.is_empty() => Ok(make()),
+        _ => Err("this plugin takes no parameters".into()),
+    }
 }
 
 fn params<T: DeserializeOwned>(v: &Value) -> Result<T, String> {
     let v = if v.is_null() { json!({}) } else { v.clone() };
     serde_json::from_value(v).map_err(|e| e.to_string())
-}
-
-fn no_parameters(kind: &str, v: &Value) -> Result<(), String> {
-    match v {
-        Value::Null => Ok(()),
-        Value::Object(m) if m.is_empty() => Ok(()),
-        _ => Err(format!("{kind} takes no parameters")),
-    }
 }
 
 /// The presets, as the configurations they stand for.

@@ -34,11 +34,20 @@ fn main() {
     }
 
     println!("\n== real Envoy, with and without the module (wrk)");
-    let cases = envoy_section(&work, if quick { 2 } else { 6 });
+    // `--plugin JSON`: plugin configuration keys to measure with (a scheduler, say).
+    let args: Vec<String> = std::env::args().collect();
+    let plugin = args
+        .iter()
+        .position(|a| a == "--plugin")
+        .and_then(|i| args.get(i + 1))
+        .map(|j| serde_json::from_str(j).expect("--plugin takes a JSON object"))
+        .unwrap_or_else(|| json!({}));
+    let cases = envoy_section(&work, if quick { 2 } else { 6 }, &plugin);
 
     let report = json!({
         "machine": machine(),
         "command": "./build.sh bench-overhead",
+        "plugin": plugin,
         "cases": cases,
         "fuel": fuel,
     });
@@ -59,7 +68,7 @@ fn chat_body(bytes: usize) -> String {
         .replace("\\\\n", "\\n")
 }
 
-fn envoy_section(work: &Path, seconds: u32) -> Vec<Value> {
+fn envoy_section(work: &Path, seconds: u32, plugin: &Value) -> Vec<Value> {
     let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
     let endpoints: Vec<String> = upstreams.iter().map(|s| s.addr.clone()).collect();
     let mut cases = Vec::new();
@@ -69,7 +78,8 @@ fn envoy_section(work: &Path, seconds: u32) -> Vec<Value> {
         write_script(&script, &work.join(format!("body-{body_bytes}.json")), &body);
         for concurrency in [1u32, 64] {
             let run = |without_picker: bool| {
-                let envoy = Envoy::start(&endpoints, EnvoyOptions { without_picker, concurrency: 1, ..Default::default() });
+                let options = EnvoyOptions { without_picker, concurrency: 1, plugin: plugin.clone(), ..Default::default() };
+                let envoy = Envoy::start(&endpoints, options);
                 if !without_picker {
                     envoy.wait_for_table();
                 }
