@@ -14,6 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 TOOLS="$ROOT/.tools"
 ENVOY_VERSION="1.40.0"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 say() { printf '\n==> %s\n' "$*" >&2; }
@@ -86,7 +87,7 @@ build_wasm() {
   say "building dist/epp.wasm"
   cargo rustc --profile wasm -p epp --target wasm32-wasip1 --crate-type cdylib
   mkdir -p dist
-  cp target/wasm32-wasip1/wasm/epp.wasm dist/epp.wasm
+  cp "$TARGET/wasm32-wasip1/wasm/epp.wasm" dist/epp.wasm
   echo "dist/epp.wasm: $(wc -c <dist/epp.wasm) bytes" >&2
 }
 
@@ -101,9 +102,9 @@ build_native() {
 build_test_wasm() {
   say "building dist/test/epp-panic.wasm (test only: a panic injected in the picker)"
   cargo rustc --profile wasm -p epp --target wasm32-wasip1 --crate-type cdylib --features inject-panic \
-    --target-dir target/inject-panic
+    --target-dir "$TARGET/inject-panic"
   mkdir -p dist/test
-  cp target/inject-panic/wasm32-wasip1/wasm/epp.wasm dist/test/epp-panic.wasm
+  cp "$TARGET/inject-panic/wasm32-wasip1/wasm/epp.wasm" dist/test/epp-panic.wasm
 }
 
 cmd_test() {
@@ -126,7 +127,7 @@ cmd_demo() {
   ensure_envoy
   build_native
   say "demo"
-  "$ROOT/target/release/demo" "$@"
+  "$TARGET/release/demo" "$@"
 }
 
 cmd_bench() {
@@ -134,7 +135,7 @@ cmd_bench() {
   ensure_sharegpt
   build_native
   say "fleet-bench"
-  "$ROOT/target/release/fleet-bench" --sharegpt "$SHAREGPT" "$@"
+  "$TARGET/release/fleet-bench" --sharegpt "$SHAREGPT" "$@"
 }
 
 cmd_bench_overhead() {
@@ -143,7 +144,7 @@ cmd_bench_overhead() {
   command -v wrk >/dev/null || { say "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
   build_native
   say "bench-overhead"
-  "$ROOT/target/release/bench-overhead" "$@"
+  "$TARGET/release/bench-overhead" "$@"
 }
 
 case "${1:-build}" in

@@ -24,7 +24,8 @@ pub fn envoy_bin() -> PathBuf {
 }
 
 pub fn target_bin(name: &str) -> PathBuf {
-    must_exist(repo_root().join("target/release").join(name), "./build.sh test builds it")
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
+    must_exist(target.join("release").join(name), "./build.sh test builds it")
 }
 
 pub fn envoy_config(name: &str) -> PathBuf {
