@@ -10,11 +10,8 @@ impl Picker for MaxScorePicker {
         "max-score-picker"
     }
     fn pick(&self, totals: &[f64], want: usize, rng: &mut Rng) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..totals.len()).collect();
-        // Shuffle first so the stable sort leaves equal totals in random order.
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i + 1));
-        }
+        // Shuffled first, so the stable sort leaves equal totals in random order.
+        let mut order = super::shuffled(totals.len(), rng);
         order.sort_by(|&a, &b| totals[b].total_cmp(&totals[a]));
         order.truncate(want);
         order

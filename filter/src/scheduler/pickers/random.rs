@@ -9,10 +9,7 @@ impl Picker for RandomPicker {
         "random-picker"
     }
     fn pick(&self, totals: &[f64], want: usize, rng: &mut Rng) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..totals.len()).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i + 1));
-        }
+        let mut order = super::shuffled(totals.len(), rng);
         order.truncate(want);
         order
     }
