@@ -2,8 +2,8 @@ use crate::scheduler::{Candidate, Filter, SchedulingRequest};
 use crate::table::{same_name, EndpointState};
 
 /// For an adapter request, keep the endpoints where the adapter already runs and has
-/// room (a queue under 5, GIE's threshold); if none, the ones that can run it now (it runs
-/// there, or an adapter slot is free). Elsewhere the request waits until a running
+/// room (a queue under 5, GIE's threshold), preferring those where no other adapter waits
+/// for a slot; if none, the ones that can run it now (it runs there, or a slot is free). Elsewhere the request waits until a running
 /// adapter drains, which under steady traffic can be never (vLLM admits other adapters'
 /// requests past it). Preferring where it runs over a free slot keeps each adapter on few
 /// endpoints, so slots do not fill with every adapter everywhere.
@@ -23,7 +23,11 @@ impl Filter for LoraAffinityFilter {
         if candidates.iter().any(|c| c.serves_base(model)) {
             return all; // a base model needs no adapter slot
         }
-        let tiers: [&dyn Fn(&Candidate) -> bool; 2] = [
+        // Where another adapter waits for a slot, more of this one's traffic would keep
+        // that slot from ever freeing: prefer places where nothing else waits.
+        let nothing_else_waits = |c: &Candidate| c.metrics.waiting_adapters.iter().all(|a| same_name(a, model));
+        let tiers: [&dyn Fn(&Candidate) -> bool; 3] = [
+            &|c| runs(c, model) && c.queue() < ROOMY_QUEUE && nothing_else_waits(c),
             &|c| runs(c, model) && c.queue() < ROOMY_QUEUE,
             &|c| can_run_now(c, model),
         ];
@@ -90,6 +94,16 @@ mod tests {
         view[0].pending = 5; // a's queue is no longer roomy
         let req = SchedulingRequest { model: Some("x"), ..Default::default() };
         assert_eq!(LoraAffinityFilter.keep(&req, &view), vec![true, false, true]);
+    }
+
+    #[test]
+    fn avoids_feeding_a_slot_another_adapter_waits_for() {
+        let mut busy = lora(&["x", "y"], 2);
+        busy.waiting_adapters = vec!["z".into()];
+        let eps = [endpoint("a:1", busy), endpoint("b:1", lora(&["x"], 2))];
+        let view = candidates(&eps);
+        let req = SchedulingRequest { model: Some("x"), ..Default::default() };
+        assert_eq!(LoraAffinityFilter.keep(&req, &view), vec![false, true], "z waits on a: x goes to b");
     }
 
     #[test]
