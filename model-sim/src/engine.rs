@@ -211,8 +211,7 @@ impl Engine {
             .filter(|&i| self.running[i].prefilled == self.running[i].req.prompt_tokens)
             .collect();
         let mut preempted = Vec::new();
-        for k in 0..decoders.len() {
-            let i = decoders[k];
+        for &i in &decoders {
             if preempted.contains(&i) {
                 continue;
             }

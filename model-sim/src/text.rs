@@ -40,7 +40,7 @@ pub fn prompt_blocks(text: &str, block_size: u32) -> (u32, Vec<u64>) {
     for token in tokens(text) {
         token.hash(&mut hasher);
         count += 1;
-        if count % block_size == 0 {
+        if count.is_multiple_of(block_size) {
             let h = hasher.finish();
             hashes.push(h);
             hasher = DefaultHasher::new();

@@ -64,8 +64,13 @@ pub fn print_table(workload: &str, rate: f64, rows: &[(String, Value)]) {
     }
 }
 
+/// Per workload: (policy, its summary at the table rate).
+pub type Mains = [(String, Vec<(String, Value)>)];
+/// Per workload: (policy, its summaries at every rate).
+pub type Sweeps = [(String, Vec<(String, Vec<Value>)>)];
+
 /// `{"workloads": {workload: {policy: summary}}}` plus the sweeps behind the plots.
-pub fn results_json(mains: &[(String, Vec<(String, Value)>)], sweeps: &[(String, Vec<(String, Vec<Value>)>)]) -> Value {
+pub fn results_json(mains: &Mains, sweeps: &Sweeps) -> Value {
     let mut workloads = Map::new();
     for (w, rows) in mains {
         workloads.insert(w.clone(), Value::Object(rows.iter().cloned().collect()));

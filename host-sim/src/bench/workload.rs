@@ -200,16 +200,6 @@ fn words(rng: &mut SmallRng, tokens: usize) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn words_are_one_token_each() {
-        let text = words(&mut SmallRng::seed_from_u64(1), 2000);
-        assert_eq!(model_sim::text::tokens_in(&text), 2000);
-    }
-}
 
 /// The first `max` conversations of the ShareGPT file that open with a human turn and a
 /// model answer: (prompt, answer length in tokens). The packaged file is cut off mid-way:
@@ -250,4 +240,15 @@ fn read_sharegpt(path: &Path, max: usize) -> Result<Vec<(String, u32)>, String> 
         return Err(format!("{}: no complete conversations", path.display()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_one_token_each() {
+        let text = words(&mut SmallRng::seed_from_u64(1), 2000);
+        assert_eq!(model_sim::text::tokens_in(&text), 2000);
+    }
 }

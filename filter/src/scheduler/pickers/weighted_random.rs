@@ -11,7 +11,7 @@ impl Picker for WeightedRandomPicker {
         "weighted-random-picker"
     }
     fn pick(&self, totals: &[f64], want: usize, rng: &mut Rng) -> Vec<usize> {
-        let uniform = totals.iter().all(|&t| !(t > 0.0));
+        let uniform = totals.iter().all(|t| t.is_nan() || *t <= 0.0);
         // Efraimidis–Spirakis: key u^(1/w), largest keys first, is sampling without
         // replacement in proportion to w.
         let mut keyed: Vec<(f64, usize)> = totals
