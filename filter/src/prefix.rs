@@ -28,6 +28,11 @@ pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: 
         .collect()
 }
 
+/// A stable hash of a name (an adapter's, say), to rank endpoints for it by `placement`.
+pub fn name_hash(name: &str) -> u64 {
+    FixedState::with_seed(BLOCK_SEED).hash_one(name.as_bytes())
+}
+
 /// Where a prefix lives when no one has recorded it yet: the addresses ranked by
 /// rendezvous hashing of `anchor` (one of its block hashes), home first. Every VM and
 /// every proxy ranks them the same, without talking to each other, and removing an

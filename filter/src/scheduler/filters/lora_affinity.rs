@@ -1,16 +1,22 @@
+use crate::prefix;
 use crate::scheduler::{Candidate, Filter, SchedulingRequest};
 use crate::table::{same_name, EndpointState};
 
-/// For an adapter request, keep the endpoints where the adapter already runs and has
-/// room (a queue under 5, GIE's threshold), preferring those where no other adapter waits
-/// for a slot; if none, the ones that can run it now (it runs there, or a slot is free). Elsewhere the request waits until a running
-/// adapter drains, which under steady traffic can be never (vLLM admits other adapters'
-/// requests past it). Preferring where it runs over a free slot keeps each adapter on few
-/// endpoints, so slots do not fill with every adapter everywhere.
-/// If no endpoint can run it now, all stay and the scorers decide.
+/// Where an adapter request can start soon, in order of preference:
+/// 1. where the adapter runs with room (a queue under 5, GIE's threshold) and no other
+///    adapter waits for a slot (more traffic there would keep that slot from freeing:
+///    vLLM admits the running adapters' requests past a waiting one);
+/// 2. where it runs with room;
+/// 3. where a slot is free, narrowed to the adapter's two *homes* (first by rendezvous
+///    hashing of its name): every worker and proxy loads a cold adapter in the same places,
+///    so it ends up running in one or two spots instead of waiting in several.
+///
+/// Keeping each adapter on few endpoints is what keeps slots from filling with every
+/// adapter everywhere. If no endpoint can run it now, all stay and the scorers decide.
 pub struct LoraAffinityFilter;
 
 const ROOMY_QUEUE: u32 = 5;
+const ADAPTER_HOMES: usize = 2;
 
 impl Filter for LoraAffinityFilter {
     fn name(&self) -> &'static str {
@@ -23,21 +29,26 @@ impl Filter for LoraAffinityFilter {
         if candidates.iter().any(|c| c.serves_base(model)) {
             return all; // a base model needs no adapter slot
         }
-        // Where another adapter waits for a slot, more of this one's traffic would keep
-        // that slot from ever freeing: prefer places where nothing else waits.
         let nothing_else_waits = |c: &Candidate| c.metrics.waiting_adapters.iter().all(|a| same_name(a, model));
-        let tiers: [&dyn Fn(&Candidate) -> bool; 3] = [
-            &|c| runs(c, model) && c.queue() < ROOMY_QUEUE && nothing_else_waits(c),
-            &|c| runs(c, model) && c.queue() < ROOMY_QUEUE,
-            &|c| can_run_now(c, model),
-        ];
+        let roomy = |c: &Candidate| runs(c, model) && c.queue() < ROOMY_QUEUE;
+        let quiet = |c: &Candidate| roomy(c) && nothing_else_waits(c);
+        let tiers: [&dyn Fn(&Candidate) -> bool; 2] = [&quiet, &roomy];
         for tier in tiers {
             let keep: Vec<bool> = candidates.iter().map(tier).collect();
-            if keep.iter().any(|&k| k) {
+            if keep.contains(&true) {
                 return keep;
             }
         }
-        all
+        let free: Vec<usize> = (0..candidates.len()).filter(|&i| can_run_now(&candidates[i], model)).collect();
+        if free.is_empty() {
+            return all;
+        }
+        let order = prefix::placement(prefix::name_hash(model), free.iter().map(|&i| candidates[i].address.as_str()));
+        let mut homes = vec![false; candidates.len()];
+        for &k in order.iter().take(ADAPTER_HOMES) {
+            homes[free[k]] = true;
+        }
+        homes
     }
 }
 
@@ -90,7 +101,7 @@ mod tests {
         let eps = [endpoint("a:1", lora(&["x"], 1)), endpoint("b:1", lora(&["y"], 1)), endpoint("c:1", lora(&["y"], 2))];
         let mut view = candidates(&eps);
         let req = SchedulingRequest { model: Some("z"), ..Default::default() };
-        assert_eq!(LoraAffinityFilter.keep(&req, &view), vec![false, false, true]);
+        assert_eq!(LoraAffinityFilter.keep(&req, &view), vec![false, false, true], "the only free slot");
         view[0].pending = 5; // a's queue is no longer roomy
         let req = SchedulingRequest { model: Some("x"), ..Default::default() };
         assert_eq!(LoraAffinityFilter.keep(&req, &view), vec![true, false, true]);
@@ -104,6 +115,21 @@ mod tests {
         let view = candidates(&eps);
         let req = SchedulingRequest { model: Some("x"), ..Default::default() };
         assert_eq!(LoraAffinityFilter.keep(&req, &view), vec![false, true], "z waits on a: x goes to b");
+    }
+
+    #[test]
+    fn a_cold_adapter_goes_to_the_same_two_homes_everywhere() {
+        let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), lora(&[], 2))).collect();
+        let view = candidates(&eps);
+        let req = SchedulingRequest { model: Some("cold"), ..Default::default() };
+        let keep = LoraAffinityFilter.keep(&req, &view);
+        assert_eq!(keep.iter().filter(|&&k| k).count(), 2);
+        let reversed: Vec<_> = view.iter().rev().copied().collect();
+        let mut again = LoraAffinityFilter.keep(&req, &reversed);
+        again.reverse();
+        assert_eq!(keep, again, "the homes do not depend on the order endpoints come in");
+        let other = LoraAffinityFilter.keep(&SchedulingRequest { model: Some("other"), ..Default::default() }, &view);
+        assert_eq!(other.iter().filter(|&&k| k).count(), 2);
     }
 
     #[test]
