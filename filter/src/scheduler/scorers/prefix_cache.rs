@@ -25,7 +25,8 @@ use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 pub struct PrefixCacheScorer {
     params: Params,
     index: PrefixIndex,
-    /// The hashes and anchor of the request being scheduled, kept for `picked`.
+    /// The hashes of the request being scheduled, and its anchor if the proxy has no
+    /// assignment for it yet, kept for `picked`.
     hashes: Vec<u64>,
     anchor: Option<u64>,
 }
@@ -135,9 +136,10 @@ impl Scorer for PrefixCacheScorer {
             return; // GIE's scorer: what this VM recorded, nothing more
         }
         let anchor = self.hashes[p.placement_block.min(n) - 1];
-        self.anchor = Some(anchor);
         let recorded_here = out[start..].iter().any(|&share| share > 0.0);
         let assigned = request.shared.and_then(|s| affinity::recall(s, anchor));
+        // Only an anchor without an assignment needs one when the pick is made.
+        self.anchor = assigned.is_none().then_some(anchor);
         let (placed, strength) = match assigned {
             Some(id) => (candidates.iter().position(|c| affinity::endpoint_id(&c.address) == id), p.placement),
             None => {
