@@ -33,13 +33,9 @@ pub struct Body {
     pub prompt: Vec<u8>,
 }
 
-/// The requested model. On an OpenAI path the body must be a JSON object with a string
-/// `model`; elsewhere a body without one is routed by load alone (`Ok(None)`).
-pub fn model_of(path: &str, body: &[u8]) -> Result<Option<String>, Rejection> {
-    parse(path, body, 0).map(|b| b.model)
-}
-
 /// The model and up to `prompt_bytes` of the prompt (0: the prompt is not read at all).
+/// On an OpenAI path the body must be a JSON object with a string `model`; elsewhere a
+/// body without one is routed by load alone (`model: None`).
 pub fn parse(path: &str, body: &[u8], prompt_bytes: usize) -> Result<Body, Rejection> {
     let strict = is_openai_path(path);
     // serde would also read a struct from a JSON array; a request body must be an object.
@@ -293,6 +289,10 @@ mod tests {
     use super::*;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn model_of(path: &str, body: &[u8]) -> Result<Option<String>, Rejection> {
+        parse(path, body, 0).map(|b| b.model)
+    }
 
     #[test]
     fn reads_model_from_openai_bodies() {

@@ -185,7 +185,7 @@ impl HttpContext for PickerStream {
     #[cfg_attr(feature = "inject-panic", allow(unreachable_code, unused_variables))]
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "inject-panic")]
-        panic!("injected panic (a test build of the module)");
+        panic!("injected panic (a test build of the module)"); // infallible: compiled only into dist/test/epp-panic.wasm
         if self.decided {
             return Action::Continue;
         }
