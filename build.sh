@@ -142,6 +142,10 @@ cmd_bench_overhead() {
   build_wasm
   ensure_envoy
   command -v wrk >/dev/null || { say "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
+  say "building dist/bench/floor.wasm (the floor: a filter that only reads the body)"
+  cargo rustc --profile wasm -p epp --target wasm32-wasip1 --example floor
+  mkdir -p dist/bench
+  cp "$TARGET/wasm32-wasip1/wasm/examples/floor.wasm" dist/bench/floor.wasm
   build_native
   say "bench-overhead"
   "$TARGET/release/bench-overhead" "$@"

@@ -15,12 +15,7 @@ use core::hash::BuildHasher;
 
 use foldhash::quality::FixedState;
 
-/// The host's shared data, as the ABI offers it: values with a version (CAS).
-pub trait SharedStore {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
-    /// Stores `value` if the key's version is still `cas` (0: unconditionally); false if not.
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool;
-}
+pub use crate::shared::{MemoryStore, SharedStore};
 
 const SHARDS: u64 = 256;
 const PER_SHARD: usize = 16;
@@ -70,39 +65,16 @@ pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
 /// Assigns `anchor` to `endpoint`, unless it has an assignment already: a group that
 /// stays put costs one read a request, and no write.
 pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32) {
-    let key = key(anchor);
-    // A worker that lost the CAS race reads again; after a few, losing one update is fine.
-    for _ in 0..3 {
-        let (bytes, cas) = store.get(&key).unwrap_or_default();
-        let mut entries = decode(&bytes);
+    // After a few lost races, losing one assignment is fine.
+    crate::shared::update(store, &key(anchor), 3, |bytes| {
+        let mut entries = decode(bytes);
         if entries.iter().any(|e| e.anchor == anchor) {
-            return;
+            return None;
         }
         entries.insert(0, Entry { anchor, endpoint });
         entries.truncate(PER_SHARD);
-        if store.set(&key, &encode(&entries), cas) {
-            return;
-        }
-    }
-}
-
-/// An in-memory store with the host's CAS rules, for tests and native runs.
-#[derive(Default)]
-pub struct MemoryStore(core::cell::RefCell<hashbrown::HashMap<String, (Vec<u8>, u32)>>);
-
-impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.0.borrow().get(key).cloned()
-    }
-    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
-        let mut map = self.0.borrow_mut();
-        let version = map.get(key).map_or(0, |(_, v)| *v);
-        if cas != 0 && cas != version {
-            return false;
-        }
-        map.insert(key.to_string(), (value.to_vec(), version + 1));
-        true
-    }
+        Some(encode(&entries))
+    });
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod config;
 pub mod engine;
 pub mod errors;
+pub mod in_flight;
 pub mod models;
 pub mod prefix;
 pub mod prom;
@@ -17,6 +18,7 @@ pub mod rng;
 pub mod route;
 pub mod scheduler;
 pub mod scrape;
+pub mod shared;
 pub mod table;
 
 #[cfg(feature = "abi")]

@@ -3,7 +3,7 @@
 //! block and seeded with the model name, and per endpoint a bounded set of the block
 //! hashes it was sent, least recently used forgotten first.
 
-use core::hash::BuildHasher;
+use core::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use foldhash::quality::FixedState;
 use hashbrown::{HashMap, HashSet};
@@ -45,13 +45,35 @@ pub fn placement(anchor: u64, addresses: impl Iterator<Item = impl AsRef<str>>) 
     ranked.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Block hashes are already uniform: a set of them need not hash them again (on wasm32
+/// every 64-bit multiply of a general hasher is emulated).
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; anything else still gets a usable value.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, h: u64) {
+        self.0 = h;
+    }
+}
+
+type BlockSet = HashSet<u64, BuildHasherDefault<Identity>>;
+
 /// The block hashes one endpoint was sent, at most about `capacity`, least recently used
 /// forgotten first. Two generations approximate LRU in O(1): hits move to the current
 /// one; when it fills, the previous generation is dropped.
 #[derive(Debug, Default)]
 struct Recent {
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
+    current: BlockSet,
+    previous: BlockSet,
 }
 
 impl Recent {

@@ -136,21 +136,14 @@ impl Prefix<'_> {
 }
 
 /// The text of the string literal at `at` (quotes off, escapes as written), at most `room`
-/// bytes of it, found without scanning past them: memchr finds the quotes a word at a time.
+/// bytes of it, found without scanning past them.
 fn literal_prefix(b: &[u8], at: usize, room: usize) -> &[u8] {
     let start = at + 1;
     let window = b.get(start..b.len().min(start.saturating_add(room))).unwrap_or_default();
-    let mut from = 0;
-    while let Some(k) = memchr::memchr(b'"', &window[from..]) {
-        let quote = from + k;
-        // A quote after an odd run of backslashes is escaped.
-        let backslashes = window[..quote].iter().rev().take_while(|&&c| c == b'\\').count();
-        if backslashes % 2 == 0 {
-            return &window[..quote];
-        }
-        from = quote + 1;
+    match closing_quote(window, 0) {
+        Some(quote) => &window[..quote],
+        None => window,
     }
-    window
 }
 
 /// The starts of an array's elements, the array starting at `at`; each next one is found
@@ -232,15 +225,22 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 
 /// `b[start]` is an opening quote; the index just past the closing one.
 fn string_end(b: &[u8], start: usize) -> Option<usize> {
-    let mut i = start + 1;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
+    closing_quote(b, start + 1).map(|quote| quote + 1)
+}
+
+/// The first unescaped quote at or after `from`, which is inside a string literal (just
+/// past its opening quote or an escaped quote). memchr finds quotes a word at a time:
+/// long prompts are skipped, not walked byte by byte.
+fn closing_quote(b: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let quote = from + memchr::memchr(b'"', b.get(from..)?)?;
+        // A quote after an odd run of backslashes is escaped.
+        let backslashes = b[from..quote].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Some(quote);
         }
+        from = quote + 1;
     }
-    None
 }
 
 /// The index just past the JSON value starting at `start`.

@@ -63,13 +63,28 @@ struct Args {
     /// Only the summary.
     #[arg(long)]
     quiet: bool,
+    /// Sample where the module spends its time (wasm stacks every ~20 µs of wall time) and
+    /// write them as folded stacks (one `a;b;c count` a line: flamegraph.pl, inferno or
+    /// speedscope read it). Build the module unstripped to see function names.
+    #[arg(long)]
+    profile: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = run(args) {
+    if args.profile.is_some() {
+        host_sim::vm::start_profiling();
+    }
+    let profile = args.profile.clone();
+    let r = run(args);
+    if let Some(path) = profile {
+        if let Err(e) = std::fs::write(&path, host_sim::vm::folded_profile()) {
+            eprintln!("host-sim: could not write {}: {e}", path.display());
+        }
+    }
+    if let Err(e) = r {
         eprintln!("host-sim: {e}");
         std::process::exit(1);
     }

@@ -115,6 +115,13 @@ impl Vm {
             }
         }
         store.set_fuel(FUEL_PER_CALL)?;
+        if profiling() {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|ctx| {
+                record_sample(&wasmtime::WasmBacktrace::capture(&ctx));
+                Ok(wasmtime::UpdateDeadline::Continue(1))
+            });
+        }
         let instance = linker.instantiate(&mut store, module).context("instantiating the module")?;
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
             init.call(&mut store, ()).context("_initialize")?;
@@ -162,6 +169,10 @@ impl Vm {
         }
         let logs_before = self.store.data().logs.len();
         let _ = self.store.set_fuel(FUEL_PER_CALL);
+        if profiling() {
+            // Time spent outside the module since the last call is not the module's.
+            self.store.set_epoch_deadline(1);
+        }
         let result = self.call_raw(callback, args);
         let fuel = FUEL_PER_CALL.saturating_sub(self.store.get_fuel().unwrap_or(0));
         self.total_fuel += fuel;
@@ -720,4 +731,40 @@ fn with_map<T>(s: &mut HostState, map: i32, f: impl FnOnce(&mut HeaderMap) -> T)
         abi::MAP_RESPONSE_TRAILERS => s.stream().map(|_| f(&mut Vec::new())),
         _ => None,
     }
+}
+
+/// The sampling profiler: off unless `start_profiling` is called before the first module
+/// is loaded. A thread ticks wasmtime's epoch; at each tick a running VM records its wasm
+/// stack. Time in host functions is counted at the next wasm frame that checks the epoch.
+static PROFILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static PROFILE: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+pub fn start_profiling() {
+    PROFILING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn profiling() -> bool {
+    PROFILING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn record_sample(bt: &wasmtime::WasmBacktrace) {
+    let stack: Vec<String> = bt
+        .frames()
+        .iter()
+        .rev()
+        .map(|f| match f.func_name() {
+            // `;` separates frames in the folded format; Rust names can hold one (`[u8; 4]`).
+            Some(name) => format!("{:#}", rustc_demangle::demangle(name)).replace(';', ","),
+            None => format!("wasm-function[{}]", f.func_index()),
+        })
+        .collect();
+    let mut p = PROFILE.lock().unwrap_or_else(|e| e.into_inner());
+    *p.entry(stack.join(";")).or_insert(0) += 1;
+}
+
+/// The samples so far as folded stacks, one `outer;…;inner count` a line.
+pub fn folded_profile() -> String {
+    let p = PROFILE.lock().unwrap_or_else(|e| e.into_inner());
+    p.iter().map(|(stack, n)| format!("{stack} {n}\n")).collect()
 }

@@ -36,7 +36,18 @@ pub fn load_module(path: &Path) -> Result<(Engine, Module)> {
     }
     let mut config = Config::new();
     config.consume_fuel(true);
+    let profiling = crate::vm::profiling();
+    if profiling {
+        config.epoch_interruption(true);
+    }
     let engine = Engine::new(&config)?;
+    if profiling {
+        let e = engine.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+            e.increment_epoch();
+        });
+    }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let module = Module::new(&engine, bytes).with_context(|| format!("compiling {}", path.display()))?;
     cache.push((path.to_path_buf(), engine.clone(), module.clone()));

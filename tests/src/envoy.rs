@@ -216,6 +216,11 @@ impl Envoy {
     }
 
     /// Waits until the picker schedules from a fresh table (not failing open).
+    /// Envoy's process id (to pin it to a core, or read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn wait_for_table(&self) {
         wait_for("the first metrics table", Duration::from_secs(20), || {
             let fail_open = self.stat("wasmcustom.wasm_epp.fail_open");

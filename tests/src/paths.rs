@@ -16,6 +16,11 @@ pub fn epp_wasm() -> PathBuf {
     must_exist(repo_root().join("dist/epp.wasm"), "run ./build.sh first")
 }
 
+/// bench-overhead's floor module (filter/examples/floor.rs).
+pub fn floor_wasm() -> PathBuf {
+    must_exist(repo_root().join("dist/bench/floor.wasm"), "run ./build.sh bench-overhead")
+}
+
 pub fn envoy_bin() -> PathBuf {
     let path = std::env::var_os("ENVOY_BIN")
         .map(PathBuf::from)

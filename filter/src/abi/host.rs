@@ -91,18 +91,14 @@ pub fn add(gauge: Option<u32>, delta: i64) {
     }
 }
 
-pub fn read(gauge: Option<u32>) -> i64 {
-    gauge.and_then(|id| hostcalls::get_metric(id).ok()).map_or(0, |v| v as i64)
-}
-
-/// The in-flight gauge of each configured endpoint, in config order.
-pub fn in_flight_gauges(endpoints: &[String]) -> hashbrown::HashMap<String, Option<u32>> {
+/// The in-flight gauge of each configured endpoint, in config order: what operators see
+/// (`wasmcustom.wasm_epp.in_flight.<ip>_<port>`); the pickers read the shared counts.
+pub fn in_flight_gauges(endpoints: &[String]) -> Vec<Option<u32>> {
     endpoints
         .iter()
         .map(|e| {
             // Stat names are dot-separated paths: keep the address in one segment.
-            let name = format!("wasm_epp.in_flight.{}", e.replace(['.', ':'], "_"));
-            (e.clone(), gauge(&name))
+            gauge(&format!("wasm_epp.in_flight.{}", e.replace(['.', ':'], "_")))
         })
         .collect()
 }

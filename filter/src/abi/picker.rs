@@ -12,6 +12,7 @@ use hashbrown::HashMap;
 use super::host;
 use crate::config::Config;
 use crate::errors::Rejection;
+use crate::in_flight;
 use crate::request;
 use crate::route::{Incoming, Outcome, Router, OBJECTIVE_HEADER, SUBSET_HEADER};
 use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
@@ -28,10 +29,12 @@ struct Shared {
     /// The table as last decoded, and the CAS it had: decode again only when it changes.
     table: Option<(u32, Table)>,
     stats: Stats,
-    /// This proxy's requests in flight per endpoint (gauges every VM shares), by address
-    /// and by position in the current table.
-    in_flight: HashMap<String, Option<u32>>,
-    in_flight_by_row: Vec<Option<u32>>,
+    /// Each configured endpoint's position in the configuration (where its in-flight count
+    /// is kept), by address and by row of the current table.
+    index: HashMap<String, usize>,
+    index_by_row: Vec<Option<usize>>,
+    /// The in-flight gauges operators see, in config order.
+    gauges: Vec<Option<u32>>,
 }
 
 struct Stats {
@@ -48,9 +51,10 @@ impl PickerRoot {
             fail_open: host::counter("wasm_epp.fail_open"),
             rejected: host::counter("wasm_epp.rejected"),
         };
-        let in_flight = host::in_flight_gauges(&config.endpoints);
+        let gauges = host::in_flight_gauges(&config.endpoints);
+        let index = config.endpoints.iter().enumerate().map(|(i, e)| (e.clone(), i)).collect();
         let router = Router::from_config(config, seed);
-        let shared = Shared { router, table: None, stats, in_flight, in_flight_by_row: Vec::new() };
+        let shared = Shared { router, table: None, stats, index, index_by_row: Vec::new(), gauges };
         PickerRoot { shared: Rc::new(RefCell::new(shared)) }
     }
 
@@ -85,7 +89,7 @@ impl Shared {
         }
         match Table::decode(&bytes) {
             Ok(t) => {
-                self.in_flight_by_row = t.endpoints.iter().map(|e| self.in_flight.get(&e.address).copied().flatten()).collect();
+                self.index_by_row = t.endpoints.iter().map(|e| self.index.get(&e.address).copied()).collect();
                 self.table = Some((cas, t));
             }
             Err(e) => log::warn!("wasm-epp picker: {e}"),
@@ -100,8 +104,9 @@ pub struct PickerStream {
     subset: Option<String>,
     decided: bool,
     explain: Option<String>,
-    /// The in-flight gauge this request counts in, until the stream ends.
-    counted: Option<Option<u32>>,
+    /// The endpoint (config position) whose in-flight count this request is in, until
+    /// the stream ends.
+    counted: Option<usize>,
 }
 
 impl PickerStream {
@@ -110,7 +115,7 @@ impl PickerStream {
         self.decided = true;
         let mut shared = self.shared.borrow_mut();
         shared.refresh_table();
-        let Shared { router, table, stats, in_flight, in_flight_by_row } = &mut *shared;
+        let Shared { router, table, stats, index, index_by_row, gauges } = &mut *shared;
         let incoming = Incoming {
             model,
             prompt,
@@ -118,8 +123,9 @@ impl PickerStream {
             subset: self.subset.as_deref(),
             shared: Some(&host::HostStore),
         };
-        let rows = &*in_flight_by_row;
-        let now_in_flight = |row: usize| host::read(rows.get(row).copied().flatten());
+        let counts = in_flight::Snapshot::read(&host::HostStore);
+        let rows = &*index_by_row;
+        let now_in_flight = |row: usize| rows.get(row).copied().flatten().map_or(0, |i| counts.get(i));
         let outcome = router.decide(table.as_ref().map(|(_, t)| t), &incoming, host::now_ms(), &now_in_flight);
         match outcome {
             Outcome::Route { endpoints, fail_open, explain, rewritten } => {
@@ -132,9 +138,10 @@ impl PickerStream {
                 if fail_open {
                     host::increment(stats.fail_open);
                 }
-                if let Some(gauge) = endpoints.first().and_then(|e| in_flight.get(e)) {
-                    host::add(*gauge, 1);
-                    self.counted = Some(*gauge);
+                if let Some(&i) = endpoints.first().and_then(|e| index.get(e)) {
+                    in_flight::add(&host::HostStore, i, 1, Some(counts));
+                    host::add(gauges.get(i).copied().flatten(), 1);
+                    self.counted = Some(i);
                 }
                 self.explain = explain;
                 Action::Continue
@@ -217,8 +224,9 @@ impl HttpContext for PickerStream {
 
     fn on_log(&mut self) {
         // The stream ended (answered, failed or cancelled): no longer in flight.
-        if let Some(gauge) = self.counted.take() {
-            host::add(gauge, -1);
+        if let Some(i) = self.counted.take() {
+            in_flight::add(&host::HostStore, i, -1, None);
+            host::add(self.shared.borrow().gauges.get(i).copied().flatten(), -1);
         }
     }
 }

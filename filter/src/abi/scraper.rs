@@ -9,6 +9,7 @@ use proxy_wasm::types::{BufferType, MapType};
 
 use super::host;
 use crate::config::Config;
+use crate::in_flight;
 use crate::scrape::{Probe, Scraper};
 use crate::table::{GENERATION_KEY, TABLE_KEY};
 
@@ -17,8 +18,6 @@ const MAX_PAGE_BYTES: usize = 8 << 20;
 
 pub struct ScraperRoot {
     scraper: Scraper,
-    /// The pickers' in-flight gauges, by endpoint index.
-    in_flight: Vec<Option<u32>>,
     /// Call token → (endpoint index, probe).
     pending: HashMap<u32, (usize, Probe)>,
 }
@@ -29,9 +28,7 @@ impl ScraperRoot {
             log::error!("wasm-epp scraper: the host refused a tick period");
             return None;
         }
-        let gauges = host::in_flight_gauges(&config.endpoints);
-        let in_flight = config.endpoints.iter().map(|e| gauges.get(e).copied().flatten()).collect();
-        Some(ScraperRoot { scraper: Scraper::new(config), in_flight, pending: HashMap::new() })
+        Some(ScraperRoot { scraper: Scraper::new(config), pending: HashMap::new() })
     }
 
     pub fn tick(&mut self) {
@@ -81,7 +78,7 @@ impl ScraperRoot {
             if probe == Probe::Metrics {
                 // What the page shows includes the requests in flight now (give or take the
                 // call's latency); later sends are the pickers' to count.
-                let in_flight = host::read(self.in_flight.get(endpoint).copied().flatten());
+                let in_flight = in_flight::Snapshot::read(&host::HostStore).get(endpoint);
                 self.scraper.note_in_flight(endpoint, in_flight);
             }
             self.scraper.on_answer(endpoint, probe, status, &body, now);

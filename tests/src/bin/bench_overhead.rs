@@ -42,7 +42,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|j| serde_json::from_str(j).expect("--plugin takes a JSON object"))
         .unwrap_or_else(|| json!({}));
-    let cases = envoy_section(&work, if quick { 2 } else { 6 }, &plugin);
+    let cases = if quick { envoy_section(&work, 2, 1, &plugin) } else { envoy_section(&work, 4, 3, &plugin) };
 
     let report = json!({
         "machine": machine(),
@@ -68,7 +68,60 @@ fn chat_body(bytes: usize) -> String {
         .replace("\\\\n", "\\n")
 }
 
-fn envoy_section(work: &Path, seconds: u32, plugin: &Value) -> Vec<Value> {
+/// What runs in front of the upstreams in one variant of a case.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    /// Envoy alone: no wasm, the pool's round robin.
+    Base,
+    /// Envoy with the floor module: holds the request, reads the body, chooses nothing.
+    Floor,
+    /// Envoy with wasm-epp.
+    Epp,
+}
+
+/// One wrk run of one variant: its numbers and Envoy's CPU time per request.
+fn run_variant(variant: Variant, endpoints: &[String], plugin: &Value, script: &Path, concurrency: u32, seconds: u32) -> Value {
+    let options = EnvoyOptions {
+        without_picker: variant == Variant::Base,
+        concurrency: 1,
+        plugin: plugin.clone(),
+        wasm: (variant == Variant::Floor).then(paths::floor_wasm),
+        ..Default::default()
+    };
+    let envoy = Envoy::start(endpoints, options);
+    if variant == Variant::Epp {
+        envoy.wait_for_table();
+    }
+    let url = envoy.url("/v1/chat/completions");
+    wrk(script, &url, concurrency, 1); // warm-up
+    let cpu_before = cpu_ticks(envoy.pid());
+    let mut r = wrk(script, &url, concurrency, seconds);
+    let cpu = cpu_ticks(envoy.pid()).saturating_sub(cpu_before);
+    let requests = r["requests"].as_f64().unwrap_or(0.0).max(1.0);
+    r["rps"] = json!(requests / (r["duration_us"].as_f64().unwrap_or(1.0) / 1e6));
+    // Clock ticks are 10 ms (USER_HZ 100 on Linux).
+    r["envoy_cpu_us_per_request"] = json!(cpu as f64 * 10_000.0 / requests);
+    r
+}
+
+/// User + system clock ticks a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Each case runs base, floor and epp back to back, `rounds` times over: machines like
+/// this one drift by ±15% within minutes, so a case's figures are the medians over rounds
+/// of numbers taken minutes apart at most, and each ratio is taken within a round.
+fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Vec<Value> {
     let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
     let endpoints: Vec<String> = upstreams.iter().map(|s| s.addr.clone()).collect();
     let mut cases = Vec::new();
@@ -77,30 +130,31 @@ fn envoy_section(work: &Path, seconds: u32, plugin: &Value) -> Vec<Value> {
         let script = work.join(format!("post-{body_bytes}.lua"));
         write_script(&script, &work.join(format!("body-{body_bytes}.json")), &body);
         for concurrency in [1u32, 64] {
-            let run = |without_picker: bool| {
-                let options = EnvoyOptions { without_picker, concurrency: 1, plugin: plugin.clone(), ..Default::default() };
-                let envoy = Envoy::start(&endpoints, options);
-                if !without_picker {
-                    envoy.wait_for_table();
-                }
-                let url = envoy.url("/v1/chat/completions");
-                wrk(&script, &url, concurrency, 1); // warm-up
-                wrk(&script, &url, concurrency, seconds)
-            };
-            let base = run(true);
-            let epp = run(false);
-            let rps = |r: &Value| r["requests"].as_f64().unwrap_or(0.0) / (r["duration_us"].as_f64().unwrap_or(1.0) / 1e6);
-            let (rps_base, rps_epp) = (rps(&base), rps(&epp));
+            let runs: Vec<[Value; 3]> = (0..rounds)
+                .map(|_| [Variant::Base, Variant::Floor, Variant::Epp].map(|v| run_variant(v, &endpoints, plugin, &script, concurrency, seconds)))
+                .collect();
+            let med = |f: &dyn Fn(&[Value; 3]) -> f64| median(runs.iter().map(f).collect());
+            let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+            let round = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
             let case = json!({
                 "body_bytes": body.len(),
                 "concurrency": concurrency,
-                "rps_base": rps_base.round(),
-                "rps_epp": rps_epp.round(),
-                "ratio": (rps_epp / rps_base.max(1e-9) * 1000.0).round() / 1000.0,
-                "p50_added_us": epp["p50_us"].as_i64().unwrap_or(0) - base["p50_us"].as_i64().unwrap_or(0),
-                "p99_added_us": epp["p99_us"].as_i64().unwrap_or(0) - base["p99_us"].as_i64().unwrap_or(0),
-                "errors_base": base["errors"], "errors_epp": epp["errors"],
-                "p50_us_base": base["p50_us"], "p50_us_epp": epp["p50_us"],
+                "rounds": rounds,
+                "rps_base": med(&|r| num(&r[0], "rps")).round(),
+                "rps_floor": med(&|r| num(&r[1], "rps")).round(),
+                "rps_epp": med(&|r| num(&r[2], "rps")).round(),
+                "ratio": round(med(&|r| num(&r[2], "rps") / num(&r[0], "rps").max(1e-9)), 3),
+                "ratio_floor": round(med(&|r| num(&r[1], "rps") / num(&r[0], "rps").max(1e-9)), 3),
+                "ratio_epp_to_floor": round(med(&|r| num(&r[2], "rps") / num(&r[1], "rps").max(1e-9)), 3),
+                "p50_added_us": med(&|r| num(&r[2], "p50_us") - num(&r[0], "p50_us")),
+                "p99_added_us": med(&|r| num(&r[2], "p99_us") - num(&r[0], "p99_us")),
+                "p50_added_over_floor_us": med(&|r| num(&r[2], "p50_us") - num(&r[1], "p50_us")),
+                "envoy_cpu_us_per_request": {
+                    "base": round(med(&|r| num(&r[0], "envoy_cpu_us_per_request")), 1),
+                    "floor": round(med(&|r| num(&r[1], "envoy_cpu_us_per_request")), 1),
+                    "epp": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request")), 1),
+                },
+                "errors": runs.iter().map(|r| r.iter().map(|v| v["errors"].as_u64().unwrap_or(0)).sum::<u64>()).sum::<u64>(),
             });
             println!("{case}");
             cases.push(case);
@@ -160,18 +214,34 @@ fn world(servers: usize, plugin: Value) -> World {
     World::new(&paths::epp_wasm(), fleet, 1, proxy).expect("host-sim world")
 }
 
-/// Median fuel of `n` decisions for the same request, after the table is warm.
-fn decision_fuel(w: &mut World, req: &HttpRequest, n: usize) -> u64 {
-    let mut fuel: Vec<u64> = (0..n)
+/// What one decision costs, median of `n` for the same request after the table is warm:
+/// wasm instructions, and host calls (which fuel does not see: in V8 each is a crossing
+/// out of the VM, and one that returns data a second crossing back in to allocate it).
+struct Cost {
+    fuel: u64,
+    host_calls: u64,
+    /// The host functions called, by name, for the median decision.
+    calls: std::collections::BTreeMap<&'static str, u64>,
+}
+
+fn decision_cost(w: &mut World, req: &HttpRequest, n: usize) -> Cost {
+    let coverage = |w: &World| w.proxies[0].state.borrow().coverage.clone();
+    let mut costs: Vec<Cost> = (0..n)
         .map(|_| {
+            let before = coverage(w);
             let o = w.request(0, 0, req);
             assert!(o.trap.is_none(), "{:?}", o.trap);
             w.finish(0, &o, 200);
-            o.fuel
+            let mut calls = coverage(w);
+            for (name, count) in calls.iter_mut() {
+                *count -= before.get(name).copied().unwrap_or(0);
+            }
+            calls.retain(|_, c| *c > 0);
+            Cost { fuel: o.fuel, host_calls: calls.values().sum(), calls }
         })
         .collect();
-    fuel.sort_unstable();
-    fuel[fuel.len() / 2]
+    costs.sort_unstable_by_key(|c| c.fuel);
+    costs.swap_remove(n / 2)
 }
 
 fn fuel_section() -> Value {
@@ -186,18 +256,24 @@ fn fuel_section() -> Value {
     let mut w = world(8, json!({}));
     w.advance_ms(200);
     for bytes in [1024usize, 16 * 1024, 220 * 1024, 1024 * 1024] {
-        by_body.push(json!({"body_bytes": bytes, "endpoints": 8, "fuel": decision_fuel(&mut w, &chat(bytes), 21)}));
+        let c = decision_cost(&mut w, &chat(bytes), 21);
+        by_body.push(json!({"body_bytes": bytes, "endpoints": 8, "fuel": c.fuel, "host_calls": c.host_calls}));
     }
     let mut by_endpoints = Vec::new();
+    let mut calls_8 = Value::Null;
     for n in [8usize, 64, 256] {
         let mut w = world(n, json!({}));
         w.advance_ms(200);
-        by_endpoints.push(json!({"endpoints": n, "body_bytes": 1024, "fuel": decision_fuel(&mut w, &chat(1024), 21)}));
+        let c = decision_cost(&mut w, &chat(1024), 21);
+        by_endpoints.push(json!({"endpoints": n, "body_bytes": 1024, "fuel": c.fuel, "host_calls": c.host_calls}));
+        if n == 8 {
+            calls_8 = json!(c.calls);
+        }
     }
     // A new table once per scrape round: what the first decision after a publish pays.
     let mut w = world(256, json!({}));
     w.advance_ms(200);
-    let steady = decision_fuel(&mut w, &chat(1024), 5);
+    let steady = decision_cost(&mut w, &chat(1024), 5).fuel;
     w.advance_ms(60);
     let after_publish = w.request(0, 0, &chat(1024));
     w.finish(0, &after_publish, 200);
@@ -243,6 +319,7 @@ fn fuel_section() -> Value {
     json!({
         "per_decision_by_body": by_body,
         "per_decision_by_endpoints": by_endpoints,
+        "host_calls_per_decision_8_endpoints": calls_8,
         "decision_256_endpoints_first_after_publish": after_publish.fuel,
         "decision_256_endpoints_steady": steady,
         "per_scrape_by_page": by_page,
