@@ -56,6 +56,30 @@ fn encode(entries: &[Entry]) -> Vec<u8> {
     out
 }
 
+/// How many prefixes this proxy assigned to each endpoint, ever: (endpoint id, count)
+/// pairs. Read only when a new prefix is placed and balance is asked for.
+const GIVEN_KEY: &str = "wasm-epp/v1/affinity/given";
+
+fn decode_given(bytes: &[u8]) -> Vec<(u32, u32)> {
+    let word = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    bytes.chunks_exact(8).map(|c| (word(&c[..4]), word(&c[4..]))).collect()
+}
+
+pub fn prefixes_given(store: &dyn SharedStore) -> Vec<(u32, u32)> {
+    decode_given(&store.get(GIVEN_KEY).unwrap_or_default().0)
+}
+
+fn count_given(store: &dyn SharedStore, endpoint: u32) {
+    crate::shared::update(store, GIVEN_KEY, 8, |bytes| {
+        let mut pairs = decode_given(bytes);
+        match pairs.iter_mut().find(|(id, _)| *id == endpoint) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => pairs.push((endpoint, 1)),
+        }
+        Some(pairs.iter().flat_map(|(id, n)| id.to_le_bytes().into_iter().chain(n.to_le_bytes())).collect())
+    });
+}
+
 /// The endpoint (id) this proxy assigned `anchor` to, if it remembers one.
 pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
     let (bytes, _) = store.get(&key(anchor))?;
@@ -63,8 +87,10 @@ pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
 }
 
 /// Assigns `anchor` to `endpoint`, unless it has an assignment already: a group that
-/// stays put costs one read a request, and no write.
-pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32) {
+/// stays put costs one read a request, and no write. With `count`, a new assignment is
+/// counted in `prefixes_given`.
+pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32, count: bool) {
+    let mut new = false;
     // After a few lost races, losing one assignment is fine.
     crate::shared::update(store, &key(anchor), 3, |bytes| {
         let mut entries = decode(bytes);
@@ -73,8 +99,12 @@ pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32) {
         }
         entries.insert(0, Entry { anchor, endpoint });
         entries.truncate(PER_SHARD);
+        new = true;
         Some(encode(&entries))
     });
+    if new && count {
+        count_given(store, endpoint);
+    }
 }
 
 #[cfg(test)]
@@ -87,20 +117,23 @@ mod tests {
     fn the_first_assignment_sticks() {
         let store = MemoryStore::default();
         assert_eq!(recall(&store, 7), None);
-        assign(&store, 7, 1);
-        assign(&store, 7, 2);
+        assign(&store, 7, 1, true);
+        assign(&store, 7, 2, true);
         assert_eq!(recall(&store, 7), Some(1));
         assert_eq!(store.get(&key(7)).unwrap().1, 1, "an existing assignment is not written again");
-        assign(&store, 7 + SHARDS, 3);
+        assign(&store, 7 + SHARDS, 3, true);
         assert_eq!(recall(&store, 7 + SHARDS), Some(3), "same shard, own entry");
         assert_eq!(recall(&store, 7), Some(1));
+        assert_eq!(prefixes_given(&store), vec![(1, 1), (3, 1)], "new assignments counted, repeats not");
+        assign(&store, 8, 5, false);
+        assert_eq!(prefixes_given(&store).len(), 2, "counted only when asked");
     }
 
     #[test]
     fn a_shard_keeps_the_most_recent_anchors() {
         let store = MemoryStore::default();
         for i in 0..(PER_SHARD as u64 + 4) {
-            assign(&store, i * SHARDS, 5);
+            assign(&store, i * SHARDS, 5, false);
         }
         assert_eq!(recall(&store, 0), None, "the oldest anchors went");
         assert_eq!(recall(&store, (PER_SHARD as u64 + 3) * SHARDS), Some(5));
@@ -125,7 +158,7 @@ mod tests {
             }
         }
         let store = Flaky(MemoryStore::default(), Default::default());
-        assign(&store, 99 + SHARDS, 4);
+        assign(&store, 99 + SHARDS, 4, false);
         assert_eq!(recall(&store, 99 + SHARDS), Some(4));
         assert_eq!(recall(&store, 99), Some(9), "the other worker's write survived");
     }

@@ -54,6 +54,16 @@ pub struct Params {
     /// enough to tell groups apart, shallow enough that their requests share it.
     #[serde(default = "defaults::placement_block")]
     pub placement_block: usize,
+    /// How many endpoints of the rendezvous order a new prefix may start on: the one of
+    /// them this proxy has given the fewest prefixes wins (1: always the first). Even
+    /// homes keep every server's contexts within its cache; but Envoy replicas count
+    /// apart and then disagree, so more than 1 suits one Envoy (BENCHMARKS.md).
+    #[serde(default = "defaults::placement_choices")]
+    pub placement_choices: usize,
+    /// The first endpoint stays home unless it has more than this many more prefixes than
+    /// the least given one: small differences do not move homes.
+    #[serde(default = "defaults::placement_margin")]
+    pub placement_margin: u32,
 }
 
 mod defaults {
@@ -72,6 +82,12 @@ mod defaults {
     pub fn full_placement_blocks() -> usize {
         128
     }
+    pub fn placement_choices() -> usize {
+        1
+    }
+    pub fn placement_margin() -> u32 {
+        1
+    }
 
 }
 
@@ -83,8 +99,8 @@ impl Params {
         if !(0.0..=1.0).contains(&self.placement) {
             return Err("placement must be within [0, 1]".into());
         }
-        if self.placement_block == 0 || self.full_placement_blocks == 0 {
-            return Err("placementBlock and fullPlacementBlocks must be at least 1".into());
+        if self.placement_block == 0 || self.full_placement_blocks == 0 || self.placement_choices == 0 {
+            return Err("placementBlock, fullPlacementBlocks and placementChoices must be at least 1".into());
         }
         Ok(())
     }
@@ -105,6 +121,18 @@ impl PrefixCacheScorer {
         }
         ((tokens * 4) / self.params.hash_block_size as u64).clamp(1, 1 << 22) as usize
     }
+}
+
+/// Of the first `placement_choices` endpoints in `rank`, the one given the fewest
+/// prefixes (`given`: endpoint id → count), if the first has more than the margin over it.
+fn least_given(rank: &[usize], candidates: &[Candidate], given: &[(u32, u32)], p: &Params) -> Option<usize> {
+    let count = |i: usize| {
+        let id = affinity::endpoint_id(&candidates[i].address);
+        given.iter().find(|(e, _)| *e == id).map_or(0, |&(_, n)| n)
+    };
+    let first = *rank.first()?;
+    let least = rank.iter().take(p.placement_choices).copied().min_by_key(|&i| (count(i), i != first))?;
+    Some(if count(first) > count(least).saturating_add(p.placement_margin) { least } else { first })
 }
 
 impl Scorer for PrefixCacheScorer {
@@ -140,10 +168,16 @@ impl Scorer for PrefixCacheScorer {
         let assigned = request.shared.and_then(|s| affinity::recall(s, anchor));
         // Only an anchor without an assignment needs one when the pick is made.
         self.anchor = assigned.is_none().then_some(anchor);
+        let rank = prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str()));
         let (placed, strength) = match assigned {
             Some(id) => (candidates.iter().position(|c| affinity::endpoint_id(&c.address) == id), p.placement),
             None => {
-                let home = prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str())).first().copied();
+                let home = match request.shared {
+                    Some(store) if p.placement_choices > 1 => {
+                        least_given(&rank, candidates, &affinity::prefixes_given(store), p)
+                    }
+                    _ => rank.first().copied(),
+                };
                 // First sight: the longer the prompt, the more a wrong place would cost, and
                 // the likelier it is a shared context (a document, a long system prompt).
                 let first_sight = p.placement * (n as f64 / p.full_placement_blocks as f64).min(1.0);
@@ -160,7 +194,8 @@ impl Scorer for PrefixCacheScorer {
         let capacity = self.capacity(chosen);
         self.index.record(&chosen.address, &self.hashes, capacity);
         if let (Some(anchor), Some(store)) = (self.anchor, request.shared) {
-            affinity::assign(store, anchor, affinity::endpoint_id(&chosen.address));
+            let count = self.params.placement_choices > 1;
+            affinity::assign(store, anchor, affinity::endpoint_id(&chosen.address), count);
         }
     }
 }
@@ -237,6 +272,46 @@ mod tests {
         scorer(0.5).score(&req, &view, &mut out);
         assert_eq!(out[elsewhere], 0.5, "{out:?}");
         assert_eq!(out[home], 0.0, "{out:?}");
+    }
+
+    #[test]
+    fn with_choices_a_new_prefix_starts_where_fewest_were_given() {
+        let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
+        let view = candidates(&eps);
+        let store = affinity::MemoryStore::default();
+        let params = |choices: usize| -> Params {
+            serde_json::from_value(serde_json::json!({"placement": 1.0, "placementChoices": choices})).unwrap()
+        };
+        let home_of = |s: &mut PrefixCacheScorer, prompt: &[u8]| {
+            let req = SchedulingRequest { model: Some("m"), prompt, shared: Some(&store), ..Default::default() };
+            let mut out = vec![];
+            s.score(&req, &view, &mut out);
+            let home = out.iter().position(|&x| x == 1.0).unwrap();
+            s.picked(&req, &view[home]);
+            home
+        };
+        // Prefixes one after another, each placed and sent home: with two choices no
+        // endpoint gets more than one over another's count among its pair, so the spread
+        // is far tighter than rendezvous alone gives.
+        let mut balanced = PrefixCacheScorer::new(params(2));
+        let mut counts = [0usize; 8];
+        for g in 0..96u32 {
+            let prompt: Vec<u8> = g.to_le_bytes().iter().copied().cycle().take(64 * 200).collect();
+            counts[home_of(&mut balanced, &prompt)] += 1;
+        }
+        let spread = counts.iter().max().unwrap() - counts.iter().min().unwrap();
+        assert!(spread <= 5, "{counts:?}");
+        assert_eq!(affinity::prefixes_given(&store).iter().map(|&(_, n)| n).sum::<u32>(), 96);
+        // One choice: always the rendezvous home, and nothing counted.
+        let plain_store = affinity::MemoryStore::default();
+        let req = SchedulingRequest { model: Some("m"), prompt: &[b'z'; 64 * 200], shared: Some(&plain_store), ..Default::default() };
+        let mut plain = PrefixCacheScorer::new(params(1));
+        let mut out = vec![];
+        plain.score(&req, &view, &mut out);
+        let rank = prefix::placement(plain.hashes[7], view.iter().map(|c| c.address.as_str()));
+        assert_eq!(out[rank[0]], 1.0);
+        plain.picked(&req, &view[rank[0]]);
+        assert!(affinity::prefixes_given(&plain_store).is_empty());
     }
 
     #[test]
