@@ -168,10 +168,10 @@ impl Scorer for PrefixCacheScorer {
         let assigned = request.shared.and_then(|s| affinity::recall(s, anchor));
         // Only an anchor without an assignment needs one when the pick is made.
         self.anchor = assigned.is_none().then_some(anchor);
-        let rank = prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str()));
         let (placed, strength) = match assigned {
             Some(id) => (candidates.iter().position(|c| affinity::endpoint_id(&c.address) == id), p.placement),
             None => {
+                let rank = prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str()));
                 let home = match request.shared {
                     Some(store) if p.placement_choices > 1 => {
                         least_given(&rank, candidates, &affinity::prefixes_given(store), p)
