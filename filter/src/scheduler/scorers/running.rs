@@ -1,7 +1,10 @@
 use crate::scheduler::{less_is_better, Candidate, Scorer, SchedulingRequest};
 
 /// Fewer running requests scores higher: (max − r) / (max − min) over the candidates, where
-/// r counts the requests this proxy sent since the last scrape.
+/// r counts the requests this proxy sent since the last scrape. An endpoint with requests
+/// waiting scores 0: its batch is full, however few it runs. (A server with a small batch,
+/// an older GPU say, runs few requests and would otherwise look the emptiest: in the demo
+/// it drew requests into its queue, p90 TTFT 283 ms; with this rule 137–172 ms.)
 pub struct RunningRequestsScorer;
 
 impl Scorer for RunningRequestsScorer {
@@ -9,6 +12,34 @@ impl Scorer for RunningRequestsScorer {
         "running-requests-scorer"
     }
     fn score(&mut self, _: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>) {
+        let start = out.len();
         less_is_better(candidates.iter().map(|c| f64::from(c.running())), out);
+        for (score, c) in out[start..].iter_mut().zip(candidates) {
+            if c.metrics.waiting > 0 {
+                *score = 0.0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::testing::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn fewer_running_scores_higher_unless_requests_wait() {
+        let eps = [
+            endpoint("big:1", load(0, 12, 0.3)),
+            endpoint("idle:1", load(0, 0, 0.0)),
+            endpoint("small-and-full:1", load(3, 4, 0.9)),
+        ];
+        let mut out = vec![];
+        RunningRequestsScorer.score(&SchedulingRequest::default(), &candidates(&eps), &mut out);
+        assert_eq!(out[1], 1.0, "{out:?}");
+        assert!((out[0] - 0.0).abs() < 1e-9, "the most running: {out:?}");
+        assert_eq!(out[2], 0.0, "four running but three waiting: full, {out:?}");
     }
 }
