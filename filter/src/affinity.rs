@@ -61,8 +61,7 @@ fn encode(entries: &[Entry]) -> Vec<u8> {
 const GIVEN_KEY: &str = "wasm-epp/v1/affinity/given";
 
 fn decode_given(bytes: &[u8]) -> Vec<(u32, u32)> {
-    let word = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-    bytes.chunks_exact(8).map(|c| (word(&c[..4]), word(&c[4..]))).collect()
+    crate::shared::decode_u32s(bytes).chunks_exact(2).map(|p| (p[0], p[1])).collect()
 }
 
 pub fn prefixes_given(store: &dyn SharedStore) -> Vec<(u32, u32)> {
@@ -70,13 +69,14 @@ pub fn prefixes_given(store: &dyn SharedStore) -> Vec<(u32, u32)> {
 }
 
 fn count_given(store: &dyn SharedStore, endpoint: u32) {
-    crate::shared::update(store, GIVEN_KEY, 8, |bytes| {
+    crate::shared::update(store, GIVEN_KEY, 8, None, |bytes| {
         let mut pairs = decode_given(bytes);
         match pairs.iter_mut().find(|(id, _)| *id == endpoint) {
             Some((_, n)) => *n = n.saturating_add(1),
             None => pairs.push((endpoint, 1)),
         }
-        Some(pairs.iter().flat_map(|(id, n)| id.to_le_bytes().into_iter().chain(n.to_le_bytes())).collect())
+        let words: Vec<u32> = pairs.iter().flat_map(|&(id, n)| [id, n]).collect();
+        Some(crate::shared::encode_u32s(&words))
     });
 }
 
@@ -92,7 +92,7 @@ pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
 pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32, count: bool) {
     let mut new = false;
     // After a few lost races, losing one assignment is fine.
-    crate::shared::update(store, &key(anchor), 3, |bytes| {
+    crate::shared::update(store, &key(anchor), 3, None, |bytes| {
         let mut entries = decode(bytes);
         if entries.iter().any(|e| e.anchor == anchor) {
             return None;

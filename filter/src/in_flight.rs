@@ -18,50 +18,40 @@ pub const KEY: &str = "wasm-epp/v1/in-flight";
 /// request and every stream end.
 const ATTEMPTS: usize = 16;
 
-/// The counts as read, with the version they had.
+/// The counts as read (the stored bytes: a decision looks up only its candidates), with
+/// the version they had.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Snapshot {
-    counts: Vec<u32>,
+    bytes: Vec<u8>,
     cas: u32,
 }
 
 impl Snapshot {
     pub fn read(store: &dyn SharedStore) -> Snapshot {
         let (bytes, cas) = store.get(KEY).unwrap_or_default();
-        Snapshot { counts: decode(&bytes), cas }
+        Snapshot { bytes, cas }
     }
 
     /// The count of the endpoint at `index` of the configuration.
     pub fn get(&self, index: usize) -> i64 {
-        self.counts.get(index).copied().map_or(0, i64::from)
+        let word = index.checked_mul(4).and_then(|at| self.bytes.get(at..)?.get(..4));
+        word.map_or(0, |c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
     }
-}
-
-fn decode(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
-fn encode(counts: &[u32]) -> Vec<u8> {
-    counts.iter().flat_map(|c| c.to_le_bytes()).collect()
-}
-
-fn added(mut counts: Vec<u32>, index: usize, delta: i32) -> Vec<u8> {
-    if counts.len() <= index {
-        counts.resize(index + 1, 0);
-    }
-    counts[index] = counts[index].saturating_add_signed(delta);
-    encode(&counts)
 }
 
 /// Adds `delta` to the count of the endpoint at `index` (never below zero). `seen`, a
 /// snapshot this worker just read, saves a read if no one wrote since.
 pub fn add(store: &dyn SharedStore, index: usize, delta: i32, seen: Option<Snapshot>) {
-    if let Some(s) = seen {
-        if s.cas != 0 && store.set(KEY, &added(s.counts, index, delta), s.cas) {
-            return;
+    let seen = seen.filter(|s| s.cas != 0).map(|s| (s.bytes, s.cas));
+    let added = |bytes: &[u8]| {
+        let mut counts = shared::decode_u32s(bytes);
+        if counts.len() <= index {
+            counts.resize(index + 1, 0);
         }
-    }
-    if !shared::update(store, KEY, ATTEMPTS, |bytes| Some(added(decode(bytes), index, delta))) {
+        counts[index] = counts[index].saturating_add_signed(delta);
+        Some(shared::encode_u32s(&counts))
+    };
+    if !shared::update(store, KEY, ATTEMPTS, seen, added) {
         log::warn!("wasm-epp: in-flight count of endpoint {index} not updated: shared data kept changing");
     }
 }
