@@ -107,6 +107,90 @@ pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32, count: bool) 
     }
 }
 
+/// The first line of an exported record: what it is and its format's version.
+pub const EXPORT_MAGIC: &[u8] = b"wasm-epp affinity v1\n";
+
+/// Every assignment this proxy remembers, for its peers: `EXPORT_MAGIC`, then the entries
+/// (anchor u64, endpoint id u32, little-endian), shard by shard.
+pub fn export(store: &dyn SharedStore) -> Vec<u8> {
+    let mut out = EXPORT_MAGIC.to_vec();
+    for shard in 0..SHARDS {
+        if let Some((bytes, _)) = store.get(&key(shard)) {
+            let whole = bytes.len() - bytes.len() % ENTRY;
+            out.extend_from_slice(&bytes[..whole]);
+        }
+    }
+    out
+}
+
+/// What adopting a peer's record changed here.
+#[derive(Debug, Default, PartialEq)]
+pub struct Adopted {
+    /// Prefixes this proxy had no assignment for.
+    pub new: usize,
+    /// Prefixes the two proxies had assigned apart, now on the lower endpoint id.
+    pub settled: usize,
+}
+
+/// Merges a peer's `export` into this proxy's record, so that both send a prefix to one
+/// endpoint. A prefix this proxy does not know takes the peer's endpoint; a prefix the
+/// two assigned apart (both saw it first before a round of exchange) takes the lower
+/// endpoint id, a rule every proxy applies alike, so they agree after one round each.
+pub fn adopt(store: &dyn SharedStore, record: &[u8]) -> Result<Adopted, &'static str> {
+    let entries = record.strip_prefix(EXPORT_MAGIC).ok_or("not a wasm-epp affinity record (v1)")?;
+    if entries.len() % ENTRY != 0 {
+        return Err("a truncated affinity record");
+    }
+    let mut by_shard: hashbrown::HashMap<u64, Vec<Entry>> = hashbrown::HashMap::new();
+    for e in decode(entries) {
+        if e.endpoint != 0 {
+            by_shard.entry(e.anchor % SHARDS).or_default().push(e);
+        }
+    }
+    let mut total = Adopted::default();
+    for (shard, theirs) in by_shard {
+        let mut done = Adopted::default();
+        let mut kept: Vec<u32> = Vec::new();
+        let written = crate::shared::update(store, &key(shard), 3, None, |bytes| {
+            done = Adopted::default();
+            kept.clear();
+            let mut ours = decode(bytes);
+            let mut fresh = Vec::new();
+            for t in &theirs {
+                match ours.iter_mut().find(|e| e.anchor == t.anchor) {
+                    Some(e) if t.endpoint < e.endpoint => {
+                        e.endpoint = t.endpoint;
+                        done.settled += 1;
+                    }
+                    Some(_) => {}
+                    None => fresh.push(*t),
+                }
+            }
+            // Theirs go after the newer half of ours: a shard churned by one-off prompts
+            // on either side still takes in the other's recent prefixes.
+            let at = ours.len().min(PER_SHARD / 2);
+            fresh.truncate(PER_SHARD - at);
+            done.new = fresh.len();
+            if done.settled == 0 && fresh.is_empty() {
+                return None;
+            }
+            kept = fresh.iter().map(|e| e.endpoint).collect();
+            ours.splice(at..at, fresh);
+            ours.truncate(PER_SHARD);
+            Some(encode(&ours))
+        });
+        if !written {
+            continue;
+        }
+        for &endpoint in &kept {
+            count_given(store, endpoint);
+        }
+        total.new += done.new;
+        total.settled += done.settled;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +222,63 @@ mod tests {
         assert_eq!(recall(&store, 0), None, "the oldest anchors went");
         assert_eq!(recall(&store, (PER_SHARD as u64 + 3) * SHARDS), Some(5));
         assert_eq!(store.get(&key(0)).unwrap().0.len(), PER_SHARD * ENTRY);
+    }
+
+    #[test]
+    fn peers_end_up_with_one_record() {
+        let (a, b) = (MemoryStore::default(), MemoryStore::default());
+        assign(&a, 1, 10, true);
+        assign(&a, 2, 20, true);
+        assign(&b, 3, 30, true);
+        // Both saw anchor 4 first, and chose apart.
+        assign(&a, 4, 40, true);
+        assign(&b, 4, 41, true);
+        let to_b = adopt(&b, &export(&a)).unwrap();
+        assert_eq!(to_b, Adopted { new: 2, settled: 1 });
+        let to_a = adopt(&a, &export(&b)).unwrap();
+        assert_eq!(to_a, Adopted { new: 1, settled: 0 });
+        for anchor in 1..=4 {
+            assert_eq!(recall(&a, anchor), recall(&b, anchor), "anchor {anchor}");
+        }
+        assert_eq!(recall(&a, 4), Some(40), "the lower endpoint id wins, on both");
+        assert_eq!(adopt(&a, &export(&b)).unwrap(), Adopted::default(), "a second round changes nothing");
+        let given = prefixes_given(&b);
+        assert!(given.contains(&(10, 1)) && given.contains(&(20, 1)), "adopted prefixes are counted: {given:?}");
+    }
+
+    #[test]
+    fn a_full_shard_still_takes_in_a_peers_prefixes() {
+        let (a, b) = (MemoryStore::default(), MemoryStore::default());
+        for i in 1..=PER_SHARD as u64 {
+            assign(&a, i * SHARDS, 1, false);
+        }
+        assign(&b, 0, 2, false);
+        assert_eq!(adopt(&a, &export(&b)).unwrap().new, 1);
+        assert_eq!(recall(&a, 0), Some(2));
+        assert_eq!(recall(&a, PER_SHARD as u64 * SHARDS), Some(1), "this proxy's newest stay");
+        assert_eq!(recall(&a, SHARDS), None, "its oldest made room");
+        assert_eq!(store_len(&a, 0), PER_SHARD);
+    }
+
+    fn store_len(store: &MemoryStore, anchor: u64) -> usize {
+        store.get(&key(anchor)).map_or(0, |(b, _)| b.len() / ENTRY)
+    }
+
+    #[test]
+    fn anything_but_a_record_is_refused_and_changes_nothing() {
+        let a = MemoryStore::default();
+        assign(&a, 1, 10, false);
+        let mut record = export(&a);
+        record.pop();
+        for bad in [&b""[..], b"<html>404</html>", b"wasm-epp affinity v2\n", &record[..]] {
+            assert!(adopt(&a, bad).is_err(), "{bad:?}");
+        }
+        // An entry with no endpoint is not an assignment.
+        let mut zero = EXPORT_MAGIC.to_vec();
+        zero.extend_from_slice(&encode(&[Entry { anchor: 5, endpoint: 0 }]));
+        assert_eq!(adopt(&a, &zero).unwrap(), Adopted::default());
+        assert_eq!(recall(&a, 5), None);
+        assert_eq!(export(&a), [EXPORT_MAGIC, &encode(&[Entry { anchor: 1, endpoint: 10 }])].concat());
     }
 
     #[test]

@@ -63,7 +63,25 @@ pub struct Config {
     /// Requested model → weighted target models; the body's `model` is rewritten.
     #[serde(default)]
     pub model_rewrites: Vec<RewriteRule>,
+    /// The other Envoy replicas in front of the same pool, as "ip:port" of the listener
+    /// this filter runs on (listing this proxy too is harmless: one replica's config fits
+    /// all). Each replica serves its prefix assignments at `peer_path`, and its scraper
+    /// merges the peers', so that replicas send a prefix to one endpoint.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default = "defaults::peer_path")]
+    pub peer_path: String,
+    #[serde(default = "defaults::peer_interval_ms")]
+    pub peer_interval_ms: u64,
+    /// If set, `peer_path` answers only requests whose `x-wasm-epp-peer-token` header is
+    /// this (the record holds prompt-block hashes: whoever reads it can test whether a
+    /// given prompt was sent lately). Other requests to the path are routed as usual.
+    #[serde(default)]
+    pub peer_token: String,
 }
+
+/// The header a peer presents `peer_token` in.
+pub const PEER_TOKEN_HEADER: &str = "x-wasm-epp-peer-token";
 
 mod defaults {
     pub fn metrics_cluster() -> String {
@@ -92,6 +110,12 @@ mod defaults {
     }
     pub fn max_fallbacks() -> usize {
         2
+    }
+    pub fn peer_path() -> String {
+        "/.wasm-epp/v1/affinity".into()
+    }
+    pub fn peer_interval_ms() -> u64 {
+        100
     }
     pub fn destination_header() -> String {
         "x-gateway-destination-endpoint".into()
@@ -139,6 +163,17 @@ impl Config {
                 return bad(&format!("endpoints[{i}]"), &format!("{e:?} is listed twice"));
             }
         }
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.parse::<SocketAddr>().is_err() {
+                return bad(&format!("peers[{i}]"), &format!("{p:?} is not \"ip:port\""));
+            }
+        }
+        if !self.peer_path.starts_with('/') {
+            return bad("peer_path", "must start with '/'");
+        }
+        if !self.peer_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return bad("peer_token", "must be printable ASCII without spaces (it travels in a header)");
+        }
         if self.metrics_cluster.is_empty() {
             return bad("metrics_cluster", "must name a cluster");
         }
@@ -153,6 +188,7 @@ impl Config {
             ("stale_after_ms", self.stale_after_ms),
             ("scrape_timeout_ms", self.scrape_timeout_ms),
             ("models_interval_ms", self.models_interval_ms),
+            ("peer_interval_ms", self.peer_interval_ms),
         ] {
             if value == 0 || value > 3_600_000 {
                 return bad(field, "must be between 1 and 3600000 milliseconds");
@@ -226,6 +262,10 @@ mod tests {
             (r#"{"endpoints":["1.2.3.4:1"],"objectives":{"batch":"low"}}"#, "objectives"),
             (r#"{"endpoints":["1.2.3.4:1"],"model_rewrites":[{"model":"a","targets":[]}]}"#, "model_rewrites[0]"),
             (r#"{"endpoints":["1.2.3.4:1"],"saturation":{"kvCacheUtilThreshold":2}}"#, "kvCacheUtilThreshold"),
+            (r#"{"endpoints":["1.2.3.4:1"],"peers":["envoy-1:10000"]}"#, "peers[0]"),
+            (r#"{"endpoints":["1.2.3.4:1"],"peer_path":"affinity"}"#, "peer_path"),
+            (r#"{"endpoints":["1.2.3.4:1"],"peer_interval_ms":0}"#, "peer_interval_ms"),
+            (r#"{"endpoints":["1.2.3.4:1"],"peer_token":"a b"}"#, "peer_token"),
             (r#"[1]"#, "JSON object"),
             (r#""#, "EOF"),
         ] {

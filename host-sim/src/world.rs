@@ -13,7 +13,10 @@ use wasmtime::error::Context as _;
 use wasmtime::Result;
 use wasmtime::{Config, Engine, Module};
 
-use crate::fleet::Fleet;
+use crate::fleet::{CallReply, Fleet};
+
+/// A call between two proxies in one zone.
+const PEER_LATENCY_NS: u64 = 300_000;
 use crate::proxy::{HttpRequest, PendingCall, Proxy, ProxyConfig, RequestOutcome};
 
 pub struct World {
@@ -116,18 +119,53 @@ impl World {
         self.clock.set(t_ns.max(self.clock.get()));
     }
 
-    /// Sends calls the module dispatched to the fleet; their answers arrive later.
+    /// The address proxy `p` listens on, as its peers name it (`peers` in the plugin
+    /// configuration).
+    pub fn proxy_address(p: usize) -> String {
+        format!("10.255.0.{}:10000", p + 1)
+    }
+
+    /// Sends calls the module dispatched to the fleet, or to a proxy they name (a peer
+    /// asking for prefix assignments); their answers arrive later.
     fn collect_calls(&mut self) {
         let now = self.now_ns();
+        let mut calls = Vec::new();
         for (i, p) in self.proxies.iter_mut().enumerate() {
             p.deliver_queues();
-            for call in p.take_dispatched() {
-                let reply = self.fleet.http_call(now, &call.headers, call.timeout_ms);
-                self.seq += 1;
-                self.in_flight.push(Reverse((call.issued_ns + reply.after_ns, self.seq)));
-                self.answers.insert(self.seq, (i, call, reply.answer));
-            }
+            calls.extend(p.take_dispatched().into_iter().map(|c| (i, c)));
         }
+        for (i, call) in calls {
+            let reply = match self.proxy_named(&call.headers) {
+                Some(peer) => self.call_proxy(peer, &call),
+                None => self.fleet.http_call(now, &call.headers, call.timeout_ms),
+            };
+            self.seq += 1;
+            self.in_flight.push(Reverse((call.issued_ns + reply.after_ns, self.seq)));
+            self.answers.insert(self.seq, (i, call, reply.answer));
+        }
+    }
+
+    fn proxy_named(&self, headers: &crate::abi::HeaderMap) -> Option<usize> {
+        let (_, host) = headers.iter().find(|(k, _)| k == "x-envoy-original-dst-host")?;
+        (0..self.proxies.len()).find(|&p| *host == Self::proxy_address(p))
+    }
+
+    /// A call answered by another proxy's filter chain (its first worker), as a local
+    /// response: what a peer's GET of the affinity path gets.
+    fn call_proxy(&mut self, proxy: usize, call: &PendingCall) -> CallReply {
+        let get = |name: &str| call.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let mut req = HttpRequest::get(&get(":path").unwrap_or_default());
+        req.method = get(":method").unwrap_or_default();
+        req.headers = call.headers.iter().filter(|(k, _)| !k.starts_with(':')).cloned().collect();
+        let outcome = self.proxies[proxy].request(0, &req);
+        let answer = outcome.local_response.as_ref().map(|r| {
+            let mut headers = vec![(":status".to_string(), r.status.to_string())];
+            headers.extend(r.headers.iter().cloned());
+            (headers, r.body.clone())
+        });
+        // Anything else would have gone upstream: no peer answered.
+        self.proxies[proxy].finish(&outcome, 200);
+        CallReply { after_ns: PEER_LATENCY_NS, answer }
     }
 
     /// A request through proxy `proxy`, worker `worker`.

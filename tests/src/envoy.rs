@@ -22,6 +22,8 @@ pub struct EnvoyOptions {
     /// Without the module (no picker filter, no scraper): Envoy alone, the pool's
     /// round-robin fallback serving, as a baseline.
     pub without_picker: bool,
+    /// The listener's port (default: any free one), for replicas that must name each other.
+    pub listen_port: Option<u16>,
 }
 
 impl Default for EnvoyOptions {
@@ -32,6 +34,7 @@ impl Default for EnvoyOptions {
             wasm: None,
             concurrency: 2,
             without_picker: false,
+            listen_port: None,
         }
     }
 }
@@ -48,6 +51,11 @@ static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 
 /// The shipped config with this run's endpoints, plugin settings, module path and ports 0.
 pub fn render(template: &str, endpoints: &[String], plugin: &Value, wasm: &str, without_picker: bool) -> String {
+    render_on(template, endpoints, plugin, wasm, without_picker, 0)
+}
+
+/// `render`, with the listener on `port` (0: any free one).
+pub fn render_on(template: &str, endpoints: &[String], plugin: &Value, wasm: &str, without_picker: bool, port: u16) -> String {
     let mut out = Vec::new();
     let mut skipping_picker = false;
     let mut lines = template.lines().peekable();
@@ -111,7 +119,7 @@ pub fn render(template: &str, endpoints: &[String], plugin: &Value, wasm: &str, 
             continue;
         }
         let line = line
-            .replace("port_value: 10000", "port_value: 0")
+            .replace("port_value: 10000", &format!("port_value: {port}"))
             .replace("port_value: 9901", "port_value: 0")
             .replace("filename: dist/epp.wasm", &format!("filename: {wasm}"));
         out.push(line);
@@ -133,8 +141,9 @@ impl Envoy {
         fs::create_dir_all(&dir).expect("temp dir");
         let template = fs::read_to_string(paths::envoy_config(options.config)).expect("config");
         let wasm = options.wasm.unwrap_or_else(paths::epp_wasm);
+        let port = options.listen_port.unwrap_or(0);
         let config =
-            render(&template, endpoints, &options.plugin, &wasm.display().to_string(), options.without_picker);
+            render_on(&template, endpoints, &options.plugin, &wasm.display().to_string(), options.without_picker, port);
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, config).expect("write config");
         let admin_path = dir.join("admin.txt");

@@ -125,3 +125,50 @@ fn a_burst_between_scrapes_spreads_over_every_worker() {
         wait_for("in-flight gauges back to zero", Duration::from_secs(5), || (envoy.stat(&gauge) == 0).then_some(()));
     }
 }
+
+/// A port free now, for a listener its peers must know before it starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+#[test]
+fn replicas_send_a_prefix_where_their_peer_sent_it() {
+    let sims: Vec<Sim> = (0..4).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let ports = [free_port(), free_port()];
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let plugin = json!({"peers": peers, "peer_token": "t0ken", "peer_interval_ms": 50});
+    let replica = |port| {
+        let options = EnvoyOptions { plugin: plugin.clone(), listen_port: Some(port), ..Default::default() };
+        let envoy = Envoy::start(&addrs(&refs), options);
+        envoy.wait_for_table();
+        envoy
+    };
+    let (a, b) = (replica(ports[0]), replica(ports[1]));
+    let record_bytes = |envoy: &Envoy, token: &str| {
+        let r = envoy.client().send(&envoy.url("/.wasm-epp/v1/affinity"), &[("x-wasm-epp-peer-token", token)], None);
+        (r.status, r.header("content-length").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0))
+    };
+    // Without the token the path is not ours: routed to a model server, which has no such page.
+    assert_eq!(record_bytes(&b, "wrong").0, 404);
+
+    // Replica A sends four long prompts, each to a server of the test's choosing (the
+    // subset hint); replica B has seen none of them. Unless B follows A, it would send
+    // each to its own rendezvous home, and all four match only by chance (1 in 256).
+    let prompt = |i: usize| chat(MODEL, &format!("Context {i}: {}", "the tides of the northern sea ".repeat(60)), 1);
+    let subset = "x-gateway-destination-endpoint-subset";
+    for (i, sim) in addrs(&refs).iter().enumerate() {
+        let headers = [("content-type", "application/json"), (subset, sim.as_str())];
+        let r = a.client().send(&a.url("/v1/chat/completions"), &headers, Some(prompt(i).to_string().as_bytes()));
+        assert_eq!((r.status, r.served_by()), (200, Some(sim.as_str())), "{}", r.body);
+    }
+    let (status, exported) = record_bytes(&a, "t0ken");
+    assert_eq!(status, 200);
+    wait_for("replica B to adopt A's assignments", Duration::from_secs(10), || {
+        (record_bytes(&b, "t0ken").1 >= exported).then_some(())
+    });
+    for (i, sim) in addrs(&refs).iter().enumerate() {
+        let r = b.post("/v1/chat/completions", &prompt(i));
+        assert_eq!((r.status, r.served_by()), (200, Some(sim.as_str())), "prompt {i}: {}", r.body);
+    }
+}

@@ -10,7 +10,8 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use hashbrown::HashMap;
 
 use super::host;
-use crate::config::Config;
+use crate::affinity;
+use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::errors::Rejection;
 use crate::in_flight;
 use crate::request;
@@ -162,6 +163,16 @@ fn rewrite_body(body: &[u8], target: &str) {
     host::set_request_header("content-length", Some(&new.len().to_string()));
 }
 
+/// Answers a peer with the record of prefix assignments (`affinity::export`).
+fn serve_affinity() -> Action {
+    let record = affinity::export(&host::HostStore);
+    let headers = vec![("content-type", "application/octet-stream"), ("cache-control", "no-store")];
+    if let Err(e) = hostcalls::send_http_response(200, headers, Some(&record)) {
+        log::warn!("wasm-epp picker: could not answer a peer: {e:?}");
+    }
+    Action::Pause
+}
+
 /// Answers the client and counts it; the request goes no further.
 fn reject(stats: &Stats, r: &Rejection) -> Action {
     host::increment(stats.rejected);
@@ -182,6 +193,10 @@ impl HttpContext for PickerStream {
         self.path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         self.objective = host::header(MapType::HttpRequestHeaders, OBJECTIVE_HEADER);
         self.subset = host::header(MapType::HttpRequestHeaders, SUBSET_HEADER);
+        if self.is_peer_request() {
+            self.decided = true;
+            return serve_affinity();
+        }
         if end_of_stream {
             return self.decide(None, &[], &[]);
         }
@@ -232,6 +247,17 @@ impl HttpContext for PickerStream {
 }
 
 impl PickerStream {
+    /// A peer replica asking for this proxy's prefix assignments.
+    fn is_peer_request(&self) -> bool {
+        let shared = self.shared.borrow();
+        let config = &shared.router.config;
+        !config.peers.is_empty()
+            && self.path == config.peer_path
+            && host::header(MapType::HttpRequestHeaders, ":method").as_deref() == Some("GET")
+            && (config.peer_token.is_empty()
+                || host::header(MapType::HttpRequestHeaders, PEER_TOKEN_HEADER).as_deref() == Some(config.peer_token.as_str()))
+    }
+
     fn decide_on_body(&mut self, body_size: usize) -> Action {
         let body = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
         let prompt_bytes = self.shared.borrow().router.prompt_bytes();

@@ -8,7 +8,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
 use super::host;
-use crate::config::Config;
+use crate::affinity;
+use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::in_flight;
 use crate::scrape::{Probe, Scraper};
 use crate::table::{GENERATION_KEY, TABLE_KEY};
@@ -18,8 +19,17 @@ const MAX_PAGE_BYTES: usize = 8 << 20;
 
 pub struct ScraperRoot {
     scraper: Scraper,
-    /// Call token → (endpoint index, probe).
-    pending: HashMap<u32, (usize, Probe)>,
+    /// Call token → what the call asked.
+    pending: HashMap<u32, Call>,
+    /// When to next ask the peers for their prefix assignments.
+    next_peer_round_ms: u64,
+}
+
+enum Call {
+    /// A probe of the endpoint at this configuration index.
+    Probe(usize, Probe),
+    /// The prefix assignments of the peer at this index of `peers`.
+    Peer(usize),
 }
 
 impl ScraperRoot {
@@ -28,7 +38,7 @@ impl ScraperRoot {
             log::error!("wasm-epp scraper: the host refused a tick period");
             return None;
         }
-        Some(ScraperRoot { scraper: Scraper::new(config), pending: HashMap::new() })
+        Some(ScraperRoot { scraper: Scraper::new(config), pending: HashMap::new(), next_peer_round_ms: 0 })
     }
 
     pub fn tick(&mut self) {
@@ -37,39 +47,71 @@ impl ScraperRoot {
         if self.scraper.is_dirty() {
             self.publish(now);
         }
-        let config = self.scraper.config();
-        let cluster = config.metrics_cluster.clone();
-        let timeout = Duration::from_millis(config.scrape_timeout_ms);
         for probe in self.scraper.due(now) {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", probe.path.as_str()),
-                (":authority", probe.address.as_str()),
-                ("x-envoy-original-dst-host", probe.address.as_str()),
-                ("accept", "text/plain, application/json"),
-                ("user-agent", "wasm-epp"),
-            ];
-            match hostcalls::dispatch_http_call(&cluster, headers, None, vec![], timeout) {
+            let extra = [("accept", "text/plain, application/json")];
+            match self.call(&probe.address, &probe.path, &extra) {
                 Ok(token) => {
-                    self.pending.insert(token, (probe.endpoint, probe.probe));
+                    self.pending.insert(token, Call::Probe(probe.endpoint, probe.probe));
                 }
-                Err(status) => {
-                    let why = format!("dispatch to cluster {cluster:?} failed: {status:?}");
+                Err(why) => {
                     log::warn!("wasm-epp scraper: {}: {why}", probe.address);
                     self.scraper.on_failed(probe.endpoint, probe.probe, &why, now);
                 }
             }
         }
+        if now >= self.next_peer_round_ms {
+            self.ask_peers(now);
+        }
+    }
+
+    /// Asks every peer not already asked for its prefix assignments.
+    fn ask_peers(&mut self, now: u64) {
+        let config = self.scraper.config();
+        self.next_peer_round_ms = now + config.peer_interval_ms;
+        let (peers, path, token) = (config.peers.clone(), config.peer_path.clone(), config.peer_token.clone());
+        for (i, peer) in peers.iter().enumerate() {
+            if self.pending.values().any(|c| matches!(c, Call::Peer(p) if *p == i)) {
+                continue;
+            }
+            let extra = [(PEER_TOKEN_HEADER, token.as_str())];
+            match self.call(peer, &path, if token.is_empty() { &[] } else { &extra }) {
+                Ok(call) => {
+                    self.pending.insert(call, Call::Peer(i));
+                }
+                Err(why) => log::warn!("wasm-epp scraper: peer {peer}: {why}"),
+            }
+        }
+    }
+
+    /// A GET to `address` through the metrics cluster (ORIGINAL_DST: exactly that host).
+    fn call(&self, address: &str, path: &str, extra: &[(&str, &str)]) -> Result<u32, String> {
+        let config = self.scraper.config();
+        let cluster = config.metrics_cluster.as_str();
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", address),
+            ("x-envoy-original-dst-host", address),
+            ("user-agent", "wasm-epp"),
+        ];
+        headers.extend_from_slice(extra);
+        let timeout = Duration::from_millis(config.scrape_timeout_ms);
+        hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout)
+            .map_err(|status| format!("dispatch to cluster {cluster:?} failed: {status:?}"))
     }
 
     pub fn on_answer(&mut self, token: u32, headers: usize, body_size: usize) {
-        let Some((endpoint, probe)) = self.pending.remove(&token) else { return };
+        let Some(call) = self.pending.remove(&token) else { return };
         let now = host::now_ms();
         // Envoy answers a failed call (timeout, refused, reset) with no headers at all.
         let status = (headers > 0)
             .then(|| host::header(MapType::HttpCallResponseHeaders, ":status"))
             .flatten()
             .and_then(|s| s.parse::<u32>().ok());
+        let (endpoint, probe) = match call {
+            Call::Probe(endpoint, probe) => (endpoint, probe),
+            Call::Peer(i) => return self.on_peer_answer(i, status, body_size),
+        };
         if body_size > MAX_PAGE_BYTES {
             let why = format!("answer of {body_size} bytes is over the {MAX_PAGE_BYTES}-byte limit");
             self.scraper.on_failed(endpoint, probe, &why, now);
@@ -85,6 +127,22 @@ impl ScraperRoot {
         }
         if self.scraper.round_complete() {
             self.publish(now);
+        }
+    }
+
+    fn on_peer_answer(&mut self, peer: usize, status: Option<u32>, body_size: usize) {
+        let name = self.scraper.config().peers.get(peer).cloned().unwrap_or_default();
+        if status != Some(200) || body_size > MAX_PAGE_BYTES {
+            log::debug!("wasm-epp scraper: peer {name} answered {status:?} with {body_size} bytes");
+            return;
+        }
+        let record = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+        match affinity::adopt(&host::HostStore, &record) {
+            Ok(a) if a.new + a.settled > 0 => {
+                log::debug!("wasm-epp scraper: peer {name}: {} prefixes adopted, {} settled", a.new, a.settled)
+            }
+            Ok(_) => {}
+            Err(why) => log::warn!("wasm-epp scraper: peer {name}: {why}"),
         }
     }
 

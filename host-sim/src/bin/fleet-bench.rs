@@ -30,6 +30,9 @@ struct Args {
     proxies: usize,
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Replicas that do not share prefix assignments (no `peers` in their configuration).
+    #[arg(long)]
+    no_peers: bool,
     /// Offered loads (requests/s) instead of each workload's own; the first is the table's.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
@@ -74,8 +77,9 @@ fn run(args: Args) -> Result<(), String> {
         policies.push(Policy::module(name, scheduler));
     }
     for p in &mut policies {
-        if let Policy::Module { proxies, workers, .. } = p {
+        if let Policy::Module { proxies, workers, peers, .. } = p {
             (*proxies, *workers) = (args.proxies.max(1), args.workers.max(1));
+            *peers = !args.no_peers;
         }
     }
     let workloads: Vec<Workload> = args

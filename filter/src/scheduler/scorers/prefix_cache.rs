@@ -22,6 +22,9 @@ use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 /// Load scorers still move requests off it when it is busy. (Measured and dropped:
 /// scoring the next endpoints in the rendezvous order; following the latest endpoint
 /// instead of the first; the full home score for every first sight: BENCHMARKS.md.)
+/// The weight of a recorded share on an endpoint other than the prefix's assignment.
+const OTHER_THAN_ASSIGNED: f64 = 0.9;
+
 pub struct PrefixCacheScorer {
     params: Params,
     index: PrefixIndex,
@@ -185,6 +188,16 @@ impl Scorer for PrefixCacheScorer {
             }
         };
         if let Some(i) = placed {
+            if assigned.is_some() {
+                // Where this VM sent the prefix before counts a little less than where the
+                // proxy (and its peers) agreed it lives: after replicas settle a prefix
+                // they had placed apart, both follow the agreement.
+                for (j, share) in out[start..].iter_mut().enumerate() {
+                    if j != i {
+                        *share *= OTHER_THAN_ASSIGNED;
+                    }
+                }
+            }
             let s = &mut out[start + i];
             *s = s.max(strength);
         }
@@ -272,6 +285,26 @@ mod tests {
         scorer(0.5).score(&req, &view, &mut out);
         assert_eq!(out[elsewhere], 0.5, "{out:?}");
         assert_eq!(out[home], 0.0, "{out:?}");
+    }
+
+    #[test]
+    fn the_assignment_outranks_where_this_vm_sent_the_prefix() {
+        let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
+        let view = candidates(&eps);
+        let prompt = vec![b'p'; 64 * 200];
+        let request = |store| SchedulingRequest { model: Some("m"), prompt: &prompt, shared: Some(store), ..Default::default() };
+        let mut vm = scorer(1.0);
+        let mut out = vec![];
+        let before = affinity::MemoryStore::default();
+        vm.score(&request(&before), &view, &mut out);
+        vm.picked(&request(&before), &view[2]); // this VM sent it to 2
+        // The proxy's record (say, settled with a peer's) puts the prefix on 5.
+        let settled = affinity::MemoryStore::default();
+        affinity::assign(&settled, vm.hashes[7], affinity::endpoint_id(&view[5].address), false);
+        out.clear();
+        vm.score(&request(&settled), &view, &mut out);
+        assert_eq!(out[5], 1.0, "{out:?}");
+        assert_eq!(out[2], OTHER_THAN_ASSIGNED, "still a full hit there, but second: {out:?}");
     }
 
     #[test]
