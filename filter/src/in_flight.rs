@@ -2,8 +2,9 @@
 //!
 //! Between two scrapes every decision sees the same queue lengths: a burst would land on
 //! one endpoint. So each worker counts what it sends, in one shared-data value (a u32 per
-//! configured endpoint, in config order): a request adds one where it goes and takes it
-//! off when its stream ends. The scraper notes the count as it reads each metrics page;
+//! configured endpoint, in config order): a request adds one where it goes, and the
+//! streams that ended since are taken off in the same write (or by the worker's timer when
+//! it routes nothing), so that a request costs one write, not two. The scraper notes the count as it reads each metrics page;
 //! scorers add what was sent since (`Candidate::pending`), so a count that leaked (a lost
 //! update) cancels out.
 //!
@@ -39,21 +40,29 @@ impl Snapshot {
     }
 }
 
-/// Adds `delta` to the count of the endpoint at `index` (never below zero). `seen`, a
-/// snapshot this worker just read, saves a read if no one wrote since.
-pub fn add(store: &dyn SharedStore, index: usize, delta: i32, seen: Option<Snapshot>) {
+/// Counts a request that starts at `started` (if any) and takes off `ended[i]` requests
+/// that ended at endpoint `i`, in one write (never below zero). `seen`, a snapshot this
+/// worker just read, saves a read if no one wrote since. False if the write kept losing
+/// races (the caller keeps its ended counts for the next write).
+pub fn apply(store: &dyn SharedStore, seen: Option<Snapshot>, started: Option<usize>, ended: &[u32]) -> bool {
     let seen = seen.filter(|s| s.cas != 0).map(|s| (s.bytes, s.cas));
-    let added = |bytes: &[u8]| {
+    let changed = |bytes: &[u8]| {
         let mut counts = shared::decode_u32s(bytes);
-        if counts.len() <= index {
-            counts.resize(index + 1, 0);
+        let len = counts.len().max(started.map_or(0, |i| i + 1)).max(ended.len());
+        counts.resize(len, 0);
+        for (count, &gone) in counts.iter_mut().zip(ended) {
+            *count = count.saturating_sub(gone);
         }
-        counts[index] = counts[index].saturating_add_signed(delta);
+        if let Some(i) = started {
+            counts[i] = counts[i].saturating_add(1);
+        }
         Some(shared::encode_u32s(&counts))
     };
-    if !shared::update(store, KEY, ATTEMPTS, seen, added) {
-        log::warn!("wasm-epp: in-flight count of endpoint {index} not updated: shared data kept changing");
+    let written = shared::update(store, KEY, ATTEMPTS, seen, changed);
+    if !written {
+        log::warn!("wasm-epp: in-flight counts not updated: shared data kept changing");
     }
+    written
 }
 
 #[cfg(test)]
@@ -67,24 +76,26 @@ mod tests {
     fn counts_up_and_down_per_endpoint() {
         let store = MemoryStore::default();
         assert_eq!(Snapshot::read(&store).get(3), 0, "nothing counted yet");
-        add(&store, 3, 1, None);
-        add(&store, 3, 1, Some(Snapshot::read(&store)));
-        add(&store, 0, 1, None);
+        assert!(apply(&store, None, Some(3), &[]));
+        apply(&store, Some(Snapshot::read(&store)), Some(3), &[]);
+        apply(&store, None, Some(0), &[]);
         let s = Snapshot::read(&store);
         assert_eq!((s.get(0), s.get(1), s.get(3)), (1, 0, 2));
-        add(&store, 3, -1, None);
-        add(&store, 1, -1, None);
+        // One write: a start at 0, and ends at 1 (none there), 3 and 0.
+        apply(&store, None, Some(0), &[1, 1, 0, 1]);
         let s = Snapshot::read(&store);
-        assert_eq!((s.get(1), s.get(3)), (0, 1), "never below zero");
+        assert_eq!((s.get(0), s.get(1), s.get(3)), (1, 0, 1), "never below zero");
+        apply(&store, None, None, &[1, 0, 0, 1]);
+        assert_eq!(Snapshot::read(&store), Snapshot { bytes: vec![0; 16], cas: 5 });
     }
 
     #[test]
     fn a_stale_snapshot_does_not_lose_another_workers_count() {
         let store = MemoryStore::default();
-        add(&store, 0, 1, None);
+        apply(&store, None, Some(0), &[]);
         let mine = Snapshot::read(&store);
-        add(&store, 1, 1, None); // another worker, after my read
-        add(&store, 0, 1, Some(mine));
+        apply(&store, None, Some(1), &[]); // another worker, after my read
+        apply(&store, Some(mine), Some(0), &[]);
         let s = Snapshot::read(&store);
         assert_eq!((s.get(0), s.get(1)), (2, 1));
     }

@@ -66,12 +66,32 @@ fn requests_sent_between_scrapes_count_across_workers() {
     }
     // Without the counts all 24 would see the same table and pick the idle server.
     assert!(sent.values().all(|&n| (6..=10).contains(&n)), "{sent:?}");
-    let gauge = |w: &World, i: usize| w.proxies[0].metric(&format!("wasm_epp.in_flight.{}", addr(i).replace(['.', ':'], "_")));
-    assert_eq!((0..3).map(|i| gauge(&w, i)).sum::<i64>(), 24);
-    for o in &open {
+    // The counts the pickers share, and the gauges the scraper copies them into each tick.
+    let counts = |w: &World| {
+        let state = w.proxies[0].state.borrow();
+        let bytes = state.shared_data.get("wasm-epp/v1/in-flight").map(|(b, _)| b.clone()).unwrap_or_default();
+        bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()
+    };
+    let gauges = |w: &World| {
+        (0..3).map(|i| w.proxies[0].metric(&format!("wasm_epp.in_flight.{}", addr(i).replace(['.', ':'], "_")))).collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&w).iter().sum::<u32>(), 24);
+    w.advance_ms(10_000);
+    assert_eq!(gauges(&w).iter().sum::<i64>(), 24, "the next scraper tick shows them");
+    // Half end; the next request's write takes them off, with its own start.
+    for o in &open[..12] {
         w.finish(0, o, 200);
     }
-    assert_eq!((0..3).map(|i| gauge(&w, i)).collect::<Vec<_>>(), vec![0, 0, 0], "every end is counted");
+    let next = w.request(0, 0, &chat(MODEL));
+    assert_eq!(counts(&w).iter().sum::<u32>(), 24 + 1 - 3, "worker 0's three ended streams went with its request");
+    w.finish(0, &next, 200);
+    for o in &open[12..] {
+        w.finish(0, o, 200);
+    }
+    w.advance_ms(50);
+    assert_eq!(counts(&w), vec![0, 0, 0], "every end is counted: the workers' timers took off the rest");
+    w.advance_ms(10_000);
+    assert_eq!(gauges(&w), vec![0, 0, 0]);
 }
 
 #[test]

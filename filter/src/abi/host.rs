@@ -85,14 +85,15 @@ pub fn gauge(name: &str) -> Option<u32> {
     hostcalls::define_metric(proxy_wasm::types::MetricType::Gauge, name).ok()
 }
 
-pub fn add(gauge: Option<u32>, delta: i64) {
+pub fn set(gauge: Option<u32>, value: u64) {
     if let Some(id) = gauge {
-        let _ = hostcalls::increment_metric(id, delta);
+        let _ = hostcalls::record_metric(id, value);
     }
 }
 
 /// The in-flight gauge of each configured endpoint, in config order: what operators see
-/// (`wasmcustom.wasm_epp.in_flight.<ip>_<port>`); the pickers read the shared counts.
+/// (`wasmcustom.wasm_epp.in_flight.<ip>_<port>`), set by the scraper from the shared
+/// counts the pickers keep.
 pub fn in_flight_gauges(endpoints: &[String]) -> Vec<Option<u32>> {
     endpoints
         .iter()

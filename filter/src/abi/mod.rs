@@ -58,8 +58,10 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Root::Scraper(s) = self {
-            s.tick();
+        match self {
+            Root::Scraper(s) => s.tick(),
+            Root::Picker(p) => p.tick(),
+            Root::Unconfigured => {}
         }
     }
 

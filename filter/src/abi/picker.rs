@@ -20,6 +20,9 @@ use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
 
 const EXPLAIN_HEADER: &str = "x-wasm-epp-explain";
 
+/// How long a worker that routes nothing keeps its ended streams in the in-flight counts.
+const ENDED_FLUSH_MS: u64 = 20;
+
 pub struct PickerRoot {
     shared: Rc<RefCell<Shared>>,
 }
@@ -34,8 +37,11 @@ struct Shared {
     /// is kept), by address and by row of the current table.
     index: HashMap<String, usize>,
     index_by_row: Vec<Option<usize>>,
-    /// The in-flight gauges operators see, in config order.
-    gauges: Vec<Option<u32>>,
+    /// Streams of this worker that ended, per endpoint (config order), not yet taken off
+    /// the shared in-flight counts: the next routed request's write does it, or the timer.
+    ended: Vec<u32>,
+    /// When the table's generation was last checked: at most once a millisecond.
+    checked_ms: u64,
 }
 
 struct Stats {
@@ -52,11 +58,22 @@ impl PickerRoot {
             fail_open: host::counter("wasm_epp.fail_open"),
             rejected: host::counter("wasm_epp.rejected"),
         };
-        let gauges = host::in_flight_gauges(&config.endpoints);
         let index = config.endpoints.iter().enumerate().map(|(i, e)| (e.clone(), i)).collect();
+        let ended = vec![0; config.endpoints.len()];
+        if !host::tick_every(ENDED_FLUSH_MS) {
+            log::warn!("wasm-epp picker: no timer: ended streams leave the in-flight counts with the next request");
+        }
         let router = Router::from_config(config, seed);
-        let shared = Shared { router, table: None, stats, index, index_by_row: Vec::new(), gauges };
+        let shared = Shared { router, table: None, stats, index, index_by_row: Vec::new(), ended, checked_ms: 0 };
         PickerRoot { shared: Rc::new(RefCell::new(shared)) }
+    }
+
+    /// Takes this worker's ended streams off the shared counts, if no request did lately.
+    pub fn tick(&self) {
+        let mut shared = self.shared.borrow_mut();
+        if shared.ended.iter().any(|&n| n > 0) && in_flight::apply(&host::HostStore, None, None, &shared.ended) {
+            shared.ended.fill(0);
+        }
     }
 
     pub fn new_stream(&self) -> PickerStream {
@@ -73,8 +90,13 @@ impl PickerRoot {
 }
 
 impl Shared {
-    /// The current table, decoded at most once per publish.
-    fn refresh_table(&mut self) {
+    /// The current table, decoded at most once per publish; its generation is looked at
+    /// at most once a millisecond (tables come every scrape interval, tens of ms).
+    fn refresh_table(&mut self, now_ms: u64) {
+        if self.table.is_some() && now_ms == self.checked_ms {
+            return;
+        }
+        self.checked_ms = now_ms;
         if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(GENERATION_KEY) {
             let published = bytes.try_into().map(u64::from_le_bytes).ok();
             if published.is_some() && self.table.as_ref().map(|(_, t)| t.generation) == published {
@@ -115,8 +137,9 @@ impl PickerStream {
     fn decide(&mut self, model: Option<&str>, prompt: &[u8], body: &[u8]) -> Action {
         self.decided = true;
         let mut shared = self.shared.borrow_mut();
-        shared.refresh_table();
-        let Shared { router, table, stats, index, index_by_row, gauges } = &mut *shared;
+        let now = host::now_ms();
+        shared.refresh_table(now);
+        let Shared { router, table, stats, index, index_by_row, ended, .. } = &mut *shared;
         let incoming = Incoming {
             model,
             prompt,
@@ -126,8 +149,10 @@ impl PickerStream {
         };
         let counts = in_flight::Snapshot::read(&host::HostStore);
         let rows = &*index_by_row;
-        let now_in_flight = |row: usize| rows.get(row).copied().flatten().map_or(0, |i| counts.get(i));
-        let outcome = router.decide(table.as_ref().map(|(_, t)| t), &incoming, host::now_ms(), &now_in_flight);
+        let mine_ended = |i: usize| i64::from(ended.get(i).copied().unwrap_or(0));
+        let now_in_flight =
+            |row: usize| rows.get(row).copied().flatten().map_or(0, |i| (counts.get(i) - mine_ended(i)).max(0));
+        let outcome = router.decide(table.as_ref().map(|(_, t)| t), &incoming, now, &now_in_flight);
         match outcome {
             Outcome::Route { endpoints, fail_open, explain, rewritten } => {
                 if let Some(target) = rewritten {
@@ -140,8 +165,9 @@ impl PickerStream {
                     host::increment(stats.fail_open);
                 }
                 if let Some(&i) = endpoints.first().and_then(|e| index.get(e)) {
-                    in_flight::add(&host::HostStore, i, 1, Some(counts));
-                    host::add(gauges.get(i).copied().flatten(), 1);
+                    if in_flight::apply(&host::HostStore, Some(counts), Some(i), ended) {
+                        ended.fill(0);
+                    }
                     self.counted = Some(i);
                 }
                 self.explain = explain;
@@ -240,8 +266,9 @@ impl HttpContext for PickerStream {
     fn on_log(&mut self) {
         // The stream ended (answered, failed or cancelled): no longer in flight.
         if let Some(i) = self.counted.take() {
-            in_flight::add(&host::HostStore, i, -1, None);
-            host::add(self.shared.borrow().gauges.get(i).copied().flatten(), -1);
+            if let Some(n) = self.shared.borrow_mut().ended.get_mut(i) {
+                *n = n.saturating_add(1);
+            }
         }
     }
 }
