@@ -4,9 +4,9 @@
 //! one endpoint. So each worker counts what it sends, in one shared-data value (a u32 per
 //! configured endpoint, in config order): a request adds one where it goes, and the
 //! streams that ended since are taken off in the same write (or by the worker's timer when
-//! it routes nothing), so that a request costs one write, not two. The scraper notes the count as it reads each metrics page;
-//! scorers add what was sent since (`Candidate::pending`), so a count that leaked (a lost
-//! update) cancels out.
+//! it routes nothing), so that a request costs one write, not two. The scraper notes the
+//! count as it reads each metrics page; scorers add what was sent since
+//! (`Candidate::pending`), so a count that leaked (a lost update) cancels out.
 //!
 //! One value for the whole pool: a decision reads it with one host call, whatever the
 //! pool's size (a gauge per endpoint cost a host call per endpoint per request).

@@ -4,7 +4,7 @@
 use epp_tests::hostsim::{addr, first, route, servers, world_with, DEST, MODEL};
 use host_sim::{HttpRequest, World};
 use model_sim::ServerParams;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SUBSET: &str = "x-gateway-destination-endpoint-subset";
 const AFFINITY_PATH: &str = "/.wasm-epp/v1/affinity";
@@ -112,5 +112,4 @@ fn the_record_is_served_only_to_peers() {
         o.local_response.expect("answered").body
     };
     assert_eq!(other, body, "the other replica adopted the prefix");
-    let _: Option<Value> = None;
 }
