@@ -69,6 +69,14 @@ pub struct Config {
     /// merges the peers', so that replicas send a prefix to one endpoint.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// Peers found by Envoy instead of listed: a cluster whose hosts are the replicas'
+    /// listeners (in Kubernetes, STRICT_DNS on a headless Service of the gateway pods).
+    /// Each round calls it `peer_cluster_calls` times and Envoy's load balancer picks the
+    /// replica of each call: with round robin, N calls reach N replicas.
+    #[serde(default)]
+    pub peer_cluster: String,
+    #[serde(default = "defaults::peer_cluster_calls")]
+    pub peer_cluster_calls: usize,
     #[serde(default = "defaults::peer_path")]
     pub peer_path: String,
     #[serde(default = "defaults::peer_interval_ms")]
@@ -117,6 +125,9 @@ mod defaults {
     pub fn peer_interval_ms() -> u64 {
         100
     }
+    pub fn peer_cluster_calls() -> usize {
+        3
+    }
     pub fn destination_header() -> String {
         "x-gateway-destination-endpoint".into()
     }
@@ -133,6 +144,11 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// Replicas exchange prefix assignments (listed, or through a cluster).
+    pub fn has_peers(&self) -> bool {
+        !self.peers.is_empty() || !self.peer_cluster.is_empty()
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         let doc: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
@@ -167,6 +183,9 @@ impl Config {
             if p.parse::<SocketAddr>().is_err() {
                 return bad(&format!("peers[{i}]"), &format!("{p:?} is not \"ip:port\""));
             }
+        }
+        if self.peer_cluster_calls == 0 || self.peer_cluster_calls > 64 {
+            return bad("peer_cluster_calls", "must be between 1 and 64");
         }
         if !self.peer_path.starts_with('/') {
             return bad("peer_path", "must start with '/'");
@@ -264,6 +283,7 @@ mod tests {
             (r#"{"endpoints":["1.2.3.4:1"],"saturation":{"kvCacheUtilThreshold":2}}"#, "kvCacheUtilThreshold"),
             (r#"{"endpoints":["1.2.3.4:1"],"peers":["envoy-1:10000"]}"#, "peers[0]"),
             (r#"{"endpoints":["1.2.3.4:1"],"peer_path":"affinity"}"#, "peer_path"),
+            (r#"{"endpoints":["1.2.3.4:1"],"peer_cluster_calls":0}"#, "peer_cluster_calls"),
             (r#"{"endpoints":["1.2.3.4:1"],"peer_interval_ms":0}"#, "peer_interval_ms"),
             (r#"{"endpoints":["1.2.3.4:1"],"peer_token":"a b"}"#, "peer_token"),
             (r#"[1]"#, "JSON object"),

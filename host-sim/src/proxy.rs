@@ -171,7 +171,7 @@ impl Default for ProxyConfig {
             vm_id: "wasm_epp".into(),
             allow_on_headers_stop_iteration: true,
             buffer_limit_bytes: 16 << 20,
-            clusters: vec!["wasm_epp_metrics".into(), "llm_pool".into()],
+            clusters: vec!["wasm_epp_metrics".into(), "llm_pool".into(), crate::world::PEER_CLUSTER.into()],
             seed: 1,
         }
     }

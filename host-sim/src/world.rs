@@ -17,6 +17,10 @@ use crate::fleet::{CallReply, Fleet};
 
 /// A call between two proxies in one zone.
 const PEER_LATENCY_NS: u64 = 300_000;
+
+/// The cluster whose hosts are every proxy of the world (a headless Service of the
+/// gateway's pods, say), balanced round robin, as `peer_cluster` names it.
+pub const PEER_CLUSTER: &str = "wasm_epp_peers";
 use crate::proxy::{HttpRequest, PendingCall, Proxy, ProxyConfig, RequestOutcome};
 
 pub struct World {
@@ -25,6 +29,8 @@ pub struct World {
     pub fleet: Fleet,
     /// Answers on their way: (due, sequence) → (proxy, call, answer).
     in_flight: BinaryHeap<Reverse<(u64, u64)>>,
+    /// The peer cluster's round robin.
+    next_peer: usize,
     answers: std::collections::HashMap<u64, (usize, PendingCall, Option<(crate::abi::HeaderMap, Vec<u8>)>)>,
     seq: u64,
 }
@@ -69,7 +75,8 @@ impl World {
             c.seed = config.seed.wrapping_add(p as u64 * 7919);
             list.push(Proxy::start(&engine, &module, clock.clone(), c)?);
         }
-        let mut world = World { clock, proxies: list, fleet, in_flight: BinaryHeap::new(), answers: Default::default(), seq: 0 };
+        let mut world =
+            World { clock, proxies: list, fleet, in_flight: BinaryHeap::new(), next_peer: 0, answers: Default::default(), seq: 0 };
         world.collect_calls();
         Ok(world)
     }
@@ -135,7 +142,13 @@ impl World {
             calls.extend(p.take_dispatched().into_iter().map(|c| (i, c)));
         }
         for (i, call) in calls {
-            let reply = match self.proxy_named(&call.headers) {
+            let peer = if call.cluster == PEER_CLUSTER {
+                self.next_peer = self.next_peer.wrapping_add(1);
+                Some(self.next_peer % self.proxies.len().max(1))
+            } else {
+                self.proxy_named(&call.headers)
+            };
+            let reply = match peer {
                 Some(peer) => self.call_proxy(peer, &call),
                 None => self.fleet.http_call(now, &call.headers, call.timeout_ms),
             };

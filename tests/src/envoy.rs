@@ -24,6 +24,8 @@ pub struct EnvoyOptions {
     pub without_picker: bool,
     /// The listener's port (default: any free one), for replicas that must name each other.
     pub listen_port: Option<u16>,
+    /// More clusters, as YAML list items at the indentation of `clusters:`' items.
+    pub extra_clusters: String,
 }
 
 impl Default for EnvoyOptions {
@@ -35,6 +37,7 @@ impl Default for EnvoyOptions {
             concurrency: 2,
             without_picker: false,
             listen_port: None,
+            extra_clusters: String::new(),
         }
     }
 }
@@ -142,8 +145,11 @@ impl Envoy {
         let template = fs::read_to_string(paths::envoy_config(options.config)).expect("config");
         let wasm = options.wasm.unwrap_or_else(paths::epp_wasm);
         let port = options.listen_port.unwrap_or(0);
-        let config =
+        let mut config =
             render_on(&template, endpoints, &options.plugin, &wasm.display().to_string(), options.without_picker, port);
+        if !options.extra_clusters.is_empty() {
+            config = config.replacen("\n  clusters:\n", &format!("\n  clusters:\n{}\n", options.extra_clusters.trim_end()), 1);
+        }
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, config).expect("write config");
         let admin_path = dir.join("admin.txt");

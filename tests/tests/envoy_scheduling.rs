@@ -133,13 +133,44 @@ fn free_port() -> u16 {
 
 #[test]
 fn replicas_send_a_prefix_where_their_peer_sent_it() {
-    let sims: Vec<Sim> = (0..4).map(|_| Sim::start(&[])).collect();
-    let refs: Vec<&Sim> = sims.iter().collect();
     let ports = [free_port(), free_port()];
     let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let plugin = json!({"peers": peers, "peer_token": "t0ken", "peer_interval_ms": 50});
+    replicas_share_assignments(ports, json!({"peers": peers}), String::new());
+}
+
+#[test]
+fn replicas_found_through_a_cluster_share_assignments() {
+    // What a headless Service of the gateway's pods gives in Kubernetes: a cluster whose
+    // hosts are the replicas, balanced round robin.
+    let ports = [free_port(), free_port()];
+    let hosts: Vec<String> = ports
+        .iter()
+        .map(|p| format!("        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }}"))
+        .collect();
+    let cluster = format!(
+        "  - name: wasm_epp_peers\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: wasm_epp_peers\n      endpoints:\n      - lb_endpoints:\n{}",
+        hosts.join("\n")
+    );
+    let plugin = json!({"peer_cluster": "wasm_epp_peers", "peer_cluster_calls": 2});
+    replicas_share_assignments(ports, plugin, cluster);
+}
+
+/// Two Envoy replicas on `ports` with `peers` settings (and `extra_clusters`): prompts that
+/// replica A sent where the test chose go to the same servers from replica B.
+fn replicas_share_assignments(ports: [u16; 2], peers: serde_json::Value, extra_clusters: String) {
+    let sims: Vec<Sim> = (0..4).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let mut plugin = json!({"peer_token": "t0ken", "peer_interval_ms": 50});
+    if let (Some(p), Some(extra)) = (plugin.as_object_mut(), peers.as_object()) {
+        p.extend(extra.clone());
+    }
     let replica = |port| {
-        let options = EnvoyOptions { plugin: plugin.clone(), listen_port: Some(port), ..Default::default() };
+        let options = EnvoyOptions {
+            plugin: plugin.clone(),
+            listen_port: Some(port),
+            extra_clusters: extra_clusters.clone(),
+            ..Default::default()
+        };
         let envoy = Envoy::start(&addrs(&refs), options);
         envoy.wait_for_table();
         envoy

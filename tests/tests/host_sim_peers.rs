@@ -4,7 +4,7 @@
 use epp_tests::hostsim::{addr, first, route, servers, world_with, DEST, MODEL};
 use host_sim::{HttpRequest, World};
 use model_sim::ServerParams;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const SUBSET: &str = "x-gateway-destination-endpoint-subset";
 const AFFINITY_PATH: &str = "/.wasm-epp/v1/affinity";
@@ -24,14 +24,26 @@ fn only(req: &HttpRequest, server: usize) -> HttpRequest {
     req
 }
 
-/// Two replicas over 8 servers; with `peers` they list both (and a model server, which
-/// answers the affinity path with a 404: a misconfigured peer is ignored).
-fn replicas(peers: bool) -> World {
-    let list: Vec<String> = [World::proxy_address(0), World::proxy_address(1), addr(0)].into();
-    let plugin = if peers { json!({"peers": list}) } else { json!({}) };
+/// Both replicas listed (and a model server, which answers the affinity path with a 404:
+/// a misconfigured peer is ignored).
+fn listed() -> Value {
+    json!({"peers": [World::proxy_address(0), World::proxy_address(1), addr(0)]})
+}
+
+/// Replicas found through a cluster (host-sim's balances over every proxy, round robin).
+fn clustered() -> Value {
+    json!({"peer_cluster": host_sim::world::PEER_CLUSTER, "peer_cluster_calls": 2})
+}
+
+/// Two replicas over 8 servers, with `plugin`'s peers settings.
+fn replicas_with(plugin: Value) -> World {
     let mut w = world_with(servers(8, ServerParams::default()), plugin, 1, 2);
     w.advance_ms(200);
     w
+}
+
+fn replicas(peers: bool) -> World {
+    replicas_with(if peers { listed() } else { json!({}) })
 }
 
 fn server_of(dest: &str) -> usize {
@@ -50,15 +62,18 @@ fn a_replica_follows_the_endpoint_its_peer_gave_a_prefix() {
     alone.advance_ms(500);
     assert_eq!(first(&route(&mut alone, 1, 0, &req)), addr(home), "replicas without peers keep apart");
 
-    // With peers, replica 0's first choice (forced by the subset hint) reaches replica 1.
-    let mut w = replicas(true);
-    assert_eq!(first(&route(&mut w, 0, 0, &only(&req, elsewhere))), addr(elsewhere));
-    w.advance_ms(500);
-    for _ in 0..3 {
-        assert_eq!(first(&route(&mut w, 1, 0, &req)), addr(elsewhere), "replica 1 follows replica 0");
-        assert_eq!(first(&route(&mut w, 0, 0, &req)), addr(elsewhere));
+    // With peers, listed or found through a cluster, replica 0's first choice (forced by
+    // the subset hint) reaches replica 1.
+    for peers in [listed(), clustered()] {
+        let mut w = replicas_with(peers.clone());
+        assert_eq!(first(&route(&mut w, 0, 0, &only(&req, elsewhere))), addr(elsewhere));
+        w.advance_ms(500);
+        for _ in 0..3 {
+            assert_eq!(first(&route(&mut w, 1, 0, &req)), addr(elsewhere), "replica 1 follows replica 0 ({peers})");
+            assert_eq!(first(&route(&mut w, 0, 0, &req)), addr(elsewhere));
+        }
+        assert!(w.traps().is_empty(), "{:?}", w.traps());
     }
-    assert!(w.traps().is_empty(), "{:?}", w.traps());
 }
 
 #[test]

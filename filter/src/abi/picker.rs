@@ -278,7 +278,7 @@ impl PickerStream {
     fn is_peer_request(&self) -> bool {
         let shared = self.shared.borrow();
         let config = &shared.router.config;
-        !config.peers.is_empty()
+        config.has_peers()
             && self.path == config.peer_path
             && host::header(MapType::HttpRequestHeaders, ":method").as_deref() == Some("GET")
             && (config.peer_token.is_empty()

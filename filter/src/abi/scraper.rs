@@ -30,8 +30,9 @@ pub struct ScraperRoot {
 enum Call {
     /// A probe of the endpoint at this configuration index.
     Probe(usize, Probe),
-    /// The prefix assignments of the peer at this index of `peers`.
-    Peer(usize),
+    /// The prefix assignments of a peer: the one at this index of `peers`, or (`None`)
+    /// whichever replica the peer cluster chose.
+    Peer(Option<usize>),
 }
 
 impl ScraperRoot {
@@ -52,7 +53,7 @@ impl ScraperRoot {
         }
         for probe in self.scraper.due(now) {
             let extra = [("accept", "text/plain, application/json")];
-            match self.call(&probe.address, &probe.path, &extra) {
+            match self.call(Some(&probe.address), &probe.path, &extra) {
                 Ok(token) => {
                     self.pending.insert(token, Call::Probe(probe.endpoint, probe.probe));
                 }
@@ -81,36 +82,46 @@ impl ScraperRoot {
         }
     }
 
-    /// Asks every peer not already asked for its prefix assignments.
+    /// Asks every listed peer not already asked for its prefix assignments, and the peer
+    /// cluster, if any, `peer_cluster_calls` times less the calls still out.
     fn ask_peers(&mut self, now: u64) {
         let config = self.scraper.config();
         self.next_peer_round_ms = now + config.peer_interval_ms;
-        let (peers, path, token) = (config.peers.clone(), config.peer_path.clone(), config.peer_token.clone());
-        for (i, peer) in peers.iter().enumerate() {
-            if self.pending.values().any(|c| matches!(c, Call::Peer(p) if *p == i)) {
-                continue;
+        let (path, token) = (config.peer_path.clone(), config.peer_token.clone());
+        let extra = [(PEER_TOKEN_HEADER, token.as_str())];
+        let extra: &[(&str, &str)] = if token.is_empty() { &[] } else { &extra };
+        let mut calls: Vec<(Option<usize>, Option<String>)> = Vec::new();
+        for (i, peer) in config.peers.iter().enumerate() {
+            if !self.pending.values().any(|c| matches!(c, Call::Peer(Some(p)) if *p == i)) {
+                calls.push((Some(i), Some(peer.clone())));
             }
-            let extra = [(PEER_TOKEN_HEADER, token.as_str())];
-            match self.call(peer, &path, if token.is_empty() { &[] } else { &extra }) {
+        }
+        if !config.peer_cluster.is_empty() {
+            let out = self.pending.values().filter(|c| matches!(c, Call::Peer(None))).count();
+            calls.extend((out..config.peer_cluster_calls).map(|_| (None, None)));
+        }
+        for (i, address) in calls {
+            match self.call(address.as_deref(), &path, extra) {
                 Ok(call) => {
                     self.pending.insert(call, Call::Peer(i));
                 }
-                Err(why) => log::warn!("wasm-epp scraper: peer {peer}: {why}"),
+                Err(why) => log::warn!("wasm-epp scraper: peer {}: {why}", address.as_deref().unwrap_or("(cluster)")),
             }
         }
     }
 
-    /// A GET to `address` through the metrics cluster (ORIGINAL_DST: exactly that host).
-    fn call(&self, address: &str, path: &str, extra: &[(&str, &str)]) -> Result<u32, String> {
+    /// A GET to `address` through the metrics cluster (ORIGINAL_DST: exactly that host),
+    /// or, without one, to whichever replica the peer cluster picks.
+    fn call(&self, address: Option<&str>, path: &str, extra: &[(&str, &str)]) -> Result<u32, String> {
         let config = self.scraper.config();
-        let cluster = config.metrics_cluster.as_str();
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", path),
-            (":authority", address),
-            ("x-envoy-original-dst-host", address),
-            ("user-agent", "wasm-epp"),
-        ];
+        let (cluster, authority) = match address {
+            Some(a) => (config.metrics_cluster.as_str(), a),
+            None => (config.peer_cluster.as_str(), "wasm-epp-peer"),
+        };
+        let mut headers = vec![(":method", "GET"), (":path", path), (":authority", authority), ("user-agent", "wasm-epp")];
+        if let Some(a) = address {
+            headers.push(("x-envoy-original-dst-host", a));
+        }
         headers.extend_from_slice(extra);
         let timeout = Duration::from_millis(config.scrape_timeout_ms);
         hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout)
@@ -147,8 +158,9 @@ impl ScraperRoot {
         }
     }
 
-    fn on_peer_answer(&mut self, peer: usize, status: Option<u32>, body_size: usize) {
-        let name = self.scraper.config().peers.get(peer).cloned().unwrap_or_default();
+    fn on_peer_answer(&mut self, peer: Option<usize>, status: Option<u32>, body_size: usize) {
+        let config = self.scraper.config();
+        let name = peer.and_then(|i| config.peers.get(i).cloned()).unwrap_or_else(|| config.peer_cluster.clone());
         if status != Some(200) || body_size > MAX_PAGE_BYTES {
             log::debug!("wasm-epp scraper: peer {name} answered {status:?} with {body_size} bytes");
             return;
