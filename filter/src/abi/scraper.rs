@@ -90,22 +90,20 @@ impl ScraperRoot {
         let (path, token) = (config.peer_path.clone(), config.peer_token.clone());
         let extra = [(PEER_TOKEN_HEADER, token.as_str())];
         let extra: &[(&str, &str)] = if token.is_empty() { &[] } else { &extra };
-        let mut calls: Vec<(Option<usize>, Option<String>)> = Vec::new();
-        for (i, peer) in config.peers.iter().enumerate() {
-            if !self.pending.values().any(|c| matches!(c, Call::Peer(Some(p)) if *p == i)) {
-                calls.push((Some(i), Some(peer.clone())));
-            }
-        }
+        let asked = |i: usize| self.pending.values().any(|c| matches!(c, Call::Peer(Some(p)) if *p == i));
+        let mut calls: Vec<Option<usize>> = (0..config.peers.len()).filter(|&i| !asked(i)).map(Some).collect();
         if !config.peer_cluster.is_empty() {
             let out = self.pending.values().filter(|c| matches!(c, Call::Peer(None))).count();
-            calls.extend((out..config.peer_cluster_calls).map(|_| (None, None)));
+            calls.extend((out..config.peer_cluster_calls).map(|_| None));
         }
-        for (i, address) in calls {
-            match self.call(address.as_deref(), &path, extra) {
+        let peers = config.peers.clone();
+        for i in calls {
+            let address = i.and_then(|i| peers.get(i)).map(String::as_str);
+            match self.call(address, &path, extra) {
                 Ok(call) => {
                     self.pending.insert(call, Call::Peer(i));
                 }
-                Err(why) => log::warn!("wasm-epp scraper: peer {}: {why}", address.as_deref().unwrap_or("(cluster)")),
+                Err(why) => log::warn!("wasm-epp scraper: peer {}: {why}", address.unwrap_or("(cluster)")),
             }
         }
     }
