@@ -68,12 +68,18 @@ pub fn prefixes_given(store: &dyn SharedStore) -> Vec<(u32, u32)> {
     decode_given(&store.get(GIVEN_KEY).unwrap_or_default().0)
 }
 
-fn count_given(store: &dyn SharedStore, endpoint: u32) {
+/// Counts one new prefix for each endpoint in `endpoints`, in one write.
+fn count_given(store: &dyn SharedStore, endpoints: &[u32]) {
+    if endpoints.is_empty() {
+        return;
+    }
     crate::shared::update(store, GIVEN_KEY, 8, None, |bytes| {
         let mut pairs = decode_given(bytes);
-        match pairs.iter_mut().find(|(id, _)| *id == endpoint) {
-            Some((_, n)) => *n = n.saturating_add(1),
-            None => pairs.push((endpoint, 1)),
+        for &endpoint in endpoints {
+            match pairs.iter_mut().find(|(id, _)| *id == endpoint) {
+                Some((_, n)) => *n = n.saturating_add(1),
+                None => pairs.push((endpoint, 1)),
+            }
         }
         let words: Vec<u32> = pairs.iter().flat_map(|&(id, n)| [id, n]).collect();
         Some(crate::shared::encode_u32s(&words))
@@ -103,7 +109,7 @@ pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32, count: bool) 
         Some(encode(&entries))
     });
     if new && count {
-        count_given(store, endpoint);
+        count_given(store, &[endpoint]);
     }
 }
 
@@ -148,6 +154,7 @@ pub fn adopt(store: &dyn SharedStore, record: &[u8]) -> Result<Adopted, &'static
         }
     }
     let mut total = Adopted::default();
+    let mut adopted: Vec<u32> = Vec::new();
     for (shard, theirs) in by_shard {
         let mut done = Adopted::default();
         let mut kept: Vec<u32> = Vec::new();
@@ -182,12 +189,11 @@ pub fn adopt(store: &dyn SharedStore, record: &[u8]) -> Result<Adopted, &'static
         if !written {
             continue;
         }
-        for &endpoint in &kept {
-            count_given(store, endpoint);
-        }
+        adopted.extend(kept);
         total.new += done.new;
         total.settled += done.settled;
     }
+    count_given(store, &adopted);
     Ok(total)
 }
 

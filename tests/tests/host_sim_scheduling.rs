@@ -70,7 +70,7 @@ fn requests_sent_between_scrapes_count_across_workers() {
     let counts = |w: &World| {
         let state = w.proxies[0].state.borrow();
         let bytes = state.shared_data.get("wasm-epp/v1/in-flight").map(|(b, _)| b.clone()).unwrap_or_default();
-        bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()
+        epp::shared::decode_u32s(&bytes)
     };
     let gauges = |w: &World| {
         (0..3).map(|i| w.proxies[0].metric(&format!("wasm_epp.in_flight.{}", addr(i).replace(['.', ':'], "_")))).collect::<Vec<_>>()
