@@ -5,6 +5,7 @@
 #   ./build.sh bench      routing quality: workloads × policies on a simulated fleet, in virtual time
 #                         (bench/results.json, bench/ttft-*.svg; --quick for a one-minute run)
 #   ./build.sh bench-overhead   the module's data-path cost: real Envoy with/without it, and fuel in host-sim
+#                         (bench/overhead.json; --steps: where the cost goes, chore by chore)
 #   ./build.sh test       every test: unit (native and wasm32), host-sim, real Envoy
 #   ./build.sh demo       simulated model servers + real Envoy + the module, traffic, a report
 #   ./build.sh help       this text
@@ -107,9 +108,18 @@ build_test_wasm() {
   cp "$TARGET/inject-panic/wasm32-wasip1/wasm/epp.wasm" dist/test/epp-panic.wasm
 }
 
+# bench-overhead's floor (filter/examples/floor.rs); a test checks its chores match the module's.
+build_floor_wasm() {
+  say "building dist/bench/floor.wasm (the floor: a filter that reads the body and picks nothing)"
+  cargo build --profile wasm -p epp --target wasm32-wasip1 --example floor
+  mkdir -p dist/bench
+  cp "$TARGET/wasm32-wasip1/wasm/examples/floor.wasm" dist/bench/floor.wasm
+}
+
 cmd_test() {
   build_wasm
   build_test_wasm
+  build_floor_wasm
   ensure_envoy
   ensure_wasm_test_runner
   build_native
@@ -142,10 +152,7 @@ cmd_bench_overhead() {
   build_wasm
   ensure_envoy
   command -v wrk >/dev/null || { say "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
-  say "building dist/bench/floor.wasm (the floor: a filter that only reads the body)"
-  cargo rustc --profile wasm -p epp --target wasm32-wasip1 --example floor
-  mkdir -p dist/bench
-  cp "$TARGET/wasm32-wasip1/wasm/examples/floor.wasm" dist/bench/floor.wasm
+  build_floor_wasm
   build_native
   say "bench-overhead"
   "$TARGET/release/bench-overhead" "$@"
@@ -157,6 +164,6 @@ case "${1:-build}" in
   demo) shift; cmd_demo "$@" ;;
   bench) shift; cmd_bench "$@" ;;
   bench-overhead) shift; cmd_bench_overhead "$@" ;;
-  help|-h|--help) sed -n '2,11p' "$0" ;;
+  help|-h|--help) sed -n '2,12p' "$0" ;;
   *) echo "unknown command: $1 (try ./build.sh help)" >&2; exit 2 ;;
 esac

@@ -3,23 +3,53 @@
 //! request go, choosing nothing. What Envoy and V8 charge for that is not the picker's
 //! to save; the benchmark reports the module against Envoy alone and against this.
 //!
+//! With `{"steps": N}` in its plugin configuration it also does the first N of the
+//! picker's chores (numbered below), the same host calls with the same sizes but no
+//! decision, so that `bench-overhead --steps` can show what each costs inside real Envoy.
+//!
 //! Built by `./build.sh bench-overhead` into dist/bench/floor.wasm.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Floor) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FloorRoot::default()) });
 }}
 
-struct Floor;
+#[derive(Default)]
+struct FloorRoot {
+    steps: usize,
+    endpoints: Rc<Vec<String>>,
+    counter: Option<u32>,
+    next: Rc<Cell<usize>>,
+}
 
-impl Context for Floor {}
+impl Context for FloorRoot {}
 
-impl RootContext for Floor {
+impl RootContext for FloorRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let doc: serde_json::Value = serde_json::from_slice(&config).unwrap_or_default();
+        self.steps = doc["steps"].as_u64().unwrap_or(0) as usize;
+        let endpoints = doc["endpoints"].as_array().map(|a| a.iter().filter_map(|e| Some(e.as_str()?.to_string())).collect());
+        self.endpoints = Rc::new(endpoints.unwrap_or_default());
+        self.counter = hostcalls::define_metric(MetricType::Counter, "floor.routed").ok();
+        true
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Floor))
+        Some(Box::new(Floor {
+            steps: self.steps,
+            endpoints: self.endpoints.clone(),
+            counter: self.counter,
+            next: self.next.clone(),
+            path: String::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -27,8 +57,33 @@ impl RootContext for Floor {
     }
 }
 
+struct Floor {
+    steps: usize,
+    endpoints: Rc<Vec<String>>,
+    counter: Option<u32>,
+    next: Rc<Cell<usize>>,
+    path: String,
+}
+
+impl Context for Floor {}
+
+#[derive(serde::Deserialize)]
+struct ModelOnly {
+    #[allow(dead_code)]
+    model: Option<serde_json::Value>,
+}
+
+const IN_FLIGHT: &str = "floor/in-flight";
+
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        // 1: the request headers.
+        if self.steps >= 1 {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-gateway-destination-endpoint", None);
+            self.path = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok().flatten().unwrap_or_default();
+            let _ = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-gateway-inference-objective");
+            let _ = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-gateway-destination-endpoint-subset");
+        }
         if end_of_stream {
             Action::Continue
         } else {
@@ -40,7 +95,38 @@ impl HttpContext for Floor {
         if !end_of_stream {
             return Action::Pause;
         }
-        let _body = self.get_http_request_body(0, body_size);
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        // 6: the body parsed as the picker parses it.
+        if self.steps >= 6 {
+            let _ = serde_json::from_slice::<ModelOnly>(&body);
+        }
+        // 2: the clock and two shared-data reads; 3: a CAS write.
+        if self.steps >= 2 {
+            let _ = hostcalls::get_current_time();
+            let _ = hostcalls::get_shared_data("floor/prefix-record");
+            let (counts, cas) = hostcalls::get_shared_data(IN_FLIGHT).ok().unwrap_or((None, None));
+            if self.steps >= 3 {
+                let mut counts = counts.unwrap_or_else(|| vec![0; 4 * self.endpoints.len()]);
+                if let Some(c) = counts.first_mut() {
+                    *c = c.wrapping_add(1);
+                }
+                let _ = hostcalls::set_shared_data(IN_FLIGHT, Some(&counts), cas);
+            }
+        }
+        // 4: a counter.
+        if self.steps >= 4 {
+            if let Some(id) = self.counter {
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+        }
+        // 5: the destination header, which Envoy's override_host policy then reads.
+        if self.steps >= 5 && !self.endpoints.is_empty() {
+            let i = self.next.get();
+            self.next.set(i.wrapping_add(1));
+            let n = self.endpoints.len();
+            let value = format!("{},{}", self.endpoints[i % n], self.endpoints[(i + 1) % n]);
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-gateway-destination-endpoint", Some(&value));
+        }
         Action::Continue
     }
 }

@@ -18,7 +18,7 @@ pub fn epp_wasm() -> PathBuf {
 
 /// bench-overhead's floor module (filter/examples/floor.rs).
 pub fn floor_wasm() -> PathBuf {
-    must_exist(repo_root().join("dist/bench/floor.wasm"), "run ./build.sh bench-overhead")
+    must_exist(repo_root().join("dist/bench/floor.wasm"), "./build.sh test and ./build.sh bench-overhead build it")
 }
 
 pub fn envoy_bin() -> PathBuf {

@@ -6,8 +6,10 @@
 //! 2. Deterministic cost in host-sim: wasm instructions (fuel) per decision against body
 //!    size and endpoint count, per scrape against real captured pages, and the singleton's
 //!    total for 256 endpoints every 50 ms.
+//! 3. `--steps`: where the cost goes, from Envoy alone through the floor module doing the
+//!    picker's chores one at a time to the module (`steps_section`).
 //!
-//! Writes bench/overhead.json.
+//! Writes bench/overhead.json; `--fuel-only` and `--steps` refresh only their part.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,30 +22,40 @@ use serde_json::{json, Value};
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let quick = flag("--quick");
     let out_dir = paths::repo_root().join("bench");
     let _ = std::fs::create_dir_all(&out_dir);
     let work = std::env::temp_dir().join(format!("wasm-epp-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&work);
+    let path = out_dir.join("overhead.json");
+    // Each mode refreshes its own part of the report and keeps the others.
+    let mut report = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).unwrap_or_else(|| json!({}));
+    let write = |report: &Value, what: &str| {
+        let _ = std::fs::write(&path, serde_json::to_string_pretty(report).unwrap_or_default() + "\n");
+        println!("\nwrote {what} of {}", path.display());
+    };
+
+    if flag("--steps") {
+        println!("== where the cost goes: the floor doing the picker's chores one at a time");
+        report["steps"] = steps_section(&work, if quick { 1 } else { 5 });
+        write(&report, "the steps part");
+        return;
+    }
 
     println!("== deterministic cost in host-sim (wasm instructions, 'fuel')");
     let fuel = fuel_section();
     println!("{}", serde_json::to_string_pretty(&fuel).unwrap_or_default());
-    let path = out_dir.join("overhead.json");
-    if std::env::args().any(|a| a == "--fuel-only") {
-        // Deterministic, so worth keeping: refresh the fuel part of an existing report.
-        let existing = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        if let Some(mut report) = existing {
-            report["fuel"] = fuel;
-            let _ = std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n");
-            println!("\nrefreshed the fuel part of {}", path.display());
-        }
+    report["fuel"] = fuel;
+    if flag("--fuel-only") {
+        // Deterministic, so worth keeping apart from the timed runs.
+        write(&report, "the fuel part");
         return;
     }
 
     println!("\n== real Envoy, with and without the module (wrk)");
     // `--plugin JSON`: plugin configuration keys to measure with (a scheduler, say).
-    let args: Vec<String> = std::env::args().collect();
     let plugin = args
         .iter()
         .position(|a| a == "--plugin")
@@ -51,16 +63,11 @@ fn main() {
         .map(|j| serde_json::from_str(j).expect("--plugin takes a JSON object"))
         .unwrap_or_else(|| json!({}));
     let cases = if quick { envoy_section(&work, 2, 1, &plugin) } else { envoy_section(&work, 4, 3, &plugin) };
-
-    let report = json!({
-        "machine": machine(),
-        "command": "./build.sh bench-overhead",
-        "plugin": plugin,
-        "cases": cases,
-        "fuel": fuel,
-    });
-    let _ = std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n");
-    println!("\nwrote {}", path.display());
+    report["machine"] = machine();
+    report["command"] = json!("./build.sh bench-overhead");
+    report["plugin"] = plugin;
+    report["cases"] = json!(cases);
+    write(&report, "the Envoy and fuel parts");
 }
 
 /// A chat body of about `bytes` bytes: English-like text with escapes, as prompts have.
@@ -169,6 +176,62 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
     }
     cases
 }
+
+/// `--steps`: where the module's cost goes. Between Envoy alone and the module, the floor
+/// module does the picker's chores one more at a time (filter/examples/floor.rs, `STEPS`:
+/// the same host calls with the same sizes, and no decision), and the module runs once
+/// more with a scheduler that only picks at random (no prompt read, no scoring). Bodies of
+/// 1 KB and 16 KB at concurrency 64; Envoy's CPU µs per request, median over rounds.
+fn steps_section(work: &Path, rounds: usize) -> Value {
+    let random_only = json!({"scheduler": {
+        "plugins": [{"type": "random-picker"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "random-picker"}]}],
+    }});
+    let mut variants: Vec<(String, Variant, Value)> = vec![("envoy alone".into(), Variant::Base, json!({}))];
+    for n in 0..=FLOOR_STEPS.len() {
+        variants.push((format!("floor + {n} steps"), Variant::Floor, json!({"steps": n})));
+    }
+    variants.push(("wasm-epp, random picker only".into(), Variant::Epp, random_only));
+    variants.push(("wasm-epp".into(), Variant::Epp, json!({})));
+    let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
+    let endpoints: Vec<String> = upstreams.iter().map(|s| s.addr.clone()).collect();
+    let mut by_body = Vec::new();
+    for body_bytes in [1024usize, 16 * 1024] {
+        let body = chat_body(body_bytes);
+        let script = work.join(format!("post-steps-{body_bytes}.lua"));
+        write_script(&script, &work.join(format!("body-steps-{body_bytes}.json")), &body);
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for _ in 0..rounds {
+            for (i, (_, variant, plugin)) in variants.iter().enumerate() {
+                let r = run_variant(*variant, &endpoints, plugin, &script, 64, 3);
+                cpu[i].push(r["envoy_cpu_us_per_request"].as_f64().unwrap_or(0.0));
+            }
+        }
+        let cpu: Vec<f64> = cpu.into_iter().map(median).collect();
+        let base = cpu[0];
+        println!("\n{} byte bodies, concurrency 64\n{:<30} {:>12} {:>10}", body.len(), "variant", "cpu µs/req", "over base");
+        let rows: Vec<Value> = variants
+            .iter()
+            .zip(&cpu)
+            .map(|((name, _, _), &c)| {
+                println!("{name:<30} {c:>12.1} {:>10.1}", c - base);
+                json!({"variant": name, "envoy_cpu_us_per_request": (c * 10.0).round() / 10.0})
+            })
+            .collect();
+        by_body.push(json!({"body_bytes": body.len(), "concurrency": 64, "rounds": rounds, "variants": rows}));
+    }
+    json!({"floor_steps": FLOOR_STEPS, "cases": by_body})
+}
+
+/// The floor's chores, in the order filter/examples/floor.rs adds them (`{"steps": N}`).
+const FLOOR_STEPS: [&str; 6] = [
+    "request headers: strip the destination, read :path and two optional headers",
+    "the clock, and two shared-data reads (in-flight counts, a prefix record)",
+    "a shared-data write (in-flight counts, CAS)",
+    "a counter increment",
+    "set the destination header (choice,fallback)",
+    "parse the body as the picker does (serde, keeping only `model`)",
+];
 
 fn write_script(script: &Path, body_path: &Path, body: &str) {
     let _ = std::fs::write(body_path, body);

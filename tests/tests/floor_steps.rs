@@ -1,0 +1,63 @@
+//! `bench-overhead --steps` reads the module's cost off a floor module that does the
+//! picker's chores without deciding. That holds only while the floor makes the host calls
+//! the module makes: checked here, call by call, in host-sim.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use epp_tests::paths;
+use host_sim::{Fleet, HttpRequest, ProxyConfig, SimServer, World};
+use model_sim::ServerParams;
+use serde_json::{json, Value};
+
+/// The host functions one request calls, by name, from its headers to its stream's end:
+/// the second of two identical requests, so that once-per-prefix and once-per-millisecond
+/// work is behind it, as in steady traffic.
+fn calls_per_request(wasm: &Path, plugin: Value) -> BTreeMap<&'static str, u64> {
+    let servers: Vec<SimServer> =
+        (1..=4).map(|i| SimServer::new(&format!("10.0.0.{i}:8000"), ServerParams::default())).collect();
+    let fleet = Fleet::new(servers);
+    let mut config = json!({"endpoints": fleet.addresses()});
+    if let (Some(c), Some(p)) = (config.as_object_mut(), plugin.as_object()) {
+        c.extend(p.clone());
+    }
+    let proxy = ProxyConfig { plugin_config: config.to_string(), workers: 1, ..Default::default() };
+    let mut world = World::new(wasm, fleet, 1, proxy).expect("host-sim world");
+    world.advance_ms(200);
+    let prompt = "Summarise the quarterly report in three lines. ".repeat(30);
+    let body = json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": prompt}]});
+    let request = HttpRequest {
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        headers: vec![],
+        body: body.to_string().into_bytes(),
+        chunk: 16 * 1024,
+    };
+    let coverage = |w: &World| w.proxies[0].state.borrow().coverage.clone();
+    let mut measured = BTreeMap::new();
+    for _ in 0..2 {
+        let before = coverage(&world);
+        let outcome = world.request(0, 0, &request);
+        assert!(outcome.trap.is_none(), "{:?}", outcome.trap);
+        world.finish(0, &outcome, 200);
+        measured = coverage(&world);
+        for (name, count) in measured.iter_mut() {
+            *count -= before.get(name).copied().unwrap_or(0);
+        }
+        measured.retain(|_, n| *n > 0);
+    }
+    measured
+}
+
+#[test]
+fn the_floor_with_every_chore_calls_the_host_as_the_module_does() {
+    let module = calls_per_request(&paths::epp_wasm(), json!({}));
+    let floor = calls_per_request(&paths::floor_wasm(), json!({"steps": 6}));
+    assert_eq!(floor, module, "the floor's chores (filter/examples/floor.rs) no longer match the module's host calls");
+}
+
+#[test]
+fn the_bare_floor_only_reads_the_body() {
+    let floor = calls_per_request(&paths::floor_wasm(), json!({}));
+    assert_eq!(floor, BTreeMap::from([("proxy_get_buffer_bytes", 1)]));
+}
