@@ -178,7 +178,7 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
 }
 
 /// `--steps`: where the module's cost goes. Between Envoy alone and the module, the floor
-/// module does the picker's chores one more at a time (filter/examples/floor.rs, `STEPS`:
+/// module does the picker's chores one more at a time (filter/examples/floor.rs; `FLOOR_STEPS`:
 /// the same host calls with the same sizes, and no decision), and the module runs once
 /// more with a scheduler that only picks at random (no prompt read, no scoring). Bodies of
 /// 1 KB and 16 KB at concurrency 64; Envoy's CPU µs per request, median over rounds.
