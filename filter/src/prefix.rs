@@ -7,6 +7,7 @@ use core::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use foldhash::quality::FixedState;
 use hashbrown::{HashMap, HashSet};
+use twox_hash::XxHash64;
 
 /// Fixed seeds: every VM of every proxy running this module computes the same hashes,
 /// so their indexes and placements agree.
@@ -15,14 +16,17 @@ const PLACEMENT_SEED: u64 = 0x9ace_11e5;
 
 /// The chained hashes of the first `max_blocks` full blocks of `prompt`. A partial last
 /// block is left out: the server cannot have cached it as a block either.
+///
+/// XXH64, each block seeded with the hash before it: it needs only 64-bit multiplies,
+/// which wasm32 has. foldhash's 128-bit products are emulated there with four 32-bit
+/// ones, and cost four times as much per block (`bench-overhead --fuel-only`).
 pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
-    let state = FixedState::with_seed(BLOCK_SEED);
-    let mut previous = state.hash_one(model.as_bytes());
+    let mut previous = XxHash64::oneshot(BLOCK_SEED, model.as_bytes());
     prompt
         .chunks_exact(block_bytes.max(1))
         .take(max_blocks)
         .map(|block| {
-            previous = state.hash_one((previous, block));
+            previous = XxHash64::oneshot(previous, block);
             previous
         })
         .collect()

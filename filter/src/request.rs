@@ -231,16 +231,17 @@ fn string_end(b: &[u8], start: usize) -> Option<usize> {
 /// The first unescaped quote at or after `from`, which is inside a string literal (just
 /// past its opening quote or an escaped quote). memchr finds quotes a word at a time:
 /// long prompts are skipped, not walked byte by byte.
-fn closing_quote(b: &[u8], mut from: usize) -> Option<usize> {
-    loop {
-        let quote = from + memchr::memchr(b'"', b.get(from..)?)?;
-        // A quote after an odd run of backslashes is escaped.
-        let backslashes = b[from..quote].iter().rev().take_while(|&&c| c == b'\\').count();
-        if backslashes % 2 == 0 {
-            return Some(quote);
-        }
-        from = quote + 1;
-    }
+fn closing_quote(b: &[u8], from: usize) -> Option<usize> {
+    let text = b.get(from..)?;
+    // One searcher for the whole string, not one set up again after each escaped quote:
+    // prompts escape quotes often.
+    memchr::memchr_iter(b'"', text)
+        .find(|&quote| {
+            // A quote after an odd run of backslashes is escaped.
+            let backslashes = text[..quote].iter().rev().take_while(|&&c| c == b'\\').count();
+            backslashes % 2 == 0
+        })
+        .map(|quote| from + quote)
 }
 
 /// The index just past the JSON value starting at `start`.
