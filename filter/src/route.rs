@@ -97,32 +97,37 @@ impl Router {
             return self.fail_open(want, &allowed, rewritten);
         };
 
-        // (row in the table, endpoint): the row finds its in-flight count.
-        let in_subset: Vec<(usize, &EndpointState)> =
-            table.endpoints.iter().enumerate().filter(|(_, e)| allowed(&e.address)).collect();
-        if in_subset.is_empty() {
+        // One pass: the usable endpoints (with their row in the table, which finds their
+        // in-flight count), and whether any was in the subset or served the model at all,
+        // for the rejection that says which.
+        let serves = |e: &EndpointState| model.is_none_or(|m| e.models_unknown() || e.serves(m));
+        let (mut any_allowed, mut any_serving) = (false, false);
+        let usable: Vec<Candidate> = table
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| allowed(&e.address))
+            .inspect(|_| any_allowed = true)
+            .filter(|(_, e)| serves(e))
+            .inspect(|_| any_serving = true)
+            .filter(|(_, e)| e.is_usable(now_ms, stale_after))
+            .map(|(row, e)| Candidate { endpoint: e, pending: pending(e, in_flight(row)) })
+            .collect();
+        if !any_allowed {
             return Outcome::Reject(Rejection::unavailable(format!(
                 "No endpoint of this pool is in the {SUBSET_HEADER} header."
             )));
         }
-        let serving: Vec<(usize, &EndpointState)> = in_subset
-            .into_iter()
-            .filter(|(_, e)| model.is_none_or(|m| e.models_unknown() || e.serves(m)))
-            .collect();
-        if serving.is_empty() {
+        if !any_serving {
             // `model` is Some here: without one every endpoint "serves".
             return Outcome::Reject(Rejection::model_not_found(model.unwrap_or_default()));
         }
-        let usable: Vec<Candidate> = serving
-            .iter()
-            .filter(|(_, e)| e.is_usable(now_ms, stale_after))
-            .map(|&(row, e)| Candidate { endpoint: e, pending: pending(e, in_flight(row)) })
-            .collect();
         if usable.is_empty() {
             let what = model.map_or("any model".to_string(), |m| format!("model `{m}`"));
+            let serving = table.endpoints.iter().filter(|e| allowed(&e.address) && serves(e));
             return Outcome::Reject(Rejection::unavailable(format!(
                 "No healthy endpoint serves {what} right now ({}).",
-                first_reason(serving.iter().map(|(_, e)| *e))
+                first_reason(serving)
             )));
         }
 
@@ -138,7 +143,7 @@ impl Router {
         }
 
         let request = SchedulingRequest { model, prompt: incoming.prompt, priority, shared: incoming.shared };
-        let decision = self.profile.schedule(&request, &usable, want, &mut self.rng);
+        let decision = self.profile.schedule(&request, &usable, want, &mut self.rng, self.config.explain);
         if decision.ranked.is_empty() {
             return Outcome::Reject(Rejection::unavailable("Every endpoint was filtered out."));
         }

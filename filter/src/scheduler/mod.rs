@@ -98,11 +98,14 @@ pub struct Profile {
     pub picker: Box<dyn Picker>,
 }
 
-/// One decision, with what led to it (for the explain header and the host-sim CLI).
+/// One decision, with what led to it when asked (for the explain header and the host-sim
+/// CLI).
 #[derive(Debug, Clone, Default)]
 pub struct Decision {
     /// Indices into the candidates given to `schedule`, best first.
     pub ranked: Vec<usize>,
+    /// The rest is filled only when `schedule` is asked to explain: keeping it costs a
+    /// tenth of a 1 KB decision (`bench-overhead --fuel-only`).
     /// Candidates each filter removed, by filter name.
     pub filtered_out: Vec<(&'static str, Vec<usize>)>,
     /// Weighted total per candidate (NaN for filtered-out ones).
@@ -118,6 +121,7 @@ impl Profile {
         candidates: &[Candidate],
         want: usize,
         rng: &mut Rng,
+        explain: bool,
     ) -> Decision {
         let mut decision = Decision::default();
         // Indices still in play after the filters.
@@ -125,21 +129,20 @@ impl Profile {
         for filter in &self.filters {
             let view: Vec<Candidate> = alive.iter().map(|&i| candidates[i]).collect();
             let keep = filter.keep(request, &view);
-            let removed: Vec<usize> = alive
-                .iter()
-                .zip(&keep)
-                .filter(|(_, &k)| !k)
-                .map(|(&i, _)| i)
-                .collect();
-            if !removed.is_empty() {
-                alive = alive.iter().zip(&keep).filter(|(_, &k)| k).map(|(&i, _)| i).collect();
+            if !keep.contains(&false) {
+                continue;
+            }
+            if explain {
+                let removed = alive.iter().zip(&keep).filter(|(_, &k)| !k).map(|(&i, _)| i).collect();
                 decision.filtered_out.push((filter.name(), removed));
             }
+            alive = alive.iter().zip(&keep).filter(|(_, &k)| k).map(|(&i, _)| i).collect();
         }
         let view: Vec<Candidate> = alive.iter().map(|&i| candidates[i]).collect();
         let mut totals = vec![0.0; view.len()];
+        let mut column = Vec::with_capacity(view.len());
         for ws in &mut self.scorers {
-            let mut column = Vec::with_capacity(view.len());
+            column.clear();
             ws.scorer.score(request, &view, &mut column);
             column.resize(view.len(), 0.0);
             for (t, s) in totals.iter_mut().zip(&column) {
@@ -147,7 +150,9 @@ impl Profile {
                 let s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
                 *t += ws.weight * s;
             }
-            decision.columns.push((ws.scorer.name(), ws.weight, spread(&alive, &column, candidates.len())));
+            if explain {
+                decision.columns.push((ws.scorer.name(), ws.weight, spread(&alive, &column, candidates.len())));
+            }
         }
         decision.ranked = self
             .picker
@@ -155,7 +160,9 @@ impl Profile {
             .into_iter()
             .filter_map(|i| alive.get(i).copied())
             .collect();
-        decision.totals = spread(&alive, &totals, candidates.len());
+        if explain {
+            decision.totals = spread(&alive, &totals, candidates.len());
+        }
         if let Some(&first) = decision.ranked.first() {
             for ws in &mut self.scorers {
                 ws.scorer.picked(request, &candidates[first]);
@@ -232,10 +239,13 @@ mod tests {
         ];
         let view = candidates(&eps);
         let mut profile = registry::default_profile();
-        let d = profile.schedule(&SchedulingRequest::default(), &view, 3, &mut Rng::new(7));
+        let d = profile.schedule(&SchedulingRequest::default(), &view, 3, &mut Rng::new(7), true);
         assert_eq!(d.ranked, vec![1, 2, 0]);
         assert!(d.totals[1] > d.totals[2] && d.totals[2] > d.totals[0]);
         assert_eq!(d.columns.len(), profile.scorers.len());
+        let quiet = profile.schedule(&SchedulingRequest::default(), &view, 3, &mut Rng::new(7), false);
+        assert_eq!(quiet.ranked, d.ranked, "explaining does not change the decision");
+        assert!(quiet.columns.is_empty() && quiet.totals.is_empty());
     }
 
     #[test]
@@ -245,7 +255,7 @@ mod tests {
         let mut profile = registry::default_profile();
         let mut rng = Rng::new(3);
         let firsts: Vec<usize> = (0..200)
-            .map(|_| profile.schedule(&SchedulingRequest::default(), &view, 1, &mut rng).ranked[0])
+            .map(|_| profile.schedule(&SchedulingRequest::default(), &view, 1, &mut rng, false).ranked[0])
             .collect();
         let a = firsts.iter().filter(|&&i| i == 0).count();
         assert!((60..140).contains(&a), "{a} of 200 went to the first");
