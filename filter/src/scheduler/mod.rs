@@ -98,14 +98,13 @@ pub struct Profile {
     pub picker: Box<dyn Picker>,
 }
 
-/// One decision, with what led to it when asked (for the explain header and the host-sim
-/// CLI).
+/// One decision: `ranked`, and what led to it (for the explain header and the host-sim
+/// CLI) only when `schedule` is asked to explain: keeping that costs a tenth of a 1 KB
+/// decision (`bench-overhead --fuel-only`).
 #[derive(Debug, Clone, Default)]
 pub struct Decision {
     /// Indices into the candidates given to `schedule`, best first.
     pub ranked: Vec<usize>,
-    /// The rest is filled only when `schedule` is asked to explain: keeping it costs a
-    /// tenth of a 1 KB decision (`bench-overhead --fuel-only`).
     /// Candidates each filter removed, by filter name.
     pub filtered_out: Vec<(&'static str, Vec<usize>)>,
     /// Weighted total per candidate (NaN for filtered-out ones).
