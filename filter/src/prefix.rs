@@ -19,7 +19,7 @@ const PLACEMENT_SEED: u64 = 0x9ace_11e5;
 ///
 /// XXH64, each block seeded with the hash before it: it needs only 64-bit multiplies,
 /// which wasm32 has. foldhash's 128-bit products are emulated there with four 32-bit
-/// ones, and cost four times as much per block (`bench-overhead --fuel-only`).
+/// ones: 256 blocks took 107k wasm instructions with it, 62k with XXH64.
 pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
     let mut previous = XxHash64::oneshot(BLOCK_SEED, model.as_bytes());
     prompt

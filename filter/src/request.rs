@@ -229,8 +229,8 @@ fn string_end(b: &[u8], start: usize) -> Option<usize> {
 }
 
 /// The first unescaped quote at or after `from`, which is inside a string literal (just
-/// past its opening quote or an escaped quote). memchr finds quotes a word at a time:
-/// long prompts are skipped, not walked byte by byte.
+/// past its opening quote or an escaped quote). memchr finds quotes 16 bytes at a time
+/// (SIMD): long prompts are skipped, not walked byte by byte.
 fn closing_quote(b: &[u8], from: usize) -> Option<usize> {
     let text = b.get(from..)?;
     // One searcher for the whole string, not one set up again after each escaped quote:
