@@ -67,6 +67,8 @@ struct Floor {
 
 impl Context for Floor {}
 
+/// The picker's `request::ModelOnly`, written again: linking the epp crate would bring its
+/// own proxy-wasm entry points into this module.
 #[derive(serde::Deserialize)]
 struct ModelOnly {
     #[allow(dead_code)]

@@ -12,13 +12,18 @@ pub fn addr(i: usize) -> String {
 }
 
 pub fn world_with(servers: Vec<SimServer>, plugin: Value, workers: usize, proxies: usize) -> World {
+    world_of(&crate::paths::epp_wasm(), servers, plugin, workers, proxies)
+}
+
+/// `world_with`, running another module (bench-overhead's floor, say).
+pub fn world_of(wasm: &std::path::Path, servers: Vec<SimServer>, plugin: Value, workers: usize, proxies: usize) -> World {
     let fleet = Fleet::new(servers);
     let mut config = json!({"endpoints": fleet.addresses()});
     if let (Some(c), Some(p)) = (config.as_object_mut(), plugin.as_object()) {
         c.extend(p.clone());
     }
     let proxy = ProxyConfig { plugin_config: config.to_string(), workers, ..Default::default() };
-    let world = World::new(&crate::paths::epp_wasm(), fleet, proxies, proxy).expect("world");
+    let world = World::new(wasm, fleet, proxies, proxy).expect("world");
     for p in &world.proxies {
         assert!(p.startup_errors.is_empty(), "{:?}", p.startup_errors);
     }

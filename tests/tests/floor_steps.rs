@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use epp_tests::hostsim::{route, servers, world_of, MODEL};
 use epp_tests::paths;
-use host_sim::{Fleet, HttpRequest, ProxyConfig, SimServer, World};
+use host_sim::{HttpRequest, World};
 use model_sim::ServerParams;
 use serde_json::{json, Value};
 
@@ -14,32 +15,18 @@ use serde_json::{json, Value};
 /// the second of two identical requests, so that once-per-prefix and once-per-millisecond
 /// work is behind it, as in steady traffic.
 fn calls_per_request(wasm: &Path, plugin: Value) -> BTreeMap<&'static str, u64> {
-    let servers: Vec<SimServer> =
-        (1..=4).map(|i| SimServer::new(&format!("10.0.0.{i}:8000"), ServerParams::default())).collect();
-    let fleet = Fleet::new(servers);
-    let mut config = json!({"endpoints": fleet.addresses()});
-    if let (Some(c), Some(p)) = (config.as_object_mut(), plugin.as_object()) {
-        c.extend(p.clone());
-    }
-    let proxy = ProxyConfig { plugin_config: config.to_string(), workers: 1, ..Default::default() };
-    let mut world = World::new(wasm, fleet, 1, proxy).expect("host-sim world");
+    let mut world = world_of(wasm, servers(4, ServerParams::default()), plugin, 1, 1);
     world.advance_ms(200);
     let prompt = "Summarise the quarterly report in three lines. ".repeat(30);
-    let body = json!({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": prompt}]});
-    let request = HttpRequest {
-        method: "POST".into(),
-        path: "/v1/chat/completions".into(),
-        headers: vec![],
-        body: body.to_string().into_bytes(),
-        chunk: 16 * 1024,
-    };
+    let request = HttpRequest::post_json(
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}]}),
+    );
     let coverage = |w: &World| w.proxies[0].state.borrow().coverage.clone();
     let mut measured = BTreeMap::new();
     for _ in 0..2 {
         let before = coverage(&world);
-        let outcome = world.request(0, 0, &request);
-        assert!(outcome.trap.is_none(), "{:?}", outcome.trap);
-        world.finish(0, &outcome, 200);
+        route(&mut world, 0, 0, &request);
         measured = coverage(&world);
         for (name, count) in measured.iter_mut() {
             *count -= before.get(name).copied().unwrap_or(0);
