@@ -14,8 +14,25 @@ use crate::scheduler::filters::Saturation;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Model servers, as "ip:port".
+    /// Model servers, as "ip:port", listed by hand. Or name `pool_cluster` instead.
+    #[serde(default)]
     pub endpoints: Vec<String>,
+    /// The Envoy cluster of the model servers: the pool is whatever hosts Envoy holds for
+    /// it (from EDS, DNS or a static list), read from the admin interface through
+    /// `admin_cluster`, with Envoy's health verdicts. Exclusive with `endpoints`.
+    #[serde(default)]
+    pub pool_cluster: String,
+    /// A cluster whose one host is this Envoy's admin address (Istio and Envoy Gateway
+    /// bootstraps call theirs `prometheus_stats`).
+    #[serde(default = "defaults::admin_cluster")]
+    pub admin_cluster: String,
+    /// How often the pool's membership is read from the admin interface.
+    #[serde(default = "defaults::discovery_interval_ms")]
+    pub discovery_interval_ms: u64,
+    /// Without a singleton scraper, the worker that holds this lease scrapes; another takes
+    /// over within this long when it stops.
+    #[serde(default = "defaults::scraper_lease_ms")]
+    pub scraper_lease_ms: u64,
     /// The ORIGINAL_DST cluster the scraper sends its requests through.
     #[serde(default = "defaults::metrics_cluster")]
     pub metrics_cluster: String,
@@ -88,10 +105,22 @@ pub struct Config {
     pub peer_token: String,
 }
 
+/// The destination header unless `destination_header` says otherwise.
+pub const DEFAULT_DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+
 /// The header a peer presents `peer_token` in.
 pub const PEER_TOKEN_HEADER: &str = "x-wasm-epp-peer-token";
 
 mod defaults {
+    pub fn admin_cluster() -> String {
+        "wasm_epp_admin".into()
+    }
+    pub fn discovery_interval_ms() -> u64 {
+        250
+    }
+    pub fn scraper_lease_ms() -> u64 {
+        1000
+    }
     pub fn metrics_cluster() -> String {
         "wasm_epp_metrics".into()
     }
@@ -129,7 +158,7 @@ mod defaults {
         3
     }
     pub fn destination_header() -> String {
-        "x-gateway-destination-endpoint".into()
+        super::DEFAULT_DESTINATION_HEADER.into()
     }
 }
 
@@ -147,6 +176,11 @@ impl Config {
     /// Replicas exchange prefix assignments (listed, or through a cluster).
     pub fn has_peers(&self) -> bool {
         !self.peers.is_empty() || !self.peer_cluster.is_empty()
+    }
+
+    /// The pool comes from Envoy's membership of `pool_cluster`, not from a list.
+    pub fn discovers(&self) -> bool {
+        !self.pool_cluster.is_empty()
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
@@ -168,8 +202,15 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, why: &str| Err(ConfigError(format!("`{field}`: {why}")));
-        if self.endpoints.is_empty() {
-            return bad("endpoints", "at least one \"ip:port\" is needed");
+        match (self.endpoints.is_empty(), self.pool_cluster.is_empty()) {
+            (true, true) => {
+                return bad("endpoints", "list the model servers (\"ip:port\"), or name their Envoy cluster in `pool_cluster`")
+            }
+            (false, false) => return bad("pool_cluster", "give `endpoints` or `pool_cluster`, not both"),
+            _ => {}
+        }
+        if !self.pool_cluster.is_empty() && self.admin_cluster.is_empty() {
+            return bad("admin_cluster", "must name the cluster that reaches Envoy's admin interface");
         }
         for (i, e) in self.endpoints.iter().enumerate() {
             if e.parse::<SocketAddr>().is_err() {
@@ -208,10 +249,14 @@ impl Config {
             ("scrape_timeout_ms", self.scrape_timeout_ms),
             ("models_interval_ms", self.models_interval_ms),
             ("peer_interval_ms", self.peer_interval_ms),
+            ("discovery_interval_ms", self.discovery_interval_ms),
         ] {
             if value == 0 || value > 3_600_000 {
                 return bad(field, "must be between 1 and 3600000 milliseconds");
             }
+        }
+        if !(100..=3_600_000).contains(&self.scraper_lease_ms) {
+            return bad("scraper_lease_ms", "must be between 100 and 3600000 milliseconds");
         }
         if self.max_body_bytes == 0 {
             return bad("max_body_bytes", "must be positive");
@@ -260,6 +305,13 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_by_cluster_name() {
+        let c = Config::parse(br#"{"pool_cluster":"outbound|8000||vllm.ns.svc.cluster.local"}"#).unwrap();
+        assert!(c.discovers() && c.endpoints.is_empty());
+        assert_eq!((c.admin_cluster.as_str(), c.discovery_interval_ms, c.scraper_lease_ms), ("wasm_epp_admin", 250, 1000));
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::parse(br#"{"endpoints":["10.0.0.1:8000"],"scrape_interval":5}"#)
             .unwrap_err();
@@ -270,7 +322,11 @@ mod tests {
     fn bad_values_are_named() {
         for (doc, field) in [
             (r#"{"endpoints":["nope"]}"#, "endpoints[0]"),
-            (r#"{"endpoints":[]}"#, "endpoints"),
+            (r#"{"endpoints":[]}"#, "pool_cluster"),
+            (r#"{"endpoints":["1.2.3.4:1"],"pool_cluster":"llm_pool"}"#, "not both"),
+            (r#"{"pool_cluster":"llm_pool","admin_cluster":""}"#, "admin_cluster"),
+            (r#"{"pool_cluster":"llm_pool","discovery_interval_ms":0}"#, "discovery_interval_ms"),
+            (r#"{"endpoints":["1.2.3.4:1"],"scraper_lease_ms":10}"#, "scraper_lease_ms"),
             (r#"{"endpoints":["1.2.3.4:1","1.2.3.4:1"]}"#, "endpoints[1]"),
             (r#"{"endpoints":["1.2.3.4:1"],"engine":"tgi"}"#, "tgi"),
             (r#"{"endpoints":["1.2.3.4:1"],"scrape_interval_ms":0}"#, "scrape_interval_ms"),

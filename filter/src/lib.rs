@@ -6,9 +6,11 @@
 
 pub mod affinity;
 pub mod config;
+pub mod discovery;
 pub mod engine;
 pub mod errors;
 pub mod in_flight;
+pub mod lease;
 pub mod models;
 pub mod prefix;
 pub mod prom;

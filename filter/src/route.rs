@@ -16,8 +16,11 @@ pub const SUBSET_HEADER: &str = "x-gateway-destination-endpoint-subset";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Route {
-        /// Addresses for the destination header: the choice, then fallbacks.
+        /// Addresses for the destination header: the choice, then fallbacks. Empty when
+        /// failing open with no endpoint known: Envoy's own load balancer chooses.
         endpoints: Vec<String>,
+        /// The in-flight slot of the choice, where the table knows it.
+        slot: Option<usize>,
         fail_open: bool,
         explain: Option<String>,
         /// The model a rewrite rule chose: the body must say this instead.
@@ -69,7 +72,7 @@ impl Router {
     }
 
     /// One decision. `in_flight` gives this proxy's requests in flight now to the
-    /// endpoint at that position of the table.
+    /// endpoint in that slot (`EndpointState::slot`).
     pub fn decide(
         &mut self,
         table: Option<&Table>,
@@ -94,7 +97,7 @@ impl Router {
             !t.is_stale(now_ms, stale_after) && t.endpoints.iter().any(|e| !e.is_stale(now_ms, stale_after))
         });
         let Some(table) = fresh else {
-            return self.fail_open(want, &allowed, rewritten);
+            return self.fail_open(table, want, &allowed, rewritten);
         };
 
         // One pass: the usable endpoints (with their row in the table, which finds their
@@ -111,7 +114,7 @@ impl Router {
             .filter(|(_, e)| serves(e))
             .inspect(|_| any_serving = true)
             .filter(|(_, e)| e.is_usable(now_ms, stale_after))
-            .map(|(row, e)| Candidate { endpoint: e, pending: pending(e, in_flight(row)) })
+            .map(|(_, e)| Candidate { endpoint: e, pending: pending(e, in_flight(e.slot as usize)) })
             .collect();
         if !any_allowed {
             return Outcome::Reject(Rejection::unavailable(format!(
@@ -148,8 +151,9 @@ impl Router {
             return Outcome::Reject(Rejection::unavailable("Every endpoint was filtered out."));
         }
         let endpoints = decision.ranked.iter().map(|&i| usable[i].address.clone()).collect();
+        let slot = decision.ranked.first().map(|&i| usable[i].slot as usize);
         let explain = self.config.explain.then(|| explain(&usable, &decision, objective, priority));
-        Outcome::Route { endpoints, fail_open: false, explain, rewritten }
+        Outcome::Route { endpoints, slot, fail_open: false, explain, rewritten }
     }
 
     /// The objective's name and priority; unknown or absent objectives have priority 0.
@@ -160,20 +164,34 @@ impl Router {
         }
     }
 
-    /// No fresh table: spread over the configured endpoints (within the subset, if one was
-    /// given) rather than fail traffic.
-    fn fail_open(&mut self, want: usize, allowed: &dyn Fn(&str) -> bool, rewritten: Option<String>) -> Outcome {
-        let all: Vec<&String> = self.config.endpoints.iter().filter(|e| allowed(e)).collect();
+    /// No fresh table: spread over the pool as last known (the list, or the last table's
+    /// members; within the subset, if one was given) rather than fail traffic. Knowing no
+    /// endpoint at all, leave the choice to Envoy's load balancer.
+    fn fail_open(
+        &mut self,
+        table: Option<&Table>,
+        want: usize,
+        allowed: &dyn Fn(&str) -> bool,
+        rewritten: Option<String>,
+    ) -> Outcome {
+        let known: Vec<(&str, Option<usize>)> = if self.config.endpoints.is_empty() {
+            table.map_or_else(Vec::new, |t| t.endpoints.iter().map(|e| (e.address.as_str(), Some(e.slot as usize))).collect())
+        } else {
+            self.config.endpoints.iter().enumerate().map(|(slot, e)| (e.as_str(), Some(slot))).collect()
+        };
+        let pool_known = !known.is_empty();
+        let all: Vec<(&str, Option<usize>)> = known.into_iter().filter(|(e, _)| allowed(e)).collect();
         let n = all.len();
-        if n == 0 {
+        if n == 0 && pool_known {
             return Outcome::Reject(Rejection::unavailable(format!(
                 "No endpoint of this pool is in the {SUBSET_HEADER} header."
             )));
         }
-        let start = self.round_robin % n;
+        let start = self.round_robin % n.max(1);
         self.round_robin = self.round_robin.wrapping_add(1);
-        let endpoints = (0..want.min(n)).map(|k| all[(start + k) % n].clone()).collect();
-        Outcome::Route { endpoints, fail_open: true, explain: None, rewritten }
+        let endpoints = (0..want.min(n)).map(|k| all[(start + k) % n].0.to_string()).collect();
+        let slot = all.get(start).and_then(|(_, slot)| *slot);
+        Outcome::Route { endpoints, slot, fail_open: true, explain: None, rewritten }
     }
 }
 
@@ -240,7 +258,15 @@ mod tests {
     }
 
     fn table(endpoints: Vec<EndpointState>) -> Table {
-        Table { published_ms: 1000, generation: 1, endpoints }
+        Table { published_ms: 1000, generation: 1, endpoints: slotted(endpoints) }
+    }
+
+    /// Slots in row order, as a scraper of a listed pool gives them.
+    fn slotted(mut endpoints: Vec<EndpointState>) -> Vec<EndpointState> {
+        for (slot, e) in endpoints.iter_mut().enumerate() {
+            e.slot = slot as u32;
+        }
+        endpoints
     }
 
     fn route(o: Outcome) -> Vec<String> {
@@ -310,6 +336,27 @@ mod tests {
     }
 
     #[test]
+    fn a_discovered_pool_fails_open_over_the_last_members_or_leaves_it_to_envoy() {
+        let config = Config::parse(br#"{"pool_cluster":"llm_pool","max_fallbacks":1}"#).unwrap();
+        let mut r = Router::new(config, default_profile(), 1);
+        match ask(&mut r, None, Some("base"), NOW) {
+            Outcome::Route { endpoints, slot: None, fail_open: true, .. } => assert!(endpoints.is_empty()),
+            o => panic!("{o:?}"),
+        }
+        let mut t = table(vec![endpoint("a:1", load(0, 0, 0.0)), endpoint("b:1", load(0, 0, 0.0))]);
+        t.endpoints[1].slot = 7;
+        let firsts: Vec<(String, Option<usize>)> = (0..2)
+            .map(|_| match ask(&mut r, Some(&t), Some("base"), 9999) {
+                Outcome::Route { endpoints, slot, fail_open: true, .. } => (endpoints[0].clone(), slot),
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        let mut sorted = firsts.clone();
+        sorted.sort();
+        assert_eq!(sorted, [("a:1".to_string(), Some(0)), ("b:1".to_string(), Some(7))], "{firsts:?}");
+    }
+
+    #[test]
     fn explain_lists_every_score() {
         let mut r = router(2);
         r.config.explain = true;
@@ -348,7 +395,7 @@ mod tests {
             Some(&one_free),
             &Incoming { model: Some("base"), objective: Some("batch"), ..Default::default() },
             NOW,
-            &|row| if row == 1 { 5 } else { 0 },
+            &|slot| if slot == 1 { 5 } else { 0 },
         );
         assert_eq!(status(pending), 429);
     }
@@ -390,13 +437,14 @@ mod tests {
     fn a_burst_between_scrapes_spreads() {
         // Three idle endpoints, one scrape, twelve requests before the next: without
         // pending counts every request would see the same table and pick alike.
-        let t = table(["a:1", "b:1", "c:1"].iter().map(|a| endpoint(a, load(0, 0, 0.0))).collect());
+        let t = table(slotted(["a:1", "b:1", "c:1"].iter().map(|a| endpoint(a, load(0, 0, 0.0))).collect()));
         let mut r = router(3);
         let mut sent: std::collections::HashMap<String, i64> = Default::default();
         for _ in 0..12 {
             let counts = sent.clone();
-            let o = r.decide(Some(&t), &Incoming { model: Some("base"), ..Default::default() }, NOW, &|row| {
-                counts.get(&t.endpoints[row].address).copied().unwrap_or(0)
+            let o = r.decide(Some(&t), &Incoming { model: Some("base"), ..Default::default() }, NOW, &|slot| {
+                let e = t.endpoints.iter().find(|e| e.slot as usize == slot).unwrap();
+                counts.get(&e.address).copied().unwrap_or(0)
             });
             *sent.entry(route(o)[0].clone()).or_default() += 1;
         }

@@ -1,8 +1,14 @@
 //! The scraper's state: which probes are due, what their answers mean, and the table to
-//! publish. Pure, and unaware of where it runs (the singleton today; a worker that holds a
-//! shared-data lease tomorrow): the glue only carries requests and answers.
+//! publish. Pure, and unaware of where it runs (the singleton, or the worker that holds the
+//! lease): the glue only carries requests and answers.
+//!
+//! Each endpoint has a slot, its row's place in the in-flight counts: fixed for a listed
+//! pool (the list's order), and for a discovered one given when the endpoint joins and
+//! freed when it leaves. A scraper that takes over from another resumes from the table
+//! it published, slots and all.
 
 use crate::config::Config;
+use crate::discovery::{self, Membership};
 use crate::engine;
 use crate::models;
 use crate::table::{EndpointState, Health, Table};
@@ -13,10 +19,10 @@ pub enum Probe {
     Models,
 }
 
-/// A request the glue should send.
+/// A request the glue should send, and hand back with its answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeRequest {
-    pub endpoint: usize,
+    pub slot: usize,
     pub probe: Probe,
     pub address: String,
     pub path: String,
@@ -25,8 +31,11 @@ pub struct ProbeRequest {
 #[derive(Debug, Default)]
 struct Target {
     state: EndpointState,
+    /// Left the pool: not published, its slot free for the next endpoint to join.
+    gone: bool,
     metrics_in_flight: bool,
     models_in_flight: bool,
+    next_metrics_ms: u64,
     next_models_ms: u64,
     /// From `/v1/models`: (base models, adapters); `None` until one answer parsed.
     listed: Option<(Vec<String>, Vec<String>)>,
@@ -34,41 +43,92 @@ struct Target {
     labelled: Vec<String>,
 }
 
+impl Target {
+    fn new(address: &str, slot: usize) -> Target {
+        let state = EndpointState { address: address.to_string(), slot: slot as u32, ..Default::default() };
+        Target { state, ..Default::default() }
+    }
+
+    fn is(&self, probe: &ProbeRequest) -> bool {
+        !self.gone && self.state.address == probe.address
+    }
+}
+
 pub struct Scraper {
     config: Config,
+    /// By slot.
     targets: Vec<Target>,
     generation: u64,
     /// Something changed since the last publish.
     dirty: bool,
+    discovery_in_flight: bool,
+    next_discovery_ms: u64,
+    /// The last discovery failure, so that a lasting one is logged once.
+    discovery_error: Option<String>,
 }
 
 impl Scraper {
     pub fn new(config: Config) -> Self {
-        let targets = config
-            .endpoints
-            .iter()
-            .map(|a| Target {
-                state: EndpointState { address: a.clone(), ..Default::default() },
-                ..Default::default()
-            })
-            .collect();
-        Scraper { config, targets, generation: 0, dirty: false }
+        let targets = config.endpoints.iter().enumerate().map(|(slot, a)| Target::new(a, slot)).collect();
+        Scraper {
+            config,
+            targets,
+            generation: 0,
+            dirty: false,
+            discovery_in_flight: false,
+            next_discovery_ms: 0,
+            discovery_error: None,
+        }
+    }
+
+    /// Carries on from the table another scraper published: the generations go on rising,
+    /// every endpoint keeps its slot and what was known of it until its next scrape.
+    pub fn resume(&mut self, table: &Table) {
+        self.generation = self.generation.max(table.generation);
+        if self.config.discovers() {
+            self.targets.clear();
+            for row in &table.endpoints {
+                let slot = row.slot as usize;
+                if slot >= discovery::MAX_HOSTS {
+                    continue;
+                }
+                while self.targets.len() <= slot {
+                    let mut hole = Target::new("", self.targets.len());
+                    hole.gone = true;
+                    self.targets.push(hole);
+                }
+                self.targets[slot] = Target::new(&row.address, slot);
+            }
+        }
+        for t in self.targets.iter_mut().filter(|t| !t.gone) {
+            if let Some(row) = table.endpoints.iter().find(|r| r.address == t.state.address) {
+                t.state = EndpointState { slot: t.state.slot, ..row.clone() };
+                t.listed = Some((row.models.clone(), row.adapters.clone()));
+            }
+        }
+        self.dirty = true;
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Probes to send now. An endpoint whose last probe has not answered is skipped, so a
-    /// slow server never has more than one scrape of each kind in flight.
+    /// Probes to send now: each endpoint's metrics every `scrape_interval_ms` (its models
+    /// every `models_interval_ms`), never two of a kind in flight, so that a slow server
+    /// is not piled on.
     pub fn due(&mut self, now_ms: u64) -> Vec<ProbeRequest> {
         let mut out = Vec::new();
         let models_on = !self.config.models_path.is_empty();
-        for (i, t) in self.targets.iter_mut().enumerate() {
-            if !t.metrics_in_flight {
+        let interval = self.config.scrape_interval_ms;
+        for (slot, t) in self.targets.iter_mut().enumerate().filter(|(_, t)| !t.gone) {
+            if !t.metrics_in_flight && now_ms >= t.next_metrics_ms {
                 t.metrics_in_flight = true;
+                // On the interval's beat even when ticks come late, without catching up
+                // after a stall.
+                let next = t.next_metrics_ms.saturating_add(interval);
+                t.next_metrics_ms = if next > now_ms { next } else { now_ms + interval };
                 out.push(ProbeRequest {
-                    endpoint: i,
+                    slot,
                     probe: Probe::Metrics,
                     address: t.state.address.clone(),
                     path: self.config.metrics_path.clone(),
@@ -77,7 +137,7 @@ impl Scraper {
             if models_on && !t.models_in_flight && now_ms >= t.next_models_ms {
                 t.models_in_flight = true;
                 out.push(ProbeRequest {
-                    endpoint: i,
+                    slot,
                     probe: Probe::Models,
                     address: t.state.address.clone(),
                     path: self.config.models_path.clone(),
@@ -87,14 +147,85 @@ impl Scraper {
         out
     }
 
+    /// The admin path to read the pool's membership from now, if it is time.
+    pub fn discovery_due(&mut self, now_ms: u64) -> Option<String> {
+        if !self.config.discovers() || self.discovery_in_flight || now_ms < self.next_discovery_ms {
+            return None;
+        }
+        self.discovery_in_flight = true;
+        self.next_discovery_ms = now_ms + self.config.discovery_interval_ms;
+        Some(discovery::admin_path(&self.config.pool_cluster))
+    }
+
+    /// The admin interface answered (`status` `None`: no answer). Returns what to log: a
+    /// failure the first time it is seen, or hosts left out.
+    pub fn on_discovery(&mut self, status: Option<u32>, body: &[u8]) -> Option<String> {
+        self.discovery_in_flight = false;
+        let cluster = self.config.pool_cluster.clone();
+        let result = match status {
+            Some(200) => discovery::parse(body, &cluster),
+            Some(code) => Err(format!("admin answered HTTP {code}")),
+            None => Err(format!("no answer from cluster {:?}", self.config.admin_cluster)),
+        };
+        match result {
+            Ok(membership) => {
+                self.discovery_error = None;
+                let left_out = membership.left_out;
+                self.set_members(membership);
+                (left_out > 0).then(|| format!("pool {cluster:?}: {left_out} hosts left out (over {} or not ip:port)", discovery::MAX_HOSTS))
+            }
+            Err(why) => {
+                let why = format!("pool {cluster:?} not read, keeping the last membership: {why}");
+                let new = self.discovery_error.as_deref() != Some(why.as_str());
+                self.discovery_error = Some(why.clone());
+                new.then_some(why)
+            }
+        }
+    }
+
+    /// The pool is now these hosts: newcomers take free slots, leavers free theirs, and
+    /// everyone gets Envoy's verdict.
+    fn set_members(&mut self, membership: Membership) {
+        for t in self.targets.iter_mut().filter(|t| !t.gone) {
+            let host = membership.hosts.iter().find(|h| h.address == t.state.address);
+            match host {
+                Some(h) if t.state.envoy_unhealthy != h.unhealthy => {
+                    t.state.envoy_unhealthy = h.unhealthy.clone();
+                    self.dirty = true;
+                }
+                Some(_) => {}
+                None => {
+                    let slot = t.state.slot as usize;
+                    *t = Target { gone: true, ..Target::new("", slot) };
+                    self.dirty = true;
+                }
+            }
+        }
+        for h in membership.hosts {
+            if self.targets.iter().any(|t| !t.gone && t.state.address == h.address) {
+                continue;
+            }
+            let slot = self.targets.iter().position(|t| t.gone).unwrap_or(self.targets.len());
+            let mut joined = Target::new(&h.address, slot);
+            joined.state.envoy_unhealthy = h.unhealthy;
+            if slot == self.targets.len() {
+                self.targets.push(joined);
+            } else {
+                self.targets[slot] = joined;
+            }
+            self.dirty = true;
+        }
+    }
+
     /// An answer arrived. `status` is `None` when there was none (timeout, refused, reset).
-    pub fn on_answer(&mut self, endpoint: usize, probe: Probe, status: Option<u32>, body: &[u8], now_ms: u64) {
+    pub fn on_answer(&mut self, probe: &ProbeRequest, status: Option<u32>, body: &[u8], now_ms: u64) {
         let engine = self.config.engine;
         let models_interval = self.config.models_interval_ms;
         let scrape_interval = self.config.scrape_interval_ms;
-        let Some(t) = self.targets.get_mut(endpoint) else { return };
+        // An endpoint that left the pool while its probe was out has nothing to update.
+        let Some(t) = self.targets.get_mut(probe.slot).filter(|t| t.is(probe)) else { return };
         self.dirty = true;
-        match probe {
+        match probe.probe {
             Probe::Metrics => {
                 t.metrics_in_flight = false;
                 t.state.checked_ms = now_ms;
@@ -140,9 +271,9 @@ impl Scraper {
         t.state.adapters = adapters;
     }
 
-    /// The pickers' in-flight count for `endpoint` as its metrics page is read.
-    pub fn note_in_flight(&mut self, endpoint: usize, in_flight: i64) {
-        if let Some(t) = self.targets.get_mut(endpoint) {
+    /// The pickers' in-flight count for the endpoint in `slot` as its metrics page is read.
+    pub fn note_in_flight(&mut self, slot: usize, in_flight: i64) {
+        if let Some(t) = self.targets.get_mut(slot) {
             t.state.in_flight_at_scrape = in_flight;
         }
     }
@@ -154,25 +285,35 @@ impl Scraper {
 
     /// A probe that failed before an answer could be read: not sent (no such cluster, the
     /// host refused the call), or an answer too large to take.
-    pub fn on_failed(&mut self, endpoint: usize, probe: Probe, why: &str, now_ms: u64) {
-        if let Some(t) = self.targets.get_mut(endpoint) {
-            match probe {
-                Probe::Metrics => {
-                    t.metrics_in_flight = false;
-                    t.state.checked_ms = now_ms;
-                    t.state.health = Health::Unhealthy(why.to_string());
-                    self.dirty = true;
-                }
-                Probe::Models => {
-                    t.models_in_flight = false;
-                    t.next_models_ms = now_ms + self.config.models_interval_ms;
-                }
+    pub fn on_failed(&mut self, probe: &ProbeRequest, why: &str, now_ms: u64) {
+        let models_interval = self.config.models_interval_ms;
+        let Some(t) = self.targets.get_mut(probe.slot).filter(|t| t.is(probe)) else { return };
+        match probe.probe {
+            Probe::Metrics => {
+                t.metrics_in_flight = false;
+                t.state.checked_ms = now_ms;
+                t.state.health = Health::Unhealthy(why.to_string());
+                self.dirty = true;
+            }
+            Probe::Models => {
+                t.models_in_flight = false;
+                t.next_models_ms = now_ms + models_interval;
             }
         }
     }
 
+    /// The discovery call could not be sent.
+    pub fn on_discovery_failed(&mut self) {
+        self.discovery_in_flight = false;
+    }
+
     pub fn is_dirty(&self) -> bool {
         self.dirty
+    }
+
+    /// The endpoints in the pool now: (slot, address).
+    pub fn members(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.targets.iter().enumerate().filter(|(_, t)| !t.gone).map(|(slot, t)| (slot, t.state.address.as_str()))
     }
 
     /// The table to publish now.
@@ -182,7 +323,7 @@ impl Scraper {
         Table {
             published_ms: now_ms,
             generation: self.generation,
-            endpoints: self.targets.iter().map(|t| t.state.clone()).collect(),
+            endpoints: self.targets.iter().filter(|t| !t.gone).map(|t| t.state.clone()).collect(),
         }
     }
 }
@@ -201,41 +342,58 @@ mod tests {
     const PAGE: &[u8] = b"vllm:num_requests_waiting{model_name=\"llama\"} 4\nvllm:kv_cache_usage_perc 0.5\n";
     const MODELS: &[u8] = br#"{"data":[{"id":"llama"},{"id":"sql-lora","parent":"llama"}]}"#;
 
+    fn probe(s: &Scraper, slot: usize, probe: Probe) -> ProbeRequest {
+        let (_, address) = s.members().find(|&(i, _)| i == slot).expect("a member in that slot");
+        ProbeRequest { slot, probe, address: address.to_string(), path: String::new() }
+    }
+
+    fn answer(s: &mut Scraper, slot: usize, kind: Probe, status: Option<u32>, body: &[u8], now: u64) {
+        let p = probe(s, slot, kind);
+        s.on_answer(&p, status, body, now);
+    }
+
     #[test]
-    fn one_probe_of_each_kind_in_flight() {
+    fn one_probe_of_each_kind_in_flight_on_the_interval() {
         let mut s = scraper();
         let first = s.due(0);
         assert_eq!(first.len(), 4);
         assert_eq!(first[0].path, "/metrics");
         assert_eq!(first[1].path, "/v1/models");
         assert!(s.due(50).is_empty(), "nothing answered yet, nothing new sent");
-        s.on_answer(0, Probe::Metrics, Some(200), PAGE, 60);
-        let again = s.due(100);
+        answer(&mut s, 0, Probe::Metrics, Some(200), PAGE, 10);
+        assert!(s.due(40).is_empty(), "answered, but the next scrape is due at 50");
+        let again = s.due(60);
         assert_eq!(again.len(), 1);
-        assert_eq!((again[0].endpoint, again[0].probe), (0, Probe::Metrics));
+        assert_eq!((again[0].slot, again[0].probe), (0, Probe::Metrics));
         assert!(!s.round_complete());
+        // Ticks that come late keep the beat: due at 100, then 150.
+        answer(&mut s, 0, Probe::Metrics, Some(200), PAGE, 70);
+        assert_eq!(s.due(100).len(), 1);
+        answer(&mut s, 0, Probe::Metrics, Some(200), PAGE, 120);
+        assert!(s.due(140).is_empty());
+        assert_eq!(s.due(150).len(), 1);
     }
 
     #[test]
     fn answers_become_table_rows() {
         let mut s = scraper();
         s.due(0);
-        s.on_answer(0, Probe::Metrics, Some(200), PAGE, 10);
-        s.on_answer(0, Probe::Models, Some(200), MODELS, 10);
-        s.on_answer(1, Probe::Metrics, None, b"", 1000);
-        s.on_answer(1, Probe::Models, Some(404), b"", 1000);
+        answer(&mut s, 0, Probe::Metrics, Some(200), PAGE, 10);
+        answer(&mut s, 0, Probe::Models, Some(200), MODELS, 10);
+        answer(&mut s, 1, Probe::Metrics, None, b"", 1000);
+        answer(&mut s, 1, Probe::Models, Some(404), b"", 1000);
         assert!(s.round_complete() && s.is_dirty());
         let t = s.publish(1000);
         assert!(!s.is_dirty());
         let a = &t.endpoints[0];
-        assert_eq!((a.health.clone(), a.last_ok_ms, a.metrics.waiting), (Health::Healthy, 10, 4));
+        assert_eq!((a.health.clone(), a.last_ok_ms, a.metrics.waiting, a.slot), (Health::Healthy, 10, 4, 0));
         assert_eq!(a.models, vec!["llama"]);
         assert_eq!(a.adapters, vec!["sql-lora"]);
         let b = &t.endpoints[1];
         assert!(matches!(&b.health, Health::Unhealthy(w) if w.contains("no answer")));
-        assert_eq!((b.checked_ms, b.last_ok_ms), (1000, 0));
+        assert_eq!((b.checked_ms, b.last_ok_ms, b.slot), (1000, 0, 1));
         // A failed models probe is retried soon; a good one only at models_interval_ms.
-        let due: Vec<_> = s.due(2000).into_iter().map(|p| (p.endpoint, p.probe)).collect();
+        let due: Vec<_> = s.due(2000).into_iter().map(|p| (p.slot, p.probe)).collect();
         assert!(due.contains(&(1, Probe::Models)) && !due.contains(&(0, Probe::Models)));
         assert_eq!(t.generation, 1);
         assert_eq!(s.publish(2000).generation, 2);
@@ -250,11 +408,105 @@ mod tests {
         ] {
             let mut s = scraper();
             s.due(0);
-            s.on_answer(0, Probe::Metrics, Some(200), PAGE, 5);
-            s.on_answer(0, Probe::Metrics, status, body, 10);
+            answer(&mut s, 0, Probe::Metrics, Some(200), PAGE, 5);
+            answer(&mut s, 0, Probe::Metrics, status, body, 10);
             let row = &s.publish(10).endpoints[0];
             assert!(matches!(&row.health, Health::Unhealthy(w) if w.contains(why)), "{:?}", row.health);
             assert_eq!(row.last_ok_ms, 5, "the last good scrape is kept");
         }
+    }
+
+    fn pool(hosts: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let hosts: Vec<serde_json::Value> = hosts
+            .iter()
+            .map(|(a, status)| {
+                let (ip, port) = a.rsplit_once(':').unwrap();
+                serde_json::json!({"address": {"socket_address": {"address": ip, "port_value": port.parse::<u32>().unwrap()}},
+                                   "health_status": {"eds_health_status": status.unwrap_or("HEALTHY")}})
+            })
+            .collect();
+        serde_json::json!({"cluster_statuses": [{"name": "llm_pool", "host_statuses": hosts}]}).to_string().into_bytes()
+    }
+
+    fn discovering() -> Scraper {
+        Scraper::new(Config::parse(br#"{"pool_cluster":"llm_pool"}"#).unwrap())
+    }
+
+    #[test]
+    fn the_pool_follows_envoys_membership_and_slots_are_reused() {
+        let mut s = discovering();
+        assert!(s.due(0).is_empty(), "nothing known before the first membership");
+        assert_eq!(s.discovery_due(0).as_deref(), Some("/clusters?format=json&filter=%5Ellm_pool%24"));
+        assert_eq!(s.discovery_due(10), None, "one read at a time");
+        assert_eq!(s.on_discovery(Some(200), &pool(&[("10.0.0.1:80", None), ("10.0.0.2:80", Some("DRAINING"))])), None);
+        assert_eq!(s.discovery_due(100), None, "every discovery_interval_ms");
+        let due: Vec<(usize, String)> = s.due(0).into_iter().filter(|p| p.probe == Probe::Metrics).map(|p| (p.slot, p.address)).collect();
+        assert_eq!(due, [(0, "10.0.0.1:80".to_string()), (1, "10.0.0.2:80".to_string())]);
+        let t = s.publish(0);
+        assert_eq!(t.endpoints[1].envoy_unhealthy.as_deref(), Some("Envoy: EDS status DRAINING"));
+
+        // 10.0.0.1 leaves with its probe out; 10.0.0.3 joins and takes its slot.
+        let stale_probe = probe(&s, 0, Probe::Metrics);
+        assert!(s.discovery_due(250).is_some());
+        s.on_discovery(Some(200), &pool(&[("10.0.0.2:80", None), ("10.0.0.3:80", None)]));
+        let t = s.publish(260);
+        let rows: Vec<(&str, u32)> = t.endpoints.iter().map(|e| (e.address.as_str(), e.slot)).collect();
+        assert_eq!(rows, [("10.0.0.3:80", 0), ("10.0.0.2:80", 1)]);
+        assert_eq!(t.endpoints[1].envoy_unhealthy, None, "Envoy's verdict follows it");
+        s.on_answer(&stale_probe, Some(200), PAGE, 270);
+        assert_eq!(s.publish(270).endpoints[0].health, Health::Unknown, "the leaver's answer is not the newcomer's");
+    }
+
+    #[test]
+    fn a_bad_membership_answer_keeps_the_pool_and_is_logged_once() {
+        let mut s = discovering();
+        let read = |s: &mut Scraper, status: Option<u32>, body: &[u8]| {
+            s.next_discovery_ms = 0;
+            assert!(s.discovery_due(0).is_some());
+            s.on_discovery(status, body)
+        };
+        assert_eq!(read(&mut s, Some(200), &pool(&[("10.0.0.1:80", None)])), None);
+        let logged = read(&mut s, Some(503), b"").expect("a new failure is logged");
+        assert!(logged.contains("keeping the last membership") && logged.contains("HTTP 503"), "{logged}");
+        assert_eq!(read(&mut s, Some(503), b""), None, "the same failure again is not");
+        assert!(read(&mut s, None, b"").is_some_and(|l| l.contains("no answer")));
+        assert!(read(&mut s, Some(200), b"{}").is_some_and(|l| l.contains("no cluster")));
+        assert_eq!(s.members().count(), 1, "the pool is kept through all of it");
+        assert_eq!(read(&mut s, Some(200), &pool(&[("10.0.0.1:80", None)])), None);
+        assert!(read(&mut s, Some(503), b"").is_some(), "after a success, a failure is news again");
+    }
+
+    #[test]
+    fn a_new_scraper_resumes_from_the_published_table() {
+        let mut old = discovering();
+        old.discovery_due(0);
+        old.on_discovery(Some(200), &pool(&[("10.0.0.1:80", None), ("10.0.0.2:80", None), ("10.0.0.3:80", None)]));
+        old.discovery_due(300);
+        old.on_discovery(Some(200), &pool(&[("10.0.0.1:80", None), ("10.0.0.3:80", None)]));
+        old.due(300);
+        answer(&mut old, 2, Probe::Metrics, Some(200), PAGE, 310);
+        answer(&mut old, 2, Probe::Models, Some(200), MODELS, 310);
+        let published = old.publish(320);
+
+        let mut new = discovering();
+        new.resume(&published);
+        let t = new.publish(330);
+        assert_eq!(t.generation, published.generation + 1, "generations go on rising");
+        assert_eq!(t.endpoints, published.endpoints, "same rows in the same slots");
+        // The hole at slot 1 is free for the next endpoint to join.
+        new.discovery_due(0);
+        new.on_discovery(Some(200), &pool(&[("10.0.0.1:80", None), ("10.0.0.3:80", None), ("10.0.0.4:80", None)]));
+        let t = new.publish(400);
+        let slots: Vec<(&str, u32)> = t.endpoints.iter().map(|e| (e.address.as_str(), e.slot)).collect();
+        assert_eq!(slots, [("10.0.0.1:80", 0), ("10.0.0.4:80", 1), ("10.0.0.3:80", 2)]);
+
+        // A listed pool keeps its list's order; what the table knew carries over.
+        let mut listed = scraper();
+        listed.due(0);
+        answer(&mut listed, 1, Probe::Metrics, Some(200), PAGE, 10);
+        let before = listed.publish(20);
+        let mut next = scraper();
+        next.resume(&before);
+        assert_eq!(next.publish(30).endpoints, before.endpoints);
     }
 }

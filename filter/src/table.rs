@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 
 /// The shared-data key of the table. The version in the key lets two module versions
 /// that share a `vm_id` during a rollout keep their own tables.
-pub const TABLE_KEY: &str = "wasm-epp/v1/table";
-const FORMAT: u8 = 2;
+pub const TABLE_KEY: &str = "wasm-epp/v2/table";
+const FORMAT: u8 = 3;
 /// The generation of the table last published (8 bytes, little-endian): a picker reads
 /// these 8 bytes per request, and the table itself only when they change.
-pub const GENERATION_KEY: &str = "wasm-epp/v1/generation";
+pub const GENERATION_KEY: &str = "wasm-epp/v2/generation";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Table {
@@ -26,7 +26,14 @@ pub struct Table {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointState {
     pub address: String,
+    /// Where its count is kept in the in-flight value (`in_flight`): stable while the
+    /// endpoint stays in the pool, and handed on when the scraper changes hands.
+    pub slot: u32,
     pub health: Health,
+    /// Envoy's own verdict on the host, when the pool comes from Envoy's membership
+    /// (`pool_cluster`): why Envoy would send it nothing (a failed health check, an
+    /// ejected outlier, an EDS status). `None`: Envoy sends it traffic.
+    pub envoy_unhealthy: Option<String>,
     /// When the last scrape attempt ended, in success or failure (ms since the epoch).
     pub checked_ms: u64,
     /// The last successful metrics scrape; 0 = never.
@@ -74,7 +81,9 @@ pub struct Metrics {
 impl EndpointState {
     /// Fresh and healthy: the scheduler may use its numbers.
     pub fn is_usable(&self, now_ms: u64, stale_after_ms: u64) -> bool {
-        self.health == Health::Healthy && now_ms.saturating_sub(self.last_ok_ms) <= stale_after_ms
+        self.health == Health::Healthy
+            && self.envoy_unhealthy.is_none()
+            && now_ms.saturating_sub(self.last_ok_ms) <= stale_after_ms
     }
 
     /// Nothing fresh is known: no scrape attempt ended within `stale_after_ms`.
@@ -157,7 +166,9 @@ mod tests {
             generation: 9,
             endpoints: vec![EndpointState {
                 address: "10.0.0.1:8000".into(),
+                slot: 0,
                 health: Health::Unhealthy("timeout".into()),
+                envoy_unhealthy: None,
                 checked_ms: 1_700_000_000_000,
                 last_ok_ms: 1_699_999_999_000,
                 metrics: Metrics {
@@ -211,5 +222,7 @@ mod tests {
         assert!(e.is_usable(e.last_ok_ms + 2000, 2000));
         assert!(!e.is_usable(e.last_ok_ms + 2001, 2000));
         assert!(e.serves("llama") && e.serves("sql-lora") && !e.serves("other"));
+        e.envoy_unhealthy = Some("Envoy: ejected by outlier detection".into());
+        assert!(!e.is_usable(e.last_ok_ms, 2000), "Envoy's verdict counts too");
     }
 }

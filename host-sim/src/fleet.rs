@@ -107,12 +107,47 @@ pub struct CallReply {
 pub struct Fleet {
     pub servers: Vec<SimServer>,
     index: HashMap<String, usize>,
+    /// The pool as Envoy holds it (what its admin interface lists): every server at
+    /// first; a test adds and removes hosts, or gives one Envoy's verdict (an EDS status
+    /// such as `DRAINING`, or `ejected`).
+    pub pool: Vec<(String, Option<String>)>,
+    /// `/metrics` requests each server received.
+    pub scrapes: HashMap<String, u64>,
 }
 
 impl Fleet {
     pub fn new(servers: Vec<SimServer>) -> Self {
         let index = servers.iter().enumerate().map(|(i, s)| (s.addr.clone(), i)).collect();
-        Fleet { servers, index }
+        let pool = servers.iter().map(|s| (s.addr.clone(), None)).collect();
+        Fleet { servers, index, pool, scrapes: HashMap::new() }
+    }
+
+    /// A server that joins the fleet (and, unless the test says otherwise, the pool).
+    pub fn add(&mut self, server: SimServer) {
+        self.index.insert(server.addr.clone(), self.servers.len());
+        self.pool.push((server.addr.clone(), None));
+        self.servers.push(server);
+    }
+
+    /// What Envoy's admin interface answers to `/clusters?format=json` for the pool
+    /// cluster, in Envoy 1.40's shape.
+    pub fn admin_clusters(&self, cluster: &str) -> CallReply {
+        let hosts: Vec<serde_json::Value> = self
+            .pool
+            .iter()
+            .filter_map(|(addr, verdict)| {
+                let (ip, port) = addr.rsplit_once(':')?;
+                let health = match verdict.as_deref() {
+                    Some("ejected") => serde_json::json!({"eds_health_status": "HEALTHY", "failed_outlier_check": true}),
+                    Some(status) => serde_json::json!({"eds_health_status": status}),
+                    None => serde_json::json!({"eds_health_status": "HEALTHY"}),
+                };
+                let port: u32 = port.parse().ok()?;
+                Some(serde_json::json!({"address": {"socket_address": {"address": ip, "port_value": port}}, "health_status": health, "weight": 1}))
+            })
+            .collect();
+        let body = serde_json::json!({"cluster_statuses": [{"name": cluster, "host_statuses": hosts}]}).to_string().into_bytes();
+        CallReply { after_ns: 200_000, answer: Some((vec![(":status".into(), "200".into())], body)) }
     }
 
     pub fn server(&mut self, addr: &str) -> Option<&mut SimServer> {
@@ -132,6 +167,9 @@ impl Fleet {
         let refused = CallReply { after_ns: 100_000, answer: None };
         let Some(addr) = get("x-envoy-original-dst-host") else { return refused };
         let path = get(":path").unwrap_or_default();
+        if path == "/metrics" {
+            *self.scrapes.entry(addr.clone()).or_default() += 1;
+        }
         let Some(server) = self.server(&addr) else { return refused };
         let latency = server.latency_ns;
         let ok = |body: Vec<u8>| {

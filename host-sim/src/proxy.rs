@@ -161,6 +161,13 @@ pub struct ProxyConfig {
     pub buffer_limit_bytes: usize,
     pub clusters: Vec<String>,
     pub seed: u64,
+    /// A singleton scraper VM beside the workers (`bootstrap_extensions`); without one, the
+    /// workers elect a scraper among themselves, as under Istio or Envoy Gateway.
+    pub singleton: bool,
+    /// The singleton's root id (Envoy passes whatever the configuration says).
+    pub singleton_root_id: String,
+    /// The workers' root id.
+    pub worker_root_id: String,
 }
 
 impl Default for ProxyConfig {
@@ -171,8 +178,16 @@ impl Default for ProxyConfig {
             vm_id: "wasm_epp".into(),
             allow_on_headers_stop_iteration: true,
             buffer_limit_bytes: 16 << 20,
-            clusters: vec!["wasm_epp_metrics".into(), "llm_pool".into(), crate::world::PEER_CLUSTER.into()],
+            clusters: vec![
+                "wasm_epp_metrics".into(),
+                crate::world::POOL_CLUSTER.into(),
+                crate::world::PEER_CLUSTER.into(),
+                crate::world::ADMIN_CLUSTER.into(),
+            ],
             seed: 1,
+            singleton: true,
+            singleton_root_id: "scraper".into(),
+            worker_root_id: "picker".into(),
         }
     }
 }
@@ -233,42 +248,92 @@ impl RequestOutcome {
 pub struct Proxy {
     pub state: Rc<RefCell<ProxyState>>,
     pub config: ProxyConfig,
-    /// VM 0 is the singleton (root_id "scraper"); VMs 1..=N are the workers ("picker").
+    /// With a singleton, VM 0 is it and the workers follow; without, the workers alone.
     pub vms: Vec<Vm>,
     /// Errors from start-up (a VM that refused its configuration), with the logs.
     pub startup_errors: Vec<String>,
+    engine: Engine,
+    module: Module,
+    /// VMs started so far, for fresh seeds when one is reloaded.
+    started: u64,
 }
 
 impl Proxy {
     pub fn start(engine: &Engine, module: &Module, clock: Rc<Cell<u64>>, config: ProxyConfig) -> Result<Proxy> {
         let state = Rc::new(RefCell::new(ProxyState::new(clock, config.clusters.clone())));
-        let mut proxy = Proxy { state, config, vms: Vec::new(), startup_errors: Vec::new() };
-        for i in 0..=proxy.config.workers {
-            let (root, name) = if i == 0 { ("scraper", "wasm_epp_scraper") } else { ("picker", "wasm_epp_picker") };
-            let seed = proxy.config.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-            let host = HostState::new(proxy.state.clone(), i, root, name, &proxy.config.vm_id, proxy.config.plugin_config.as_bytes(), seed);
-            let mut vm = Vm::new(engine, module, host)?;
-            let size = proxy.config.plugin_config.len() as i32;
-            // Envoy's order: the root context, then vm_start, then configure.
-            let created = vm.call("proxy_on_context_create", ROOT_CONTEXT, Phase::Root, &[ROOT_CONTEXT as i32, 0]);
-            let started = created.and_then(|_| vm.call("proxy_on_vm_start", ROOT_CONTEXT, Phase::VmStart, &[ROOT_CONTEXT as i32, 0]));
-            let configured = started.and_then(|_| vm.call("proxy_on_configure", ROOT_CONTEXT, Phase::Configure, &[ROOT_CONTEXT as i32, size]));
-            match configured {
-                Ok(1) => {}
-                Ok(_) => {
-                    let logs: Vec<String> = vm.state().logs.iter().map(|(_, m)| m.clone()).collect();
-                    proxy.startup_errors.push(format!("{root} VM refused its configuration: {}", logs.join(" | ")));
-                    vm.failed = Some("configuration refused".into());
-                }
-                Err(trap) => proxy.startup_errors.push(format!("{root} VM: {trap}")),
-            }
+        let mut proxy =
+            Proxy { state, config, vms: Vec::new(), startup_errors: Vec::new(), engine: engine.clone(), module: module.clone(), started: 0 };
+        let count = proxy.config.workers + usize::from(proxy.config.singleton);
+        for i in 0..count {
+            let vm = proxy.new_vm(i)?;
             proxy.vms.push(vm);
         }
         Ok(proxy)
     }
 
+    /// The VM at `index` started and configured as Envoy does it.
+    fn new_vm(&mut self, index: usize) -> Result<Vm> {
+        let singleton = self.config.singleton && index == 0;
+        let (root, name) = if singleton {
+            (self.config.singleton_root_id.clone(), "wasm_epp_scraper")
+        } else {
+            (self.config.worker_root_id.clone(), "wasm_epp_picker")
+        };
+        let seed = self.config.seed.wrapping_mul(1_000_003).wrapping_add(self.started);
+        self.started += 1;
+        let host = HostState::new(self.state.clone(), index, &root, name, &self.config.vm_id, self.config.plugin_config.as_bytes(), seed);
+        let mut vm = Vm::new(&self.engine, &self.module, host)?;
+        let size = self.config.plugin_config.len() as i32;
+        // Envoy's order: the root context, then vm_start, then configure.
+        let created = vm.call("proxy_on_context_create", ROOT_CONTEXT, Phase::Root, &[ROOT_CONTEXT as i32, 0]);
+        let started = created.and_then(|_| vm.call("proxy_on_vm_start", ROOT_CONTEXT, Phase::VmStart, &[ROOT_CONTEXT as i32, 0]));
+        let configured = started.and_then(|_| vm.call("proxy_on_configure", ROOT_CONTEXT, Phase::Configure, &[ROOT_CONTEXT as i32, size]));
+        match configured {
+            Ok(1) => {}
+            Ok(_) => {
+                let logs: Vec<String> = vm.state().logs.iter().map(|(_, m)| m.clone()).collect();
+                self.startup_errors.push(format!("{root} VM refused its configuration: {}", logs.join(" | ")));
+                vm.failed = Some("configuration refused".into());
+            }
+            Err(trap) => self.startup_errors.push(format!("{root} VM: {trap}")),
+        }
+        Ok(vm)
+    }
+
     pub fn worker_count(&self) -> usize {
-        self.vms.len() - 1
+        self.vms.len() - usize::from(self.config.singleton)
+    }
+
+    /// The VM index of worker `worker`.
+    pub fn worker_vm(&self, worker: usize) -> usize {
+        usize::from(self.config.singleton) + worker % self.worker_count().max(1)
+    }
+
+    /// Worker `worker`'s VM stops dead: no ticks, no callbacks, as a VM Envoy gave up on.
+    /// Its requests in flight are lost with it.
+    pub fn kill_worker(&mut self, worker: usize) {
+        let index = self.worker_vm(worker);
+        self.vms[index].failed = Some("killed by the test".into());
+    }
+
+    /// Worker `worker`'s VM is replaced by a fresh one (Envoy reloading a failed VM): a
+    /// new instance, configured anew, sharing the proxy's shared data.
+    pub fn reload_worker(&mut self, worker: usize) -> Result<()> {
+        let index = self.worker_vm(worker);
+        let vm = self.new_vm(index)?;
+        self.vms[index] = vm;
+        Ok(())
+    }
+
+    /// The VMs whose last word on the scraper lease is that they hold it.
+    pub fn scraping_vms(&self) -> Vec<usize> {
+        (0..self.vms.len())
+            .filter(|&i| {
+                let vm = &self.vms[i];
+                let last = vm.state().logs.iter().rev().find(|(_, m)| m.contains("scrapes now") || m.contains("stops scraping"));
+                vm.failed.is_none() && last.is_some_and(|(_, m)| m.contains("scrapes now"))
+            })
+            .collect()
     }
 
     /// Runs a request through worker `worker`'s picker, the way Envoy's filter chain does:
@@ -277,7 +342,7 @@ impl Proxy {
     pub fn request(&mut self, worker: usize, req: &HttpRequest) -> RequestOutcome {
         let allow_stop = self.config.allow_on_headers_stop_iteration;
         let limit = self.config.buffer_limit_bytes;
-        let index = 1 + worker % self.worker_count().max(1);
+        let index = self.worker_vm(worker);
         let vm = &mut self.vms[index];
         let ctx = vm.new_context();
         let mut out = RequestOutcome { worker, context: ctx, ..Default::default() };
@@ -367,7 +432,7 @@ impl Proxy {
     /// Ends a stream: the upstream's answer passes the filter, then done, log, delete.
     /// Returns the response headers as the client would see them.
     pub fn finish(&mut self, outcome: &RequestOutcome, status: u32) -> Option<HeaderMap> {
-        let index = 1 + outcome.worker % self.worker_count().max(1);
+        let index = self.worker_vm(outcome.worker);
         let vm = &mut self.vms[index];
         let ctx = outcome.context;
         if outcome.trap.is_some() || vm.failed.is_some() {

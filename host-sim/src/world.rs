@@ -21,6 +21,11 @@ const PEER_LATENCY_NS: u64 = 300_000;
 /// The cluster whose hosts are every proxy of the world (a headless Service of the
 /// gateway's pods, say), balanced round robin, as `peer_cluster` names it.
 pub const PEER_CLUSTER: &str = "wasm_epp_peers";
+/// The model servers' cluster, as `pool_cluster` names it.
+pub const POOL_CLUSTER: &str = "llm_pool";
+/// The cluster that reaches a proxy's own admin interface: host-sim answers
+/// `/clusters?format=json` with the fleet's membership (`Fleet::pool`).
+pub const ADMIN_CLUSTER: &str = "wasm_epp_admin";
 use crate::proxy::{HttpRequest, PendingCall, Proxy, ProxyConfig, RequestOutcome};
 
 pub struct World {
@@ -150,6 +155,7 @@ impl World {
             };
             let reply = match peer {
                 Some(peer) => self.call_proxy(peer, &call),
+                None if call.cluster == ADMIN_CLUSTER => self.fleet.admin_clusters(POOL_CLUSTER),
                 None => self.fleet.http_call(now, &call.headers, call.timeout_ms),
             };
             self.seq += 1;

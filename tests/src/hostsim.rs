@@ -17,12 +17,25 @@ pub fn world_with(servers: Vec<SimServer>, plugin: Value, workers: usize, proxie
 
 /// `world_with`, running another module (bench-overhead's floor, say).
 pub fn world_of(wasm: &std::path::Path, servers: Vec<SimServer>, plugin: Value, workers: usize, proxies: usize) -> World {
+    world_from(wasm, servers, plugin, ProxyConfig { workers, ..Default::default() }, proxies)
+}
+
+/// Proxies without a singleton, as Istio's `WasmPlugin` or Envoy Gateway install the
+/// module: the workers elect their scraper.
+pub fn picker_only_world(servers: Vec<SimServer>, plugin: Value, workers: usize, proxies: usize) -> World {
+    let proxy = ProxyConfig { workers, singleton: false, ..Default::default() };
+    world_from(&crate::paths::epp_wasm(), servers, plugin, proxy, proxies)
+}
+
+/// A world of `proxies` built from `proxy` (its plugin configuration filled in: the
+/// fleet's addresses as `endpoints`, unless `plugin` names a `pool_cluster`, then `plugin`).
+pub fn world_from(wasm: &std::path::Path, servers: Vec<SimServer>, plugin: Value, mut proxy: ProxyConfig, proxies: usize) -> World {
     let fleet = Fleet::new(servers);
-    let mut config = json!({"endpoints": fleet.addresses()});
+    let mut config = if plugin.get("pool_cluster").is_some() { json!({}) } else { json!({"endpoints": fleet.addresses()}) };
     if let (Some(c), Some(p)) = (config.as_object_mut(), plugin.as_object()) {
         c.extend(p.clone());
     }
-    let proxy = ProxyConfig { plugin_config: config.to_string(), workers, ..Default::default() };
+    proxy.plugin_config = config.to_string();
     let world = World::new(wasm, fleet, proxies, proxy).expect("world");
     for p in &world.proxies {
         assert!(p.startup_errors.is_empty(), "{:?}", p.startup_errors);

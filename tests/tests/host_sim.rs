@@ -1,7 +1,7 @@
 //! Scenarios on the real dist/epp.wasm in host-sim: Envoy's topology (a singleton scraper,
 //! worker pickers sharing one vm_id's shared data), simulated vLLM servers, virtual time.
 
-use epp_tests::hostsim::{addr, chat, first, load, route, servers, world_with, DEST, MODEL};
+use epp_tests::hostsim::{addr, chat, first, load, picker_only_world, route, servers, world_with, DEST, MODEL};
 use host_sim::{Fault, Fleet, HttpRequest, ProxyConfig, RequestOutcome, SimServer, World};
 use model_sim::ServerParams;
 use serde_json::{json, Value};
@@ -54,9 +54,12 @@ fn unhealthy_servers_are_avoided_and_come_back() {
 }
 
 #[test]
-fn a_stopped_scraper_makes_the_table_stale_and_the_picker_fail_open() {
-    let mut w = world_with(servers(2, ServerParams::default()), json!({"stale_after_ms": 1000}), 2, 1);
+fn a_stopped_singleton_is_replaced_by_a_worker_and_until_then_pickers_fail_open() {
+    // A lease longer than the table's freshness, to see both: the stale table, then a
+    // worker taking the lease over.
+    let mut w = world_with(servers(2, ServerParams::default()), json!({"stale_after_ms": 1000, "scraper_lease_ms": 3000}), 2, 1);
     w.advance_ms(200);
+    assert_eq!(w.proxies[0].scraping_vms(), [0], "the singleton claims the lease");
     route(&mut w, 0, 0, &chat(MODEL));
     assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0);
     // The singleton dies (its VM failed): nothing publishes any more.
@@ -68,6 +71,87 @@ fn a_stopped_scraper_makes_the_table_stale_and_the_picker_fail_open() {
     let o = route(&mut w, 0, 1, &chat(MODEL));
     assert!(o.upstream_header(DEST).is_some());
     assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 1);
+    // The lease runs out 3 s after the singleton's last renewal: a worker scrapes.
+    w.advance_ms(2000);
+    let scraping = w.proxies[0].scraping_vms();
+    assert_eq!(scraping.len(), 1, "{scraping:?}");
+    assert_ne!(scraping[0], 0);
+    w.advance_ms(100);
+    route(&mut w, 0, 0, &chat(MODEL));
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 1, "scheduled again");
+}
+
+#[test]
+fn without_a_singleton_one_worker_scrapes_and_a_killed_one_is_replaced_within_the_lease() {
+    let n = 4;
+    let mut w = picker_only_world(servers(n, ServerParams::default()), json!({}), 4, 1);
+    w.advance_ms(1000);
+    let leaders = w.proxies[0].scraping_vms();
+    assert_eq!(leaders.len(), 1, "one of four workers scrapes: {leaders:?}");
+    // Each server is scraped every 50 ms by that one worker, not by four.
+    let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
+    let before = scrapes(&w);
+    w.advance_ms(1000);
+    let per_server = (scrapes(&w) - before) as f64 / n as f64;
+    assert!((18.0..=21.0).contains(&per_server), "{per_server} scrapes per server per second");
+
+    // Kill the leader; route through the others every 10 ms, through the gap.
+    let leader = leaders[0];
+    w.proxies[0].kill_worker(leader);
+    let killed_at = w.now_us();
+    let mut taken_over = None;
+    let mut decisions = 0;
+    for step in 0..150 {
+        let worker = (leader + 1 + step % 3) % 4;
+        let o = route(&mut w, 0, worker, &chat(MODEL));
+        assert!(o.upstream_header(DEST).is_some() && o.local_response.is_none(), "{o:?}");
+        decisions += 1;
+        w.advance_ms(10);
+        if taken_over.is_none() && !w.proxies[0].scraping_vms().is_empty() {
+            taken_over = Some(w.now_us() - killed_at);
+        }
+    }
+    let taken_over = taken_over.expect("another worker takes the lease");
+    assert!(taken_over <= 1_050_000, "taken over {taken_over} µs after the kill (lease 1000 ms)");
+    assert_ne!(w.proxies[0].scraping_vms(), [leader]);
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0, "{decisions} decisions, none failed open: the table stayed fresh");
+    assert_eq!(w.proxies[0].metric("wasm_epp.routed"), decisions);
+    // The new scraper carries the table on: its generations keep rising.
+    let generation = |w: &World| {
+        let state = w.proxies[0].state.borrow();
+        let bytes = &state.shared_data.get(epp::table::GENERATION_KEY).expect("a generation").0;
+        u64::from_le_bytes(bytes.as_slice().try_into().expect("8 bytes"))
+    };
+    let g = generation(&w);
+    w.advance_ms(200);
+    assert!(generation(&w) > g);
+
+    // Envoy reloads the dead VM: a fresh candidate, who finds the lease held.
+    w.proxies[0].reload_worker(leader).expect("reload");
+    w.advance_ms(2000);
+    assert_eq!(w.proxies[0].scraping_vms().len(), 1);
+    assert!(w.traps().iter().all(|t| t.contains("killed by the test")), "{:?}", w.traps());
+}
+
+#[test]
+fn a_scraper_root_id_on_the_http_filter_is_an_error_not_a_trap() {
+    let fleet = Fleet::new(servers(2, ServerParams::default()));
+    let config = json!({"endpoints": fleet.addresses()}).to_string();
+    let proxy = ProxyConfig { plugin_config: config, worker_root_id: "scraper".into(), singleton: false, workers: 2, ..Default::default() };
+    let mut w = World::new(&epp_tests::paths::epp_wasm(), fleet, 1, proxy).expect("world");
+    w.advance_ms(200);
+    let mut req = chat(MODEL);
+    req.headers.push((DEST.into(), addr(1)));
+    for _ in 0..3 {
+        let o = route(&mut w, 0, 0, &req);
+        assert!(o.trap.is_none() && o.local_response.is_none(), "{o:?}");
+        assert!(o.upstream_headers.is_some(), "the request passes");
+        assert_eq!(o.upstream_header(DEST), None, "a client's destination is never honoured");
+    }
+    let logs: Vec<String> = w.proxies[0].vms[0].state().logs.iter().map(|(_, m)| m.clone()).collect();
+    let told: Vec<&String> = logs.iter().filter(|m| m.contains("root_id \"picker\"")).collect();
+    assert_eq!(told.len(), 1, "said once, with what to do: {logs:?}");
+    assert!(w.traps().is_empty(), "{:?}", w.traps());
 }
 
 #[test]

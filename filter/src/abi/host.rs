@@ -91,15 +91,15 @@ pub fn set(gauge: Option<u32>, value: u64) {
     }
 }
 
-/// The in-flight gauge of each configured endpoint, in config order: what operators see
+/// An endpoint's in-flight gauge: what operators see
 /// (`wasmcustom.wasm_epp.in_flight.<ip>_<port>`), set by the scraper from the shared
 /// counts the pickers keep.
-pub fn in_flight_gauges(endpoints: &[String]) -> Vec<Option<u32>> {
-    endpoints
-        .iter()
-        .map(|e| {
-            // Stat names are dot-separated paths: keep the address in one segment.
-            gauge(&format!("wasm_epp.in_flight.{}", e.replace(['.', ':'], "_")))
-        })
-        .collect()
+pub fn in_flight_gauge(endpoint: &str) -> Option<u32> {
+    // Stat names are dot-separated paths: keep the address in one segment.
+    gauge(&format!("wasm_epp.in_flight.{}", endpoint.replace(['.', ':', '[', ']'], "_")))
+}
+
+/// A value of the proxy's shared data, if there is one.
+pub fn shared_bytes(key: &str) -> Option<Vec<u8>> {
+    hostcalls::get_shared_data(key).ok()?.0
 }

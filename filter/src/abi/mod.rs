@@ -18,15 +18,24 @@ proxy_wasm::main! {{
 
 enum Root {
     Unconfigured,
-    Scraper(scraper::ScraperRoot),
-    Picker(picker::PickerRoot),
+    /// The singleton: scrapes, picks nothing.
+    Scraper(scraper::Scraping),
+    /// A worker's HTTP filter: picks, and scrapes while it holds the scraper lease.
+    Picker(picker::PickerRoot, scraper::Scraping),
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize, _trailers: usize) {
-        if let Root::Scraper(s) = self {
+        if let Root::Scraper(s) | Root::Picker(_, s) = self {
             s.on_answer(token, headers, body_size);
         }
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Root::Scraper(s) | Root::Picker(_, s) = self {
+            s.stop();
+        }
+        true
     }
 }
 
@@ -42,12 +51,15 @@ impl RootContext for Root {
             }
         };
         *self = match role.as_str() {
-            "scraper" => match scraper::ScraperRoot::start(config) {
-                Some(s) => Root::Scraper(s),
-                None => return false,
-            },
+            "scraper" => {
+                if !host::tick_every(config.scrape_interval_ms) {
+                    log::error!("wasm-epp scraper: the host refused a tick period");
+                    return false;
+                }
+                Root::Scraper(scraper::Scraping::new(config, true))
+            }
             // An HTTP filter without a root_id is a picker too.
-            "picker" | "" => Root::Picker(picker::PickerRoot::new(config)),
+            "picker" | "" => Root::Picker(picker::PickerRoot::new(config.clone()), scraper::Scraping::new(config, false)),
             other => {
                 log::error!("wasm-epp: unknown root_id {other:?}: use \"scraper\" or \"picker\"");
                 return false;
@@ -60,15 +72,21 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         match self {
             Root::Scraper(s) => s.tick(),
-            Root::Picker(p) => p.tick(),
+            Root::Picker(p, s) => {
+                p.tick();
+                s.tick();
+            }
             Root::Unconfigured => {}
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         match self {
-            Root::Picker(p) => Some(Box::new(p.new_stream())),
-            _ => None,
+            Root::Picker(p, _) => Some(Box::new(p.new_stream())),
+            // The SDK traps on `None`, and the trapped VM would fail every request of the
+            // worker: a misplaced role gets a filter that says what is wrong and passes.
+            Root::Scraper(_) => Some(Box::new(picker::Misplaced::new("scraper"))),
+            Root::Unconfigured => Some(Box::new(picker::Misplaced::new("unconfigured"))),
         }
     }
 

@@ -7,8 +7,6 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
-use hashbrown::HashMap;
-
 use super::host;
 use crate::affinity;
 use crate::config::{Config, PEER_TOKEN_HEADER};
@@ -33,12 +31,8 @@ struct Shared {
     /// The table as last decoded, and the CAS it had: decode again only when it changes.
     table: Option<(u32, Table)>,
     stats: Stats,
-    /// Each configured endpoint's position in the configuration (where its in-flight count
-    /// is kept), by address and by row of the current table.
-    index: HashMap<String, usize>,
-    index_by_row: Vec<Option<usize>>,
-    /// Streams of this worker that ended, per endpoint (config order), not yet taken off
-    /// the shared in-flight counts: the next routed request's write does it, or the timer.
+    /// Streams of this worker that ended, per in-flight slot, not yet taken off the
+    /// shared in-flight counts: the next routed request's write does it, or the timer.
     ended: Vec<u32>,
     /// When the table's generation was last checked: at most once a millisecond.
     checked_ms: u64,
@@ -58,13 +52,13 @@ impl PickerRoot {
             fail_open: host::counter("wasm_epp.fail_open"),
             rejected: host::counter("wasm_epp.rejected"),
         };
-        let index = config.endpoints.iter().enumerate().map(|(i, e)| (e.clone(), i)).collect();
         let ended = vec![0; config.endpoints.len()];
-        if !host::tick_every(ENDED_FLUSH_MS) {
+        // The timer also drives this VM's bid for the scraper lease.
+        if !host::tick_every(ENDED_FLUSH_MS.min(config.scrape_interval_ms)) {
             log::warn!("wasm-epp picker: no timer: ended streams leave the in-flight counts with the next request");
         }
         let router = Router::from_config(config, seed);
-        let shared = Shared { router, table: None, stats, index, index_by_row: Vec::new(), ended, checked_ms: 0 };
+        let shared = Shared { router, table: None, stats, ended, checked_ms: 0 };
         PickerRoot { shared: Rc::new(RefCell::new(shared)) }
     }
 
@@ -97,7 +91,7 @@ impl Shared {
             return;
         }
         self.checked_ms = now_ms;
-        if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(GENERATION_KEY) {
+        if let Some(bytes) = host::shared_bytes(GENERATION_KEY) {
             let published = bytes.try_into().map(u64::from_le_bytes).ok();
             if published.is_some() && self.table.as_ref().map(|(_, t)| t.generation) == published {
                 return;
@@ -111,10 +105,7 @@ impl Shared {
             return;
         }
         match Table::decode(&bytes) {
-            Ok(t) => {
-                self.index_by_row = t.endpoints.iter().map(|e| self.index.get(&e.address).copied()).collect();
-                self.table = Some((cas, t));
-            }
+            Ok(t) => self.table = Some((cas, t)),
             Err(e) => log::warn!("wasm-epp picker: {e}"),
         }
     }
@@ -127,8 +118,7 @@ pub struct PickerStream {
     subset: Option<String>,
     decided: bool,
     explain: Option<String>,
-    /// The endpoint (config position) whose in-flight count this request is in, until
-    /// the stream ends.
+    /// The in-flight slot this request is counted in, until the stream ends.
     counted: Option<usize>,
 }
 
@@ -139,7 +129,7 @@ impl PickerStream {
         let mut shared = self.shared.borrow_mut();
         let now = host::now_ms();
         shared.refresh_table(now);
-        let Shared { router, table, stats, index, index_by_row, ended, .. } = &mut *shared;
+        let Shared { router, table, stats, ended, .. } = &mut *shared;
         let incoming = Incoming {
             model,
             prompt,
@@ -148,27 +138,29 @@ impl PickerStream {
             shared: Some(&host::HostStore),
         };
         let counts = in_flight::Snapshot::read(&host::HostStore);
-        let rows = &*index_by_row;
-        let mine_ended = |i: usize| i64::from(ended.get(i).copied().unwrap_or(0));
-        let now_in_flight =
-            |row: usize| rows.get(row).copied().flatten().map_or(0, |i| (counts.get(i) - mine_ended(i)).max(0));
+        let mine_ended = |slot: usize| i64::from(ended.get(slot).copied().unwrap_or(0));
+        let now_in_flight = |slot: usize| (counts.get(slot) - mine_ended(slot)).max(0);
         let outcome = router.decide(table.as_ref().map(|(_, t)| t), &incoming, now, &now_in_flight);
         match outcome {
-            Outcome::Route { endpoints, fail_open, explain, rewritten } => {
+            Outcome::Route { endpoints, slot, fail_open, explain, rewritten } => {
                 if let Some(target) = rewritten {
                     rewrite_body(body, &target);
                 }
-                let header = router.config.destination_header.as_str();
-                host::set_request_header(header, Some(&endpoints.join(",")));
+                // No endpoint known at all (failing open before the first membership):
+                // Envoy's own load balancer chooses.
+                if !endpoints.is_empty() {
+                    let header = router.config.destination_header.as_str();
+                    host::set_request_header(header, Some(&endpoints.join(",")));
+                }
                 host::increment(stats.routed);
                 if fail_open {
                     host::increment(stats.fail_open);
                 }
-                if let Some(&i) = endpoints.first().and_then(|e| index.get(e)) {
-                    if in_flight::apply(&host::HostStore, Some(counts), Some(i), ended) {
+                if let Some(slot) = slot {
+                    if in_flight::apply(&host::HostStore, Some(counts), Some(slot), ended) {
                         ended.fill(0);
                     }
-                    self.counted = Some(i);
+                    self.counted = Some(slot);
                 }
                 self.explain = explain;
                 Action::Continue
@@ -265,8 +257,12 @@ impl HttpContext for PickerStream {
 
     fn on_log(&mut self) {
         // The stream ended (answered, failed or cancelled): no longer in flight.
-        if let Some(i) = self.counted.take() {
-            if let Some(n) = self.shared.borrow_mut().ended.get_mut(i) {
+        if let Some(slot) = self.counted.take() {
+            let ended = &mut self.shared.borrow_mut().ended;
+            if slot < crate::discovery::MAX_HOSTS && ended.len() <= slot {
+                ended.resize(slot + 1, 0);
+            }
+            if let Some(n) = ended.get_mut(slot) {
                 *n = n.saturating_add(1);
             }
         }
@@ -295,5 +291,39 @@ impl PickerStream {
                 reject(&self.shared.borrow().stats, &r)
             }
         }
+    }
+}
+
+/// The HTTP filter of a plugin whose role is not the picker's (`root_id: scraper` installed
+/// as an HTTP filter, say): it tells the operator what to change, once per VM, and lets
+/// requests through untouched but for the destination header, which stays ours.
+pub struct Misplaced {
+    role: &'static str,
+}
+
+thread_local! {
+    static MISPLACED_LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Misplaced {
+    pub fn new(role: &'static str) -> Self {
+        Misplaced { role }
+    }
+}
+
+impl Context for Misplaced {}
+
+impl HttpContext for Misplaced {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if !MISPLACED_LOGGED.with(|l| l.replace(true)) {
+            log::error!(
+                "wasm-epp: this HTTP filter's plugin is {:?}, which picks nothing: give the HTTP filter root_id \"picker\" \
+                 (or none), and the scraper role only to a bootstrap_extensions singleton (or none: the pickers elect one \
+                 of themselves). Requests pass unrouted until then.",
+                self.role
+            );
+        }
+        host::set_request_header(crate::config::DEFAULT_DESTINATION_HEADER, None);
+        Action::Continue
     }
 }

@@ -1,5 +1,5 @@
 //! The scraper's glue: a timer, one HTTP call per probe through the metrics cluster, and
-//! the table published in shared data.
+//! the table published in shared data, by whichever VM holds the scraper lease.
 
 use std::time::Duration;
 
@@ -11,11 +11,61 @@ use super::host;
 use crate::affinity;
 use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::in_flight;
-use crate::scrape::{Probe, Scraper};
-use crate::table::{GENERATION_KEY, TABLE_KEY};
+use crate::lease::{Change, Lease};
+use crate::scrape::{Probe, ProbeRequest, Scraper};
+use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
 
 /// A page larger than this is not a metrics page we want to parse on the data plane.
 const MAX_PAGE_BYTES: usize = 8 << 20;
+
+/// The scraper role of one VM: it scrapes while it holds the lease. The singleton claims
+/// the lease when it starts; a worker bids for it on its tick.
+pub struct Scraping {
+    config: Config,
+    lease: Lease,
+    active: Option<ScraperRoot>,
+}
+
+impl Scraping {
+    pub fn new(config: Config, singleton: bool) -> Self {
+        let mut lease = Lease::new(host::random_u64(), config.scraper_lease_ms);
+        if singleton {
+            lease.claim(&host::HostStore, host::now_ms());
+        }
+        Scraping { config, lease, active: None }
+    }
+
+    pub fn tick(&mut self) {
+        match self.lease.tick(&host::HostStore, host::now_ms()) {
+            Change::Gained => {
+                log::info!("wasm-epp: this VM scrapes now (lease {:016x})", self.lease.id());
+                self.active = Some(ScraperRoot::start(self.config.clone()));
+            }
+            Change::Lost => {
+                log::info!("wasm-epp: another VM took the scraper lease; this one stops scraping");
+                self.active = None;
+            }
+            Change::Same => {}
+        }
+        if let Some(s) = &mut self.active {
+            s.tick();
+        }
+    }
+
+    pub fn on_answer(&mut self, token: u32, headers: usize, body_size: usize) {
+        if let Some(s) = &mut self.active {
+            s.on_answer(token, headers, body_size);
+        }
+    }
+
+    /// The plugin is going away: hand the lease on at once.
+    pub fn stop(&mut self) {
+        if self.lease.is_held() {
+            self.lease.release(&host::HostStore);
+        }
+        self.active = None;
+    }
+}
 
 pub struct ScraperRoot {
     scraper: Scraper,
@@ -23,43 +73,61 @@ pub struct ScraperRoot {
     pending: HashMap<u32, Call>,
     /// When to next ask the peers for their prefix assignments.
     next_peer_round_ms: u64,
-    /// The in-flight gauges operators see, in config order, and the values last set.
-    gauges: Vec<(Option<u32>, i64)>,
+    /// The in-flight gauges operators see, by endpoint address, and the values last set.
+    gauges: HashMap<String, (Option<u32>, i64)>,
 }
 
 enum Call {
-    /// A probe of the endpoint at this configuration index.
-    Probe(usize, Probe),
+    Probe(ProbeRequest),
+    /// The pool's membership, from the admin interface.
+    Discovery,
     /// The prefix assignments of a peer: the one at this index of `peers`, or (`None`)
     /// whichever replica the peer cluster chose.
     Peer(Option<usize>),
 }
 
 impl ScraperRoot {
-    pub fn start(config: Config) -> Option<Self> {
-        if !host::tick_every(config.scrape_interval_ms) {
-            log::error!("wasm-epp scraper: the host refused a tick period");
-            return None;
+    /// Scraping from now on, carrying on from the table last published, if any.
+    fn start(config: Config) -> Self {
+        let mut scraper = Scraper::new(config);
+        let published = host::shared_bytes(TABLE_KEY).map(|bytes| Table::decode(&bytes));
+        match published {
+            Some(Ok(table)) => scraper.resume(&table),
+            Some(Err(e)) => log::info!("wasm-epp scraper: starting afresh: {e}"),
+            None => {}
         }
-        let gauges = host::in_flight_gauges(&config.endpoints).into_iter().map(|g| (g, 0)).collect();
-        Some(ScraperRoot { scraper: Scraper::new(config), pending: HashMap::new(), next_peer_round_ms: 0, gauges })
+        ScraperRoot { scraper, pending: HashMap::new(), next_peer_round_ms: 0, gauges: HashMap::new() }
     }
 
-    pub fn tick(&mut self) {
+    fn tick(&mut self) {
         let now = host::now_ms();
         // A round still waiting on a slow server: publish what the others said.
         if self.scraper.is_dirty() {
             self.publish(now);
         }
+        if let Some(path) = self.scraper.discovery_due(now) {
+            let cluster = self.scraper.config().admin_cluster.clone();
+            let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", "envoy-admin"), ("user-agent", "wasm-epp")];
+            let timeout = Duration::from_millis(self.scraper.config().scrape_timeout_ms);
+            match hostcalls::dispatch_http_call(&cluster, headers, None, vec![], timeout) {
+                Ok(token) => {
+                    self.pending.insert(token, Call::Discovery);
+                }
+                Err(status) => {
+                    log::warn!("wasm-epp scraper: pool membership: dispatch to cluster {cluster:?} failed: {status:?}");
+                    self.scraper.on_discovery_failed();
+                }
+            }
+        }
         for probe in self.scraper.due(now) {
             let extra = [("accept", "text/plain, application/json")];
             match self.call(Some(&probe.address), &probe.path, &extra) {
                 Ok(token) => {
-                    self.pending.insert(token, Call::Probe(probe.endpoint, probe.probe));
+                    self.pending.insert(token, Call::Probe(probe));
                 }
                 Err(why) => {
                     log::warn!("wasm-epp scraper: {}: {why}", probe.address);
-                    self.scraper.on_failed(probe.endpoint, probe.probe, &why, now);
+                    self.scraper.on_failed(&probe, &why, now);
                 }
             }
         }
@@ -73,8 +141,21 @@ impl ScraperRoot {
     /// one read a tick instead of two host calls a request).
     fn show_in_flight(&mut self) {
         let counts = in_flight::Snapshot::read(&host::HostStore);
-        for (i, (gauge, shown)) in self.gauges.iter_mut().enumerate() {
-            let now = counts.get(i);
+        let mut members: Vec<(usize, String)> = Vec::new();
+        for (slot, address) in self.scraper.members() {
+            members.push((slot, address.to_string()));
+        }
+        // An endpoint that left shows 0: Envoy's stats cannot be removed.
+        self.gauges.retain(|address, (gauge, shown)| {
+            let stays = members.iter().any(|(_, a)| a == address);
+            if !stays && *shown != 0 {
+                host::set(*gauge, 0);
+            }
+            stays
+        });
+        for (slot, address) in members {
+            let now = counts.get(slot);
+            let (gauge, shown) = self.gauges.entry(address).or_insert_with_key(|a| (host::in_flight_gauge(a), 0));
             if now != *shown {
                 host::set(*gauge, now.max(0) as u64);
                 *shown = now;
@@ -126,7 +207,7 @@ impl ScraperRoot {
             .map_err(|status| format!("dispatch to cluster {cluster:?} failed: {status:?}"))
     }
 
-    pub fn on_answer(&mut self, token: u32, headers: usize, body_size: usize) {
+    fn on_answer(&mut self, token: u32, headers: usize, body_size: usize) {
         let Some(call) = self.pending.remove(&token) else { return };
         let now = host::now_ms();
         // Envoy answers a failed call (timeout, refused, reset) with no headers at all.
@@ -134,25 +215,38 @@ impl ScraperRoot {
             .then(|| host::header(MapType::HttpCallResponseHeaders, ":status"))
             .flatten()
             .and_then(|s| s.parse::<u32>().ok());
-        let (endpoint, probe) = match call {
-            Call::Probe(endpoint, probe) => (endpoint, probe),
+        let probe = match call {
+            Call::Probe(probe) => probe,
             Call::Peer(i) => return self.on_peer_answer(i, status, body_size),
+            Call::Discovery => return self.on_discovery(status, body_size),
         };
         if body_size > MAX_PAGE_BYTES {
             let why = format!("answer of {body_size} bytes is over the {MAX_PAGE_BYTES}-byte limit");
-            self.scraper.on_failed(endpoint, probe, &why, now);
+            self.scraper.on_failed(&probe, &why, now);
         } else {
             let body = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
-            if probe == Probe::Metrics {
+            if probe.probe == Probe::Metrics {
                 // What the page shows includes the requests in flight now (give or take the
                 // call's latency); later sends are the pickers' to count.
-                let in_flight = in_flight::Snapshot::read(&host::HostStore).get(endpoint);
-                self.scraper.note_in_flight(endpoint, in_flight);
+                let in_flight = in_flight::Snapshot::read(&host::HostStore).get(probe.slot);
+                self.scraper.note_in_flight(probe.slot, in_flight);
             }
-            self.scraper.on_answer(endpoint, probe, status, &body, now);
+            self.scraper.on_answer(&probe, status, &body, now);
         }
         if self.scraper.round_complete() {
             self.publish(now);
+        }
+    }
+
+    fn on_discovery(&mut self, status: Option<u32>, body_size: usize) {
+        let body = if body_size > MAX_PAGE_BYTES {
+            log::warn!("wasm-epp scraper: the admin answer of {body_size} bytes is over the {MAX_PAGE_BYTES}-byte limit");
+            Vec::new()
+        } else {
+            host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
+        };
+        if let Some(news) = self.scraper.on_discovery(status, &body) {
+            log::warn!("wasm-epp scraper: {news}");
         }
     }
 

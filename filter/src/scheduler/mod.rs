@@ -214,6 +214,7 @@ pub(crate) mod testing {
             models: vec!["base".into()],
             adapters: vec![],
             in_flight_at_scrape: 0,
+            ..Default::default()
         }
     }
 
