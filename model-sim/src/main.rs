@@ -74,6 +74,7 @@ struct Sim {
     streams: HashMap<u64, mpsc::UnboundedSender<Event>>,
     next_id: u64,
     fault: MetricsFault,
+    metrics_requests: u64,
 }
 
 #[derive(Clone)]
@@ -116,6 +117,7 @@ async fn main() {
             streams: HashMap::new(),
             next_id: 1,
             fault: MetricsFault::Ok,
+            metrics_requests: 0,
         })),
         wake: Arc::new(Notify::new()),
         start: Instant::now(),
@@ -130,6 +132,7 @@ async fn main() {
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/metrics", get(metrics_page))
         .route("/admin/fault", post(set_fault))
+        .route("/admin/stats", get(stats))
         .with_state(app);
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
         Ok(l) => l,
@@ -326,9 +329,15 @@ async fn models(State(app): State<App>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// What tests count that the page itself does not show: how often `/metrics` was read.
+async fn stats(State(app): State<App>) -> Response {
+    Json(serde_json::json!({"metrics_requests": app.lock().metrics_requests})).into_response()
+}
+
 async fn metrics_page(State(app): State<App>) -> Response {
     let (fault, page) = {
-        let sim = app.lock();
+        let mut sim = app.lock();
+        sim.metrics_requests += 1;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         (sim.fault, metrics::render(&sim.engine, now))
     };

@@ -48,6 +48,49 @@ pub struct Envoy {
     pub dir: PathBuf,
     child: Child,
     client: Client,
+    /// What the files Envoy watches (EDS, ECDS) are rendered with, to render them anew.
+    rendering: Rendering,
+}
+
+/// How a run's configuration files are made from the shipped ones.
+#[derive(Clone)]
+struct Rendering {
+    /// The files in `envoy/` that the main config names (`path: envoy/<file>`).
+    watched: Vec<String>,
+    endpoints: Vec<String>,
+    plugin: Value,
+    wasm: String,
+    without_picker: bool,
+    port: u16,
+    admin_port: u16,
+}
+
+impl Rendering {
+    /// The shipped `template` with this run's values, and how many plugin configurations
+    /// it held.
+    fn render(&self, template: &str, dir: &std::path::Path) -> (String, usize) {
+        let (mut text, n) = render_file(template, &self.endpoints, &self.plugin, &self.wasm, self.without_picker, self.port);
+        text = text.replace("port_value: 9901", &format!("port_value: {}", self.admin_port));
+        for file in &self.watched {
+            text = text.replace(&format!("path: envoy/{file}"), &format!("path: {}", dir.join(file).display()));
+        }
+        (text, n)
+    }
+
+    /// Writes watched file `file` anew, as Envoy wants it: moved into place whole.
+    fn write_watched(&self, file: &str, dir: &std::path::Path) -> usize {
+        let template = fs::read_to_string(paths::envoy_config(file)).expect("watched file");
+        let (text, n) = self.render(&template, dir);
+        let tmp = dir.join(format!(".{file}.tmp"));
+        fs::write(&tmp, text).expect("write");
+        fs::rename(&tmp, dir.join(file)).expect("move into place");
+        n
+    }
+}
+
+/// A port nothing listens on now (the admin's, which the admin cluster must name).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -59,6 +102,13 @@ pub fn render(template: &str, endpoints: &[String], plugin: &Value, wasm: &str, 
 
 /// `render`, with the listener on `port` (0: any free one).
 pub fn render_on(template: &str, endpoints: &[String], plugin: &Value, wasm: &str, without_picker: bool, port: u16) -> String {
+    let (text, replaced) = render_file(template, endpoints, plugin, wasm, without_picker, port);
+    assert!(replaced >= 1, "a plugin configuration was found in the template");
+    text.replace("port_value: 9901", "port_value: 0")
+}
+
+/// One shipped file with this run's values, and the number of plugin configurations it held.
+fn render_file(template: &str, endpoints: &[String], plugin: &Value, wasm: &str, without_picker: bool, port: u16) -> (String, usize) {
     let mut out = Vec::new();
     let mut skipping_picker = false;
     let mut lines = template.lines().peekable();
@@ -111,7 +161,13 @@ pub fn render_on(template: &str, endpoints: &[String], plugin: &Value, wasm: &st
                 lines.next();
             }
             let mut doc: Value = serde_json::from_str(&json).expect("the shipped plugin config is JSON");
-            doc["endpoints"] = serde_json::json!(endpoints);
+            // A listed pool gets this run's servers; a discovered one finds them in Envoy.
+            if doc.get("endpoints").is_some() || plugin.get("endpoints").is_some() {
+                doc["endpoints"] = serde_json::json!(endpoints);
+                if let Some(d) = doc.as_object_mut() {
+                    d.remove("pool_cluster");
+                }
+            }
             if let (Some(d), Some(p)) = (doc.as_object_mut(), plugin.as_object()) {
                 for (k, v) in p {
                     d.insert(k.clone(), v.clone());
@@ -123,12 +179,10 @@ pub fn render_on(template: &str, endpoints: &[String], plugin: &Value, wasm: &st
         }
         let line = line
             .replace("port_value: 10000", &format!("port_value: {port}"))
-            .replace("port_value: 9901", "port_value: 0")
             .replace("filename: dist/epp.wasm", &format!("filename: {wasm}"));
         out.push(line);
     }
-    assert_eq!(replaced_configs, 2, "both plugin configurations were found in the template");
-    out.join("\n") + "\n"
+    (out.join("\n") + "\n", replaced_configs)
 }
 
 impl Envoy {
@@ -144,9 +198,25 @@ impl Envoy {
         fs::create_dir_all(&dir).expect("temp dir");
         let template = fs::read_to_string(paths::envoy_config(options.config)).expect("config");
         let wasm = options.wasm.unwrap_or_else(paths::epp_wasm);
-        let port = options.listen_port.unwrap_or(0);
-        let mut config =
-            render_on(&template, endpoints, &options.plugin, &wasm.display().to_string(), options.without_picker, port);
+        let watched = template
+            .lines()
+            .filter_map(|l| l.split("path: envoy/").nth(1))
+            .map(|rest| rest.trim_end_matches(|c: char| c == '}' || c.is_whitespace()).to_string())
+            .collect();
+        let rendering = Rendering {
+            watched,
+            endpoints: endpoints.to_vec(),
+            plugin: options.plugin.clone(),
+            wasm: wasm.display().to_string(),
+            without_picker: options.without_picker,
+            port: options.listen_port.unwrap_or(0),
+            admin_port: free_port(),
+        };
+        let (mut config, mut plugins) = rendering.render(&template, &dir);
+        for file in &rendering.watched {
+            plugins += rendering.write_watched(file, &dir);
+        }
+        assert!(plugins >= 1 || options.without_picker, "a plugin configuration was found in {}", options.config);
         if !options.extra_clusters.is_empty() {
             config = config.replacen("\n  clusters:\n", &format!("\n  clusters:\n{}\n", options.extra_clusters.trim_end()), 1);
         }
@@ -206,7 +276,21 @@ impl Envoy {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        Ok(Envoy { listener, admin, dir, child, client })
+        Ok(Envoy { listener, admin, dir, child, client, rendering })
+    }
+
+    /// The pool is now `endpoints`: a new EDS file moved into place (configs that read
+    /// the pool from `envoy/llm_pool.eds.yaml`).
+    pub fn set_pool(&mut self, endpoints: &[String]) {
+        self.rendering.endpoints = endpoints.to_vec();
+        self.rendering.write_watched("llm_pool.eds.yaml", &self.dir);
+    }
+
+    /// The picker's plugin configuration is now the shipped one with `plugin` merged in: a
+    /// new ECDS file moved into place (configs that read `envoy/picker.ecds.yaml`).
+    pub fn set_plugin(&mut self, plugin: Value) {
+        self.rendering.plugin = plugin;
+        self.rendering.write_watched("picker.ecds.yaml", &self.dir);
     }
 
     pub fn url(&self, path: &str) -> String {

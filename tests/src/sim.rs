@@ -50,6 +50,12 @@ impl Sim {
         epp::prom::parse(&page).flatten().filter(|s| s.name == name).map(|s| s.value).sum()
     }
 
+    /// How many times `/metrics` was read (`metric` reads it too).
+    pub fn metrics_requests(&self) -> u64 {
+        let r = Client::new(Duration::from_secs(5)).get(&self.url("/admin/stats"));
+        r.json()["metrics_requests"].as_u64().unwrap_or(0)
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -242,3 +242,130 @@ fn the_original_dst_pool_variant_routes_by_load() {
     );
     assert_eq!(r.served_by(), Some(idle.addr.as_str()), "the client's header is replaced");
 }
+
+/// Posts chat requests from `threads` clients until `stop`, recording (when it was sent,
+/// who served it, its status) for each.
+fn traffic(envoy: &Envoy, threads: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<Vec<(Instant, String, u16)>>> {
+    (0..threads)
+        .map(|_| {
+            let url = envoy.url("/v1/chat/completions");
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let client = Client::new(Duration::from_secs(30));
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let r = client.post_json(&url, &chat(MODEL, "hello", 2));
+                    seen.push((sent, r.served_by().unwrap_or("").to_string(), r.status));
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+fn joined(handles: Vec<thread::JoinHandle<Vec<(Instant, String, u16)>>>) -> Vec<(Instant, String, u16)> {
+    let mut all: Vec<_> = handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect();
+    all.sort_by_key(|(t, _, _)| *t);
+    all
+}
+
+#[test]
+fn without_a_singleton_four_workers_elect_one_scraper() {
+    let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let envoy = Envoy::start(&addrs(&refs), EnvoyOptions { concurrency: 4, ..Default::default() });
+    envoy.wait_for_table();
+    let config = std::fs::read_to_string(envoy.dir.join("envoy.yaml")).expect("the rendered config");
+    assert!(!config.contains("\nbootstrap_extensions:") && !config.contains("singleton: true"), "envoy.yaml declares no singleton");
+    let fail_open = envoy.stat("wasmcustom.wasm_epp.fail_open");
+    let before: Vec<u64> = sims.iter().map(Sim::metrics_requests).collect();
+    let started = Instant::now();
+    let served = served_by(&envoy, MODEL, 40);
+    assert_eq!(served.len(), 2, "scheduled over both: {served:?}");
+    thread::sleep(Duration::from_millis(2000).saturating_sub(started.elapsed()));
+    let rates: Vec<f64> = sims
+        .iter()
+        .zip(&before)
+        .map(|(s, b)| (s.metrics_requests() - b) as f64 / started.elapsed().as_secs_f64())
+        .collect();
+    // One scraper at 50 ms: 20 a second per server; four would make 80.
+    assert!(rates.iter().all(|r| (14.0..=26.0).contains(r)), "/metrics per server per second: {rates:?}");
+    let leaders = envoy.log().matches("this VM scrapes now").count();
+    assert_eq!(leaders, 1, "one worker took the lease and kept it:\n{}", envoy.log());
+    assert_eq!(envoy.stat("wasmcustom.wasm_epp.fail_open"), fail_open);
+}
+
+#[test]
+fn the_pool_follows_eds_under_traffic() {
+    let sims: Vec<Sim> = (0..4).map(|_| Sim::start(&[])).collect();
+    let all = addrs(&sims.iter().collect::<Vec<_>>());
+    let mut envoy = Envoy::start(&all[..2], EnvoyOptions { config: "envoy-dynamic.yaml", ..Default::default() });
+    envoy.wait_for_table();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = traffic(&envoy, 4, &stop);
+    thread::sleep(Duration::from_millis(500));
+
+    // Two servers join.
+    let joined_at = Instant::now();
+    envoy.set_pool(&all);
+    thread::sleep(Duration::from_millis(2000));
+    // One of the first two leaves; wait until Envoy has dropped it.
+    envoy.set_pool(&all[1..]);
+    let admin = format!("http://{}/clusters?format=json&filter=%5Ellm_pool%24", envoy.admin);
+    let dropped_at = wait_for("Envoy to drop the host", Duration::from_secs(5), || {
+        let page = envoy.client().get(&admin).body;
+        (!page.contains(&format!("\"port_value\": {}", all[0].rsplit_once(':').map_or("", |p| p.1)))
+            && !page.contains(&format!("\"port_value\":{}", all[0].rsplit_once(':').map_or("", |p| p.1))))
+        .then(Instant::now)
+    });
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = joined(clients);
+
+    let failed: Vec<_> = seen.iter().filter(|(_, _, status)| *status != 200).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), seen.len());
+    for newcomer in &all[2..] {
+        let first = seen.iter().find(|(_, by, _)| by == newcomer).map(|(t, _, _)| t.duration_since(joined_at));
+        let first = first.unwrap_or_else(|| panic!("{newcomer} never served"));
+        assert!(first < Duration::from_secs(1), "{newcomer} first served {first:?} after it joined");
+        eprintln!("{newcomer} first served {} ms after the EDS update", first.as_millis());
+    }
+    let after_drop = seen.iter().filter(|(t, by, _)| *t > dropped_at && by == &all[0]).count();
+    assert_eq!(after_drop, 0, "the removed server got requests after Envoy dropped it");
+    eprintln!("{} requests, none failed", seen.len());
+}
+
+#[test]
+fn a_new_plugin_configuration_takes_effect_under_traffic() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let mut envoy = Envoy::start(&addrs(&refs), EnvoyOptions { config: "envoy-dynamic.yaml", ..Default::default() });
+    envoy.wait_for_table();
+    let explained = |envoy: &Envoy| envoy.post("/v1/chat/completions", &chat(MODEL, "hi", 1)).header("x-wasm-epp-explain").is_some();
+    assert!(!explained(&envoy));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = traffic(&envoy, 4, &stop);
+    thread::sleep(Duration::from_millis(300));
+    let fail_open = envoy.stat("wasmcustom.wasm_epp.fail_open");
+
+    // A new profile and the explain header, pushed over ECDS.
+    envoy.set_plugin(json!({"explain": true, "scheduler": "gie-default"}));
+    let took = Instant::now();
+    wait_for("the new configuration", Duration::from_secs(10), || explained(&envoy).then_some(()));
+    eprintln!("new configuration in effect after {} ms", took.elapsed().as_millis());
+    let text = envoy.post("/v1/chat/completions", &chat(MODEL, "hi", 1));
+    let text = text.header("x-wasm-epp-explain").unwrap_or_default().to_string();
+    assert!(text.contains("kv-cache-utilization-scorer") && !text.contains("running-requests-scorer"), "gie-default: {text}");
+    thread::sleep(Duration::from_millis(1000));
+    // And back, once more.
+    envoy.set_plugin(json!({}));
+    wait_for("the old configuration", Duration::from_secs(10), || (!explained(&envoy)).then_some(()));
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let seen = joined(clients);
+    let failed: Vec<_> = seen.iter().filter(|(_, _, status)| *status != 200).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), seen.len());
+    assert_eq!(envoy.stat("wasmcustom.wasm_epp.fail_open"), fail_open, "the table stayed fresh through both pushes");
+    assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
+}
