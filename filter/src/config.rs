@@ -96,6 +96,11 @@ pub struct Config {
     pub peer_cluster_calls: usize,
     #[serde(default = "defaults::peer_path")]
     pub peer_path: String,
+    /// With peers, each replica scrapes only its share of the endpoints and takes the
+    /// other rows from their owners: a model server is scraped by one replica, however
+    /// many there are.
+    #[serde(default = "defaults::share_scrapes")]
+    pub share_scrapes: bool,
     #[serde(default = "defaults::peer_interval_ms")]
     pub peer_interval_ms: u64,
     /// If set, `peer_path` answers only requests whose `x-wasm-epp-peer-token` header is
@@ -149,7 +154,10 @@ mod defaults {
         2
     }
     pub fn peer_path() -> String {
-        "/.wasm-epp/v1/affinity".into()
+        "/.wasm-epp/v2/peer".into()
+    }
+    pub fn share_scrapes() -> bool {
+        true
     }
     pub fn peer_interval_ms() -> u64 {
         100
@@ -176,6 +184,21 @@ impl Config {
     /// Replicas exchange prefix assignments (listed, or through a cluster).
     pub fn has_peers(&self) -> bool {
         !self.peers.is_empty() || !self.peer_cluster.is_empty()
+    }
+
+    /// Replicas scrape their shares and exchange rows.
+    pub fn shares_scrapes(&self) -> bool {
+        self.has_peers() && self.share_scrapes
+    }
+
+    /// How often peers are asked for their records: at the scrape pace where rows travel
+    /// that way, so that a shared row is no older than two intervals.
+    pub fn peer_round_ms(&self) -> u64 {
+        if self.shares_scrapes() {
+            self.peer_interval_ms.min(self.scrape_interval_ms)
+        } else {
+            self.peer_interval_ms
+        }
     }
 
     /// The pool comes from Envoy's membership of `pool_cluster`, not from a list.

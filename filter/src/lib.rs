@@ -12,6 +12,7 @@ pub mod errors;
 pub mod in_flight;
 pub mod lease;
 pub mod models;
+pub mod peer;
 pub mod prefix;
 pub mod prom;
 pub mod request;

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::discovery::{self, Membership};
 use crate::engine;
 use crate::models;
+use crate::peer::{self, Share};
 use crate::table::{EndpointState, Health, Table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct Scraper {
     next_discovery_ms: u64,
     /// The last discovery failure, so that a lasting one is logged once.
     discovery_error: Option<String>,
+    /// Replicas that share their scrapes (`share_scrapes`): who scrapes what.
+    share: Option<Share>,
 }
 
 impl Scraper {
@@ -78,7 +81,70 @@ impl Scraper {
             discovery_in_flight: false,
             next_discovery_ms: 0,
             discovery_error: None,
+            share: None,
         }
+    }
+
+    /// Scrapes only this replica's share from now on, and takes the rest from peers.
+    pub fn share_as(&mut self, replica: u64) {
+        let silence = (4 * self.config.peer_round_ms()).max(1000);
+        self.share = Some(Share::new(replica, silence));
+    }
+
+    /// A row another replica scraped is trusted while no older than this.
+    fn shared_row_lifetime_ms(&self) -> u64 {
+        3 * self.config.scrape_interval_ms + self.config.peer_round_ms()
+    }
+
+    /// A peer's record: it is alive, and its rows replace older ones of endpoints this
+    /// replica does not scrape itself. `in_flight` gives this proxy's count for a slot
+    /// now, which stands for the count at the peer's scrape.
+    pub fn adopt(&mut self, record: &peer::Record, now_ms: u64, in_flight: &dyn Fn(usize) -> i64) {
+        let Some(share) = &mut self.share else { return };
+        share.heard(record.replica, now_ms);
+        let share = share.clone();
+        for row in &record.rows {
+            let owner = share.owner(&row.address, now_ms);
+            if owner == share.me {
+                continue;
+            }
+            let Some((slot, t)) = self.targets.iter_mut().enumerate().find(|(_, t)| !t.gone && t.state.address == row.address) else {
+                continue;
+            };
+            // The owner's row wins over a stand-in's (this replica's, while it had not
+            // heard the owner), and a newer row over an older one.
+            let from_owner = row.scraped_by == owner;
+            let newer = row.checked_ms > t.state.checked_ms;
+            let replaces_stand_in = from_owner && t.state.scraped_by != owner && row.checked_ms >= t.state.checked_ms;
+            if !(newer || replaces_stand_in) {
+                continue;
+            }
+            let s = &mut t.state;
+            s.health = row.health.clone();
+            s.metrics = row.metrics.clone();
+            s.checked_ms = row.checked_ms;
+            s.last_ok_ms = row.last_ok_ms;
+            s.scraped_by = row.scraped_by;
+            s.in_flight_at_scrape = in_flight(slot);
+            t.labelled = row.models.clone();
+            merge_models(t);
+            self.dirty = true;
+        }
+    }
+
+    /// Leave the metrics of `t` to its owner: another replica scrapes it, and its rows
+    /// are coming.
+    fn left_to_peer(&self, t: &Target, now_ms: u64) -> bool {
+        let Some(share) = &self.share else { return false };
+        share.owner(&t.state.address, now_ms) != share.me
+            && t.state.scraped_by != 0
+            && t.state.scraped_by != share.me
+            && now_ms.saturating_sub(t.state.checked_ms) <= self.shared_row_lifetime_ms()
+    }
+
+    /// The replicas alive as this one hears them (1 without sharing).
+    pub fn replicas_alive(&self, now_ms: u64) -> usize {
+        self.share.as_ref().map_or(1, |s| s.alive(now_ms))
     }
 
     /// Carries on from the table another scraper published: the generations go on rising,
@@ -120,8 +186,9 @@ impl Scraper {
         let mut out = Vec::new();
         let models_on = !self.config.models_path.is_empty();
         let interval = self.config.scrape_interval_ms;
+        let leave: Vec<bool> = self.targets.iter().map(|t| self.left_to_peer(t, now_ms)).collect();
         for (slot, t) in self.targets.iter_mut().enumerate().filter(|(_, t)| !t.gone) {
-            if !t.metrics_in_flight && now_ms >= t.next_metrics_ms {
+            if !t.metrics_in_flight && now_ms >= t.next_metrics_ms && !leave[slot] {
                 t.metrics_in_flight = true;
                 // On the interval's beat even when ticks come late, without catching up
                 // after a stall.
@@ -222,6 +289,7 @@ impl Scraper {
         let engine = self.config.engine;
         let models_interval = self.config.models_interval_ms;
         let scrape_interval = self.config.scrape_interval_ms;
+        let me = self.share.as_ref().map_or(0, |s| s.me);
         // An endpoint that left the pool while its probe was out has nothing to update.
         let Some(t) = self.targets.get_mut(probe.slot).filter(|t| t.is(probe)) else { return };
         self.dirty = true;
@@ -229,6 +297,7 @@ impl Scraper {
             Probe::Metrics => {
                 t.metrics_in_flight = false;
                 t.state.checked_ms = now_ms;
+                t.state.scraped_by = me;
                 let result = match status {
                     None => Err("no answer (timeout, refused or reset)".to_string()),
                     Some(200) => std::str::from_utf8(body)
@@ -261,14 +330,7 @@ impl Scraper {
                 t.next_models_ms = now_ms + wait;
             }
         }
-        let (mut base, adapters) = t.listed.clone().unwrap_or_default();
-        for m in &t.labelled {
-            if !base.contains(m) && !adapters.contains(m) {
-                base.push(m.clone());
-            }
-        }
-        t.state.models = base;
-        t.state.adapters = adapters;
+        merge_models(t);
     }
 
     /// The pickers' in-flight count for the endpoint in `slot` as its metrics page is read.
@@ -326,6 +388,18 @@ impl Scraper {
             endpoints: self.targets.iter().filter(|t| !t.gone).map(|t| t.state.clone()).collect(),
         }
     }
+}
+
+/// The models a target serves: what `/v1/models` lists, and the metrics labels' names.
+fn merge_models(t: &mut Target) {
+    let (mut base, adapters) = t.listed.clone().unwrap_or_default();
+    for m in &t.labelled {
+        if !base.contains(m) && !adapters.contains(m) {
+            base.push(m.clone());
+        }
+    }
+    t.state.models = base;
+    t.state.adapters = adapters;
 }
 
 #[cfg(test)]
@@ -508,5 +582,46 @@ mod tests {
         let mut next = scraper();
         next.resume(&before);
         assert_eq!(next.publish(30).endpoints, before.endpoints);
+    }
+
+    #[test]
+    fn replicas_scrape_their_shares_and_take_the_rest_from_peers() {
+        let endpoints: Vec<String> = (0..16).map(|i| format!("10.0.0.{i}:8000")).collect();
+        let config = serde_json::json!({"endpoints": endpoints, "peers": ["10.1.0.1:10000", "10.1.0.2:10000"], "models_path": ""});
+        let config = Config::parse(config.to_string().as_bytes()).unwrap();
+        let (mut a, mut b) = (Scraper::new(config.clone()), Scraper::new(config));
+        a.share_as(1);
+        b.share_as(2);
+        // Before they hear each other, each scrapes everything.
+        assert_eq!(a.due(0).len(), 16);
+        for p in b.due(0) {
+            b.on_answer(&p, Some(200), PAGE, 5);
+        }
+        let record = |s: &mut Scraper, me: u64, now: u64| {
+            let rows = s.publish(now).endpoints.into_iter().filter(|r| r.scraped_by == me).collect();
+            peer::Record { replica: me, rows, affinity: vec![] }
+        };
+        let from_b = record(&mut b, 2, 10);
+        assert_eq!(from_b.rows.len(), 16);
+        a.adopt(&from_b, 10, &|_| 3);
+        let t = a.publish(10);
+        let taken: Vec<&EndpointState> = t.endpoints.iter().filter(|e| e.scraped_by == 2).collect();
+        assert!((3..=13).contains(&taken.len()), "a takes b's share: {}", taken.len());
+        assert!(taken.iter().all(|e| e.health == Health::Healthy && e.metrics.waiting == 4 && e.in_flight_at_scrape == 3));
+        // Now a scrapes only its own share (its first probes answered, the beat come round).
+        for p in a.due(0) {
+            let _ = p;
+        }
+        let owned = 16 - taken.len();
+        let mut probes = Vec::new();
+        a.targets.iter_mut().for_each(|t| t.metrics_in_flight = false);
+        probes.extend(a.due(60));
+        assert_eq!(probes.len(), owned, "only its share");
+        // b falls silent: past the rows' lifetime a scrapes them again, past the silence
+        // it owns everything.
+        a.targets.iter_mut().for_each(|t| t.metrics_in_flight = false);
+        assert_eq!(a.due(10 + a.shared_row_lifetime_ms() + 50).len(), 16);
+        assert_eq!(a.replicas_alive(10), 2);
+        assert_eq!(a.replicas_alive(5000), 1);
     }
 }

@@ -47,6 +47,9 @@ pub struct EndpointState {
     /// This proxy's requests in flight to it when the metrics were read: what it sent
     /// after that is load the metrics cannot show yet.
     pub in_flight_at_scrape: i64,
+    /// The replica whose scraper read these numbers (`peer::replica_id`); 0 where replicas
+    /// do not share their scrapes.
+    pub scraped_by: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -180,6 +183,7 @@ mod tests {
                 models: vec!["llama".into()],
                 adapters: vec![],
                 in_flight_at_scrape: 2,
+                scraped_by: 0,
             }],
         }
     }

@@ -7,7 +7,7 @@ use model_sim::ServerParams;
 use serde_json::{json, Value};
 
 const SUBSET: &str = "x-gateway-destination-endpoint-subset";
-const AFFINITY_PATH: &str = "/.wasm-epp/v1/affinity";
+const PEER_PATH: &str = "/.wasm-epp/v2/peer";
 
 /// A request whose prompt is long enough to have a placement anchor.
 fn long_chat(topic: &str) -> HttpRequest {
@@ -94,7 +94,7 @@ fn replicas_that_chose_apart_settle_on_one_endpoint() {
 #[test]
 fn the_record_is_served_only_to_peers() {
     let get = |token: Option<&str>| {
-        let mut req = HttpRequest::get(AFFINITY_PATH);
+        let mut req = HttpRequest::get(PEER_PATH);
         req.headers.extend(token.map(|t| ("x-wasm-epp-peer-token".to_string(), t.to_string())));
         req
     };
@@ -116,15 +116,102 @@ fn the_record_is_served_only_to_peers() {
     }
     let (status, body) = record(&mut w, &get(Some("s3cret"))).expect("answered");
     assert_eq!(status, 200);
+    let body = epp::peer::Record::decode(&body).expect("a peer record");
     let magic = b"wasm-epp affinity v1\n";
-    assert!(body.starts_with(magic) && body.len() > magic.len(), "{} bytes", body.len());
-    assert_eq!((body.len() - magic.len()) % 12, 0);
+    let affinity = &body.affinity;
+    assert!(affinity.starts_with(magic) && affinity.len() > magic.len(), "{} bytes", affinity.len());
+    assert_eq!((affinity.len() - magic.len()) % 12, 0);
+    assert!(!body.rows.is_empty() && body.rows.iter().all(|r| r.scraped_by == body.replica), "its own share of the scrapes");
     // With the token the replicas exchanged: both hold the same record.
     w.advance_ms(500);
     let other = {
         let o = w.request(1, 0, &get(Some("s3cret")));
         w.finish(1, &o, 200);
-        o.local_response.expect("answered").body
+        epp::peer::Record::decode(&o.local_response.expect("answered").body).expect("a peer record")
     };
-    assert_eq!(other, body, "the other replica adopted the prefix");
+    assert_eq!(other.affinity, body.affinity, "the other replica adopted the prefix");
+    assert_ne!(other.replica, body.replica);
+}
+
+/// Scrape load and data age for `replicas` gateway replicas × 4 workers (no singleton) over
+/// 64 servers, with or without shared scrapes: (`/metrics` per server per second, p50 and
+/// p99 age in ms of the row behind each decision, decisions).
+fn scrape_load(replicas: usize, share: bool) -> (f64, u64, u64, usize) {
+    let peers: Vec<String> = (0..replicas).map(World::proxy_address).collect();
+    let plugin = json!({"peers": peers, "share_scrapes": share, "models_path": ""});
+    let mut w = epp_tests::hostsim::picker_only_world(servers(64, ServerParams::default()), plugin, 4, replicas);
+    w.advance_ms(1000);
+    let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
+    let before = scrapes(&w);
+    let mut ages = Vec::new();
+    let seconds = 2;
+    for i in 0..seconds * 500 {
+        let proxy = i % replicas;
+        let o = route(&mut w, proxy, i / replicas, &epp_tests::hostsim::chat(MODEL));
+        let chosen = first(&o);
+        let table = {
+            let state = w.proxies[proxy].state.borrow();
+            let bytes = state.shared_data.get(epp::table::TABLE_KEY).map(|(b, _)| b.clone()).unwrap_or_default();
+            epp::table::Table::decode(&bytes).expect("a table")
+        };
+        let row = table.endpoints.iter().find(|e| e.address == chosen).expect("the chosen endpoint's row");
+        ages.push(w.now_us() / 1000 - row.checked_ms);
+        w.advance_ms(2);
+    }
+    let per_server = (scrapes(&w) - before) as f64 / 64.0 / seconds as f64;
+    ages.sort_unstable();
+    let pct = |p: f64| ages[((ages.len() - 1) as f64 * p) as usize];
+    assert_eq!(w.proxies.iter().map(|p| p.metric("wasm_epp.fail_open")).sum::<i64>(), 0);
+    (per_server, pct(0.5), pct(0.99), ages.len())
+}
+
+#[test]
+fn scrape_load_does_not_grow_with_the_replica_count() {
+    for replicas in [1, 4, 16] {
+        let (per_server, p50, p99, n) = scrape_load(replicas, true);
+        eprintln!("{replicas:>2} replicas x 4 workers, 64 servers, shared: {per_server:.1} /metrics per server per second, data age p50 {p50} ms p99 {p99} ms ({n} decisions)");
+        assert!(per_server <= 25.0, "{replicas} replicas: {per_server} scrapes per server per second");
+        assert!(p99 < 150, "{replicas} replicas: data age p99 {p99} ms");
+    }
+    // The same 4 replicas without sharing: every one scrapes every server.
+    let (alone, _, p99, _) = scrape_load(4, false);
+    eprintln!(" 4 replicas x 4 workers, 64 servers, not shared: {alone:.1} /metrics per server per second, data age p99 {p99} ms");
+    assert!(alone >= 70.0, "{alone}");
+}
+
+#[test]
+fn a_replica_whose_peer_is_gone_scrapes_everything_again() {
+    let peers: Vec<String> = (0..2).map(World::proxy_address).collect();
+    let mut w = epp_tests::hostsim::picker_only_world(servers(16, ServerParams::default()), json!({"peers": peers, "models_path": ""}), 2, 2);
+    w.advance_ms(1000);
+    let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
+    let rate = |w: &mut World| {
+        let before = scrapes(w);
+        w.advance_ms(1000);
+        (scrapes(w) - before) as f64 / 16.0
+    };
+    let shared = rate(&mut w);
+    assert!((18.0..=22.0).contains(&shared), "two replicas share: {shared} per server per second");
+    // Replica 1 dies whole. Its rows age out within a few intervals; replica 0 scrapes them.
+    for vm in &mut w.proxies[1].vms {
+        vm.failed = Some("killed by the test".into());
+    }
+    let died = w.now_us();
+    let mut all_fresh = None;
+    for _ in 0..100 {
+        w.advance_ms(10);
+        let o = route(&mut w, 0, 0, &epp_tests::hostsim::chat(MODEL));
+        assert!(o.upstream_header(DEST).is_some());
+        let state = w.proxies[0].state.borrow();
+        let table = epp::table::Table::decode(&state.shared_data[epp::table::TABLE_KEY].0).expect("a table");
+        let now_ms = w.now_us() / 1000;
+        if all_fresh.is_none() && table.endpoints.iter().all(|e| now_ms - e.checked_ms <= 100 && e.scraped_by == table.endpoints[0].scraped_by) {
+            all_fresh = Some((w.now_us() - died) / 1000);
+        }
+    }
+    let took = all_fresh.expect("replica 0 scrapes every server itself");
+    assert!(took <= 400, "{took} ms after the peer died");
+    let alone = rate(&mut w);
+    assert!((18.0..=22.0).contains(&alone), "one replica scrapes everything: {alone}");
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0);
 }

@@ -12,6 +12,7 @@ use crate::affinity;
 use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::errors::Rejection;
 use crate::in_flight;
+use crate::peer;
 use crate::request;
 use crate::route::{Incoming, Outcome, Router, OBJECTIVE_HEADER, SUBSET_HEADER};
 use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
@@ -181,9 +182,16 @@ fn rewrite_body(body: &[u8], target: &str) {
     host::set_request_header("content-length", Some(&new.len().to_string()));
 }
 
-/// Answers a peer with the record of prefix assignments (`affinity::export`).
-fn serve_affinity() -> Action {
-    let record = affinity::export(&host::HostStore);
+/// Answers a peer with this replica's record: the rows it scraped itself (where replicas
+/// share their scrapes) and its prefix assignments.
+fn serve_peer(table: Option<&Table>, shares: bool, rows_only: bool) -> Action {
+    let replica = if shares { peer::replica_id(&host::HostStore, host::random_u64()) } else { 0 };
+    let rows = match table {
+        Some(t) if shares => t.endpoints.iter().filter(|e| e.scraped_by == replica).cloned().collect(),
+        _ => Vec::new(),
+    };
+    let affinity = if rows_only { Vec::new() } else { affinity::export(&host::HostStore) };
+    let record = peer::Record { replica, rows, affinity }.encode();
     let headers = vec![("content-type", "application/octet-stream"), ("cache-control", "no-store")];
     if let Err(e) = hostcalls::send_http_response(200, headers, Some(&record)) {
         log::warn!("wasm-epp picker: could not answer a peer: {e:?}");
@@ -213,7 +221,11 @@ impl HttpContext for PickerStream {
         self.subset = host::header(MapType::HttpRequestHeaders, SUBSET_HEADER);
         if self.is_peer_request() {
             self.decided = true;
-            return serve_affinity();
+            let mut shared = self.shared.borrow_mut();
+            shared.refresh_table(host::now_ms());
+            let shares = shared.router.config.shares_scrapes();
+            let rows_only = host::header(MapType::HttpRequestHeaders, peer::WANT_HEADER).as_deref() == Some(peer::WANT_ROWS);
+            return serve_peer(shared.table.as_ref().map(|(_, t)| t), shares, rows_only);
         }
         if end_of_stream {
             return self.decide(None, &[], &[]);

@@ -12,6 +12,7 @@ use crate::affinity;
 use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::in_flight;
 use crate::lease::{Change, Lease};
+use crate::peer;
 use crate::scrape::{Probe, ProbeRequest, Scraper};
 use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
 
@@ -71,8 +72,8 @@ pub struct ScraperRoot {
     scraper: Scraper,
     /// Call token → what the call asked.
     pending: HashMap<u32, Call>,
-    /// When to next ask the peers for their prefix assignments.
-    next_peer_round_ms: u64,
+    /// When to ask the peers for their records.
+    peer_rounds: peer::Rounds,
     /// The in-flight gauges operators see, by endpoint address, and the values last set.
     gauges: HashMap<String, (Option<u32>, i64)>,
 }
@@ -89,14 +90,18 @@ enum Call {
 impl ScraperRoot {
     /// Scraping from now on, carrying on from the table last published, if any.
     fn start(config: Config) -> Self {
+        let shares = config.shares_scrapes();
         let mut scraper = Scraper::new(config);
+        if shares {
+            scraper.share_as(peer::replica_id(&host::HostStore, host::random_u64()));
+        }
         let published = host::shared_bytes(TABLE_KEY).map(|bytes| Table::decode(&bytes));
         match published {
             Some(Ok(table)) => scraper.resume(&table),
             Some(Err(e)) => log::info!("wasm-epp scraper: starting afresh: {e}"),
             None => {}
         }
-        ScraperRoot { scraper, pending: HashMap::new(), next_peer_round_ms: 0, gauges: HashMap::new() }
+        ScraperRoot { scraper, pending: HashMap::new(), peer_rounds: peer::Rounds::default(), gauges: HashMap::new() }
     }
 
     fn tick(&mut self) {
@@ -131,9 +136,7 @@ impl ScraperRoot {
                 }
             }
         }
-        if now >= self.next_peer_round_ms {
-            self.ask_peers(now);
-        }
+        self.ask_peers(now);
         self.show_in_flight();
     }
 
@@ -163,24 +166,23 @@ impl ScraperRoot {
         }
     }
 
-    /// Asks every listed peer not already asked for its prefix assignments, and the peer
-    /// cluster, if any, `peer_cluster_calls` times less the calls still out.
+    /// Asks the peers for their records, as `peer::Rounds` plans it.
     fn ask_peers(&mut self, now: u64) {
+        let outstanding: Vec<Option<usize>> =
+            self.pending.values().filter_map(|c| if let Call::Peer(p) = c { Some(*p) } else { None }).collect();
         let config = self.scraper.config();
-        self.next_peer_round_ms = now + config.peer_interval_ms;
-        let (path, token) = (config.peer_path.clone(), config.peer_token.clone());
-        let extra = [(PEER_TOKEN_HEADER, token.as_str())];
-        let extra: &[(&str, &str)] = if token.is_empty() { &[] } else { &extra };
-        let asked = |i: usize| self.pending.values().any(|c| matches!(c, Call::Peer(Some(p)) if *p == i));
-        let mut calls: Vec<Option<usize>> = (0..config.peers.len()).filter(|&i| !asked(i)).map(Some).collect();
-        if !config.peer_cluster.is_empty() {
-            let out = self.pending.values().filter(|c| matches!(c, Call::Peer(None))).count();
-            calls.extend((out..config.peer_cluster_calls).map(|_| None));
+        let Some(round) = self.peer_rounds.due(config, now, &outstanding) else { return };
+        let (path, token, peers) = (config.peer_path.clone(), config.peer_token.clone(), config.peers.clone());
+        let mut extra = Vec::new();
+        if !token.is_empty() {
+            extra.push((PEER_TOKEN_HEADER, token.as_str()));
         }
-        let peers = config.peers.clone();
-        for i in calls {
+        if !round.full {
+            extra.push((peer::WANT_HEADER, peer::WANT_ROWS));
+        }
+        for i in round.calls {
             let address = i.and_then(|i| peers.get(i)).map(String::as_str);
-            match self.call(address, &path, extra) {
+            match self.call(address, &path, &extra) {
                 Ok(call) => {
                     self.pending.insert(call, Call::Peer(i));
                 }
@@ -257,8 +259,17 @@ impl ScraperRoot {
             log::debug!("wasm-epp scraper: peer {name} answered {status:?} with {body_size} bytes");
             return;
         }
-        let record = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
-        match affinity::adopt(&host::HostStore, &record) {
+        let bytes = host::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+        let record = match peer::Record::decode(&bytes) {
+            Ok(r) => r,
+            Err(why) => return log::warn!("wasm-epp scraper: peer {name}: {why}"),
+        };
+        let counts = in_flight::Snapshot::read(&host::HostStore);
+        self.scraper.adopt(&record, host::now_ms(), &|slot| counts.get(slot));
+        if record.affinity.is_empty() {
+            return;
+        }
+        match affinity::adopt(&host::HostStore, &record.affinity) {
             Ok(a) if a.new + a.settled > 0 => {
                 log::debug!("wasm-epp scraper: peer {name}: {} prefixes adopted, {} settled", a.new, a.settled)
             }
