@@ -117,6 +117,7 @@ build_floor_wasm() {
 }
 
 cmd_test() {
+  command -v openssl >/dev/null || { say "installing openssl (the mTLS test's certificates)"; apt-get update -qq && apt-get install -y -qq openssl; }
   build_wasm
   build_test_wasm
   build_floor_wasm

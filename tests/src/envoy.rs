@@ -26,6 +26,9 @@ pub struct EnvoyOptions {
     pub listen_port: Option<u16>,
     /// More clusters, as YAML list items at the indentation of `clusters:`' items.
     pub extra_clusters: String,
+    /// YAML to insert after a line of the rendered config (the first that ends with the
+    /// given text), e.g. a transport socket into a cluster.
+    pub insert_after: Vec<(String, String)>,
 }
 
 impl Default for EnvoyOptions {
@@ -38,6 +41,7 @@ impl Default for EnvoyOptions {
             without_picker: false,
             listen_port: None,
             extra_clusters: String::new(),
+            insert_after: Vec::new(),
         }
     }
 }
@@ -217,6 +221,11 @@ impl Envoy {
             plugins += rendering.write_watched(file, &dir);
         }
         assert!(plugins >= 1 || options.without_picker, "a plugin configuration was found in {}", options.config);
+        for (after, text) in &options.insert_after {
+            let at = config.find(&format!("{after}\n")).unwrap_or_else(|| panic!("no line ending {after:?} in the config"));
+            let at = at + after.len() + 1;
+            config.insert_str(at, &(text.trim_end().to_string() + "\n"));
+        }
         if !options.extra_clusters.is_empty() {
             config = config.replacen("\n  clusters:\n", &format!("\n  clusters:\n{}\n", options.extra_clusters.trim_end()), 1);
         }

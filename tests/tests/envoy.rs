@@ -369,3 +369,140 @@ fn a_new_plugin_configuration_takes_effect_under_traffic() {
     assert_eq!(envoy.stat("wasmcustom.wasm_epp.fail_open"), fail_open, "the table stayed fresh through both pushes");
     assert!(!envoy.log().contains("panicked"), "{}", envoy.log());
 }
+
+/// A test CA and certificates signed by it, made with the openssl command: (ca, server
+/// cert, server key, client cert, client key) paths in `dir`.
+fn test_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs (build.sh installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=wasm-epp test CA", "-keyout", "ca.key", "-out", "ca.pem"]);
+    for (name, ext) in [("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"), ("client", "subjectAltName=URI:spiffe://cluster.local/ns/gateway/sa/wasm-epp\nextendedKeyUsage=clientAuth")] {
+        openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", &format!("/CN={name}"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+        openssl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem")]);
+    }
+    ["ca.pem", "server.pem", "server.key", "client.pem", "client.key"].map(|f| dir.join(f))
+}
+
+/// An Envoy in front of `sim` that accepts only mutual TLS from clients with a
+/// certificate of the test CA, as a mesh sidecar in STRICT mode does. Returns it and its
+/// address.
+fn strict_sidecar(sim: &Sim, pki: &[std::path::PathBuf; 5], dir: &std::path::Path) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
+    let (host, sim_port) = sim.addr.rsplit_once(':').expect("ip:port");
+    let [ca, cert, key, _, _] = pki.each_ref().map(|p| p.display().to_string());
+    let config = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: strict
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates: [{{ certificate_chain: {{ filename: {cert} }}, private_key: {{ filename: {key} }} }}]
+            validation_context: {{ trusted_ca: {{ filename: {ca} }} }}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: strict
+          route_config:
+            virtual_hosts: [{{ name: pod, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: pod, timeout: 300s }} }}] }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: pod
+    type: STATIC
+    load_assignment:
+      cluster_name: pod
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {host}, port_value: {sim_port} }} }} }} }}] }}]
+"#
+    );
+    let path = dir.join(format!("sidecar-{port}.yaml"));
+    std::fs::write(&path, config).expect("sidecar config");
+    let child = std::process::Command::new(epp_tests::paths::envoy_bin())
+        .arg("-c")
+        .arg(&path)
+        .args(["--disable-hot-restart", "--concurrency", "1", "--base-id", &port.to_string(), "-l", "warn"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sidecar envoy starts");
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("the sidecar to listen", Duration::from_secs(20), || std::net::TcpStream::connect(&addr).ok().map(|_| ()));
+    (child, addr)
+}
+
+/// The transport socket the pool and metrics clusters use to reach STRICT pods: mutual
+/// TLS with the test CA's certificates (under Istio: the SDS secrets `default` and
+/// `ROOTCA`, envoy/istio/).
+fn mesh_tls(pki: &[std::path::PathBuf; 5], indent: usize) -> String {
+    let [ca, _, _, cert, key] = pki.each_ref().map(|p| p.display().to_string());
+    let pad = " ".repeat(indent);
+    format!(
+        "{pad}transport_socket:\n{pad}  name: envoy.transport_sockets.tls\n{pad}  typed_config:\n{pad}    \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n{pad}    common_tls_context:\n{pad}      tls_certificates: [{{ certificate_chain: {{ filename: {cert} }}, private_key: {{ filename: {key} }} }}]\n{pad}      validation_context: {{ trusted_ca: {{ filename: {ca} }} }}\n"
+    )
+}
+
+#[test]
+fn the_scraper_reaches_pods_that_require_mutual_tls() {
+    let dir = std::env::temp_dir().join(format!("wasm-epp-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pki = test_pki(&dir);
+    let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&[])).collect();
+    let sidecars: Vec<(std::process::Child, String)> = sims.iter().map(|s| strict_sidecar(s, &pki, &dir)).collect();
+    let pods: Vec<String> = sidecars.iter().map(|(_, a)| a.clone()).collect();
+
+    // Plain text is refused, as STRICT mode refuses it: without the mesh's transport
+    // socket the scraper gets no page.
+    let plain = Client::new(Duration::from_secs(2)).get(&format!("http://{}/metrics", pods[0]));
+    assert_ne!(plain.status, 200, "the sidecar must refuse plain text");
+
+    let tls = EnvoyOptions {
+        insert_after: vec![
+            ("  - name: llm_pool".into(), mesh_tls(&pki, 4)),
+            ("  - name: wasm_epp_metrics".into(), mesh_tls(&pki, 4)),
+        ],
+        ..Default::default()
+    };
+    let envoy = Envoy::start(&pods, tls);
+    envoy.wait_for_table();
+    let served = served_by(&envoy, MODEL, 20);
+    let total: usize = served.values().sum();
+    assert_eq!(total, 20, "{served:?}");
+    // Load one server: the picker sees it through the encrypted scrape and avoids it.
+    let busy = &sims[0];
+    let _load = load_directly(busy, MODEL, 20, 300);
+    wait_for("the load to show", Duration::from_secs(5), || (busy.metric("vllm:num_requests_waiting") >= 10.0).then_some(()));
+    thread::sleep(Duration::from_millis(500));
+    let after = served_by(&envoy, MODEL, 20);
+    assert_eq!(after.get(&busy.addr), None, "the loaded pod, seen through mTLS, gets nothing: {after:?}");
+    assert!(envoy.stat("cluster.wasm_epp_metrics.ssl.handshake") > 0, "the scrapes went over TLS");
+    for (mut child, _) in sidecars {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_a_singleton_the_singleton_scrapes() {
+    let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let envoy = Envoy::start(&addrs(&refs), EnvoyOptions { config: "envoy-singleton.yaml", concurrency: 2, ..Default::default() });
+    envoy.wait_for_table();
+    let served = served_by(&envoy, MODEL, 20);
+    assert_eq!(served.values().sum::<usize>(), 20);
+    let log = envoy.log();
+    let scrapes_now: Vec<&str> = log.lines().filter(|l| l.contains("this VM scrapes now")).collect();
+    assert_eq!(scrapes_now.len(), 1, "{scrapes_now:?}");
+    assert!(scrapes_now[0].contains("wasm log scraper "), "the singleton (root_id scraper) holds the lease: {}", scrapes_now[0]);
+}

@@ -18,8 +18,9 @@ pub enum Policy {
     LeastRequest,
     /// The module (`dist/epp.wasm`) with this `scheduler` value, as `proxies` Envoy
     /// replicas of `workers` workers each.
-    /// With `peers`, the replicas list each other and share prefix assignments.
-    Module { name: String, scheduler: serde_json::Value, proxies: usize, workers: usize, peers: bool },
+    /// With `peers`, the replicas list each other and share prefix assignments, and, with
+    /// `share_scrapes`, the scraping.
+    Module { name: String, scheduler: serde_json::Value, proxies: usize, workers: usize, peers: bool, share_scrapes: bool },
     /// Host-side, all-seeing: the server where this request's first token would come
     /// soonest, given its true prefix cache, prefill backlog, batch and adapters.
     Oracle,
@@ -43,7 +44,7 @@ impl Policy {
 
     /// The module with `scheduler`, as 4 workers × 2 proxies that are each other's peers.
     pub fn module(name: &str, scheduler: serde_json::Value) -> Policy {
-        Policy::Module { name: name.into(), scheduler, proxies: 2, workers: 4, peers: true }
+        Policy::Module { name: name.into(), scheduler, proxies: 2, workers: 4, peers: true, share_scrapes: true }
     }
 
     pub fn name(&self) -> &str {

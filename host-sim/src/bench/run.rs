@@ -68,10 +68,10 @@ pub fn run(
     let fleet = Fleet::new(addrs.iter().zip(servers).map(|(a, p)| SimServer::new(a, p.clone())).collect());
     // Host-side policies keep a view per proxy, like Envoy's load balancers.
     let (proxies, workers, config) = match policy {
-        Policy::Module { scheduler, proxies, workers, peers, .. } => {
+        Policy::Module { scheduler, proxies, workers, peers, share_scrapes, .. } => {
             // Every replica lists them all, itself included, as one shared config would.
             let peers: Vec<String> = if *peers { (0..*proxies).map(World::proxy_address).collect() } else { vec![] };
-            let plugin = json!({"endpoints": addrs, "scheduler": scheduler, "objectives": objectives, "max_fallbacks": 0, "peers": peers});
+            let plugin = json!({"endpoints": addrs, "scheduler": scheduler, "objectives": objectives, "max_fallbacks": 0, "peers": peers, "share_scrapes": share_scrapes});
             let config = ProxyConfig { plugin_config: plugin.to_string(), workers: *workers, seed, ..Default::default() };
             (*proxies, *workers, config)
         }

@@ -33,6 +33,9 @@ struct Args {
     /// Replicas that do not share prefix assignments (no `peers` in their configuration).
     #[arg(long)]
     no_peers: bool,
+    /// Replicas that each scrape every server (no `share_scrapes`).
+    #[arg(long)]
+    no_share_scrapes: bool,
     /// Offered loads (requests/s) instead of each workload's own; the first is the table's.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
@@ -77,9 +80,10 @@ fn run(args: Args) -> Result<(), String> {
         policies.push(Policy::module(name, scheduler));
     }
     for p in &mut policies {
-        if let Policy::Module { proxies, workers, peers, .. } = p {
+        if let Policy::Module { proxies, workers, peers, share_scrapes, .. } = p {
             (*proxies, *workers) = (args.proxies.max(1), args.workers.max(1));
             *peers = !args.no_peers;
+            *share_scrapes = !args.no_share_scrapes;
         }
     }
     let workloads: Vec<Workload> = args
