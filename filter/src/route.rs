@@ -207,8 +207,8 @@ fn parse_subset(header: &str) -> Vec<&str> {
 }
 
 fn first_reason<'a>(mut endpoints: impl Iterator<Item = &'a EndpointState>) -> String {
-    let unhealthy = endpoints.find_map(|e| match &e.health {
-        Health::Unhealthy(why) => Some(format!("{}: {why}", e.address)),
+    let unhealthy = endpoints.find_map(|e| match (&e.envoy_unhealthy, &e.health) {
+        (Some(why), _) | (None, Health::Unhealthy(why)) => Some(format!("{}: {why}", e.address)),
         _ => None,
     });
     unhealthy.unwrap_or_else(|| "no fresh metrics".into())

@@ -329,3 +329,35 @@ fn a_panicking_module_is_reported_with_the_callback_and_the_message() {
     let again = w.request(0, 0, &chat(MODEL));
     assert!(again.trap.is_some_and(|t| t.contains("VM failed earlier")), "a failed VM stays failed");
 }
+
+#[test]
+fn a_discovered_pool_follows_envoys_membership_and_verdicts() {
+    let plugin = json!({"pool_cluster": host_sim::world::POOL_CLUSTER});
+    let mut w = picker_only_world(servers(3, ServerParams::default()), plugin, 2, 1);
+    let spread = |w: &mut World| -> std::collections::BTreeSet<String> {
+        (0..60).map(|i| first(&route(w, 0, i % 2, &chat(MODEL)))).collect()
+    };
+    w.advance_ms(500);
+    assert_eq!(spread(&mut w), (0..3).map(addr).collect(), "all three, from Envoy's membership");
+    // Envoy ejects one (outlier detection) and another starts draining: neither gets more.
+    w.fleet.pool[0].1 = Some("ejected".into());
+    w.fleet.pool[1].1 = Some("DRAINING".into());
+    w.advance_ms(300);
+    assert_eq!(spread(&mut w), [addr(2)].into());
+    // A fourth joins; the ejected one leaves the pool altogether.
+    w.fleet.add(SimServer::new(&addr(3), ServerParams::default()));
+    w.fleet.pool.remove(0);
+    w.fleet.pool[0].1 = None;
+    w.advance_ms(400);
+    assert_eq!(spread(&mut w), [addr(1), addr(2), addr(3)].into());
+    // Every server serving the model is unhealthy in Envoy's eyes: 503, with Envoy's reason.
+    for host in &mut w.fleet.pool {
+        host.1 = Some("UNHEALTHY".into());
+    }
+    w.advance_ms(300);
+    let o = route(&mut w, 0, 0, &chat(MODEL));
+    let r = o.local_response.expect("answered by the module");
+    assert_eq!(r.status, 503);
+    assert!(String::from_utf8_lossy(&r.body).contains("EDS status UNHEALTHY"), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0);
+}
