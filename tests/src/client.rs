@@ -89,6 +89,19 @@ impl Client {
         }
     }
 
+    /// GETs `url` and returns the status and the body as bytes (0 and nothing on a
+    /// transport failure).
+    pub fn get_bytes(&self, url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+        let mut req = self.agent.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        match req.call() {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap_or_default()),
+            Err(_) => (0, Vec::new()),
+        }
+    }
+
     /// POSTs a streaming (SSE) request and times it: to the first event, and to the end.
     pub fn stream(&self, url: &str, body: &serde_json::Value) -> Streamed {
         use std::io::Read;

@@ -176,9 +176,10 @@ fn replicas_share_assignments(ports: [u16; 2], peers: serde_json::Value, extra_c
         envoy
     };
     let (a, b) = (replica(ports[0]), replica(ports[1]));
+    // (status, bytes of prefix assignments in the replica's peer record)
     let record_bytes = |envoy: &Envoy, token: &str| {
-        let r = envoy.client().send(&envoy.url("/.wasm-epp/v1/affinity"), &[("x-wasm-epp-peer-token", token)], None);
-        (r.status, r.header("content-length").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0))
+        let (status, body) = envoy.client().get_bytes(&envoy.url("/.wasm-epp/v2/peer"), &[("x-wasm-epp-peer-token", token)]);
+        (status, epp::peer::Record::decode(&body).map_or(0, |r| r.affinity.len()))
     };
     // Without the token the path is not ours: routed to a model server, which has no such page.
     assert_eq!(record_bytes(&b, "wrong").0, 404);
