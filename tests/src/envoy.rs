@@ -29,6 +29,8 @@ pub struct EnvoyOptions {
     /// YAML to insert after a line of the rendered config (the first that ends with the
     /// given text), e.g. a transport socket into a cluster.
     pub insert_after: Vec<(String, String)>,
+    /// Text of the rendered config to replace (every occurrence), e.g. a root id.
+    pub replace: Vec<(String, String)>,
 }
 
 impl Default for EnvoyOptions {
@@ -42,6 +44,7 @@ impl Default for EnvoyOptions {
             listen_port: None,
             extra_clusters: String::new(),
             insert_after: Vec::new(),
+            replace: Vec::new(),
         }
     }
 }
@@ -221,6 +224,10 @@ impl Envoy {
             plugins += rendering.write_watched(file, &dir);
         }
         assert!(plugins >= 1 || options.without_picker, "a plugin configuration was found in {}", options.config);
+        for (from, to) in &options.replace {
+            assert!(config.contains(from.as_str()), "no {from:?} in the config");
+            config = config.replace(from.as_str(), to);
+        }
         for (after, text) in &options.insert_after {
             let at = config.find(&format!("{after}\n")).unwrap_or_else(|| panic!("no line ending {after:?} in the config"));
             let at = at + after.len() + 1;

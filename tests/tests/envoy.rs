@@ -506,3 +506,25 @@ fn with_a_singleton_the_singleton_scrapes() {
     assert_eq!(scrapes_now.len(), 1, "{scrapes_now:?}");
     assert!(scrapes_now[0].contains("wasm log scraper "), "the singleton (root_id scraper) holds the lease: {}", scrapes_now[0]);
 }
+
+#[test]
+fn a_scraper_root_id_on_the_http_filter_passes_requests_and_says_what_to_change() {
+    let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let options = EnvoyOptions { replace: vec![("root_id: picker".into(), "root_id: scraper".into())], ..Default::default() };
+    let envoy = Envoy::start(&addrs(&refs), options);
+    for _ in 0..10 {
+        // A client's destination is never honoured, misplaced or not.
+        let r = envoy.client().send(
+            &envoy.url("/v1/chat/completions"),
+            &[("content-type", "application/json"), ("x-gateway-destination-endpoint", &sims[1].addr)],
+            Some(chat(MODEL, "hi", 1).to_string().as_bytes()),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.header("x-seen-destination").is_none(), "{:?}", r.headers);
+    }
+    let log = envoy.log();
+    assert!(!log.contains("panicked"), "no trap:\n{log}");
+    let told = log.lines().filter(|l| l.contains("give the HTTP filter root_id \"picker\"")).count();
+    assert!((1..=2).contains(&told), "said once per worker VM ({told}):\n{log}");
+}
