@@ -261,7 +261,7 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
 
 #[test]
 fn the_scraper_in_wasm_reads_every_real_captured_page() {
-    let dir = epp_tests::paths::repo_root().join("../shared/fixtures/metrics");
+    let dir = epp_tests::paths::repo_root().join("tests/fixtures/metrics");
     for (file, engine) in [
         ("vllm-v1-qwen3-4b-instruct-fp8.txt", "vllm"),
         ("vllm-v0-mymodelname-vllm-composer-test.txt", "vllm"),

@@ -1,5 +1,5 @@
 //! The parser and the engine readers on every real `/metrics` page captured from model
-//! servers (../shared/fixtures/metrics), natively; `host_sim.rs` also feeds them to the
+//! servers (tests/fixtures/metrics), natively; `host_sim.rs` also feeds them to the
 //! module's scraper running as wasm.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use epp::engine::{self, Engine, Reading};
 
 fn fixtures() -> PathBuf {
-    epp_tests::paths::repo_root().join("../shared/fixtures/metrics")
+    epp_tests::paths::repo_root().join("tests/fixtures/metrics")
 }
 
 fn page(name: &str) -> String {
@@ -24,7 +24,7 @@ fn read(engine: Engine, name: &str) -> Reading {
 #[test]
 fn every_captured_page_parses_without_a_bad_line() {
     let mut seen = 0;
-    for entry in std::fs::read_dir(fixtures()).expect("../shared/fixtures/metrics") {
+    for entry in std::fs::read_dir(fixtures()).expect("tests/fixtures/metrics") {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("utf-8 page");
         let mut samples = 0;

@@ -348,7 +348,7 @@ fn fuel_section() -> Value {
     let after_publish = w.request(0, 0, &chat(1024));
     w.finish(0, &after_publish, 200);
 
-    let pages = paths::repo_root().join("../shared/fixtures/metrics");
+    let pages = paths::repo_root().join("tests/fixtures/metrics");
     let mut by_page = Vec::new();
     for (file, engine) in [
         ("vllm-v1-qwen3-4b-instruct-fp8.txt", "vllm"),
