@@ -7,6 +7,9 @@
 #   ./build.sh bench-overhead   the module's data-path cost: real Envoy with/without it, and fuel in host-sim
 #                         (bench/overhead.json; --steps: where the cost goes, chore by chore)
 #   ./build.sh test       every test: unit (native and wasm32), host-sim, real Envoy
+#   ./build.sh image      dist/image: the module as an OCI image (an OCI layout, offline), for
+#                         Istio's WasmPlugin and Envoy Gateway; prints its digest
+#   ./build.sh publish REF   push dist/image to REF (docker://registry/repo:tag) with skopeo
 #   ./build.sh demo       simulated model servers + real Envoy + the module, traffic, a report
 #   ./build.sh help       this text
 set -euo pipefail
@@ -116,9 +119,23 @@ build_floor_wasm() {
   cp "$TARGET/wasm32-wasip1/wasm/examples/floor.wasm" dist/bench/floor.wasm
 }
 
+# What the tests run besides Envoy: openssl (the mTLS test's certificates), the reference
+# OCI registry and skopeo (the image round trip).
+ensure_test_tools() {
+  local missing=()
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  command -v skopeo >/dev/null || missing+=(skopeo)
+  if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
 cmd_test() {
-  command -v openssl >/dev/null || { say "installing openssl (the mTLS test's certificates)"; apt-get update -qq && apt-get install -y -qq openssl; }
+  ensure_test_tools
   build_wasm
+  cmd_image
   build_test_wasm
   build_floor_wasm
   ensure_envoy
@@ -131,6 +148,70 @@ cmd_test() {
     cargo test -p epp --no-default-features --target wasm32-unknown-unknown --lib
   say "integration tests: the real module in host-sim and in real Envoy"
   cargo test --release --workspace --test '*' -- --test-threads 2
+}
+
+# The module as an OCI image in dist/image (an OCI image layout): one layer, a tar+gzip
+# holding plugin.wasm, the format both Istio's and Envoy Gateway's pullers accept (they
+# take the last layer of an OCI or Docker image and look for plugin.wasm in it). Built
+# byte for byte the same from the same module: a fixed tar, gzip without a timestamp.
+cmd_image() {
+  build_wasm
+  local version
+  version="$(awk -F'"' '/^version = /{print $2; exit}' Cargo.toml)"
+  rm -rf dist/image
+  python3 - dist/epp.wasm dist/image "$version" <<'PY'
+import gzip, hashlib, io, json, os, sys, tarfile
+wasm, out, version = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(f"{out}/blobs/sha256")
+def blob(data):
+    digest = hashlib.sha256(data).hexdigest()
+    with open(f"{out}/blobs/sha256/{digest}", "wb") as f:
+        f.write(data)
+    return "sha256:" + digest
+module = open(wasm, "rb").read()
+tar = io.BytesIO()
+with tarfile.open(fileobj=tar, mode="w", format=tarfile.USTAR_FORMAT) as t:
+    info = tarfile.TarInfo("plugin.wasm")
+    info.size, info.mode, info.mtime = len(module), 0o644, 0
+    t.addfile(info, io.BytesIO(module))
+layer_tar = tar.getvalue()
+layer = gzip.compress(layer_tar, mtime=0)
+config = json.dumps({"architecture": "wasm", "os": "wasip1",
+                     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
+                     "config": {}}, separators=(",", ":")).encode()
+manifest = json.dumps({
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config), "size": len(config)},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob(layer), "size": len(layer),
+                "annotations": {"org.opencontainers.image.title": "plugin.wasm"}}],
+    "annotations": {"org.opencontainers.image.title": "wasm-epp", "org.opencontainers.image.version": version},
+}, separators=(",", ":")).encode()
+digest = blob(manifest)
+index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": version}}]}
+open(f"{out}/index.json", "w").write(json.dumps(index, separators=(",", ":")))
+open(f"{out}/oci-layout", "w").write('{"imageLayoutVersion":"1.0.0"}')
+open(f"{out}/digest", "w").write(digest + "\n")
+print(f"dist/image: wasm-epp {version}, {len(module)} bytes of module; digest {digest}")
+PY
+}
+
+ensure_skopeo() {
+  command -v skopeo >/dev/null || { say "installing skopeo"; apt-get update -qq && apt-get install -y -qq skopeo; }
+}
+
+# Pushes dist/image to REF (docker://host/repo:tag), and prints the digest to pin in manifests.
+cmd_publish() {
+  local ref="${1:?usage: ./build.sh publish docker://REGISTRY/REPO:TAG [skopeo copy options]}"
+  shift
+  [[ -f dist/image/index.json ]] || cmd_image
+  ensure_skopeo
+  local version
+  version="$(awk -F'"' '/^version = /{print $2; exit}' Cargo.toml)"
+  skopeo copy --digestfile dist/image/pushed-digest "$@" "oci:dist/image:$version" "$ref"
+  echo "pushed $ref: $(cat dist/image/pushed-digest)"
 }
 
 cmd_demo() {
@@ -165,6 +246,8 @@ case "${1:-build}" in
   demo) shift; cmd_demo "$@" ;;
   bench) shift; cmd_bench "$@" ;;
   bench-overhead) shift; cmd_bench_overhead "$@" ;;
-  help|-h|--help) sed -n '2,12p' "$0" ;;
+  image) shift; cmd_image "$@" ;;
+  publish) shift; cmd_publish "$@" ;;
+  help|-h|--help) sed -n '2,15p' "$0" ;;
   *) echo "unknown command: $1 (try ./build.sh help)" >&2; exit 2 ;;
 esac
