@@ -454,7 +454,21 @@ fn mesh_tls(pki: &[std::path::PathBuf; 5], indent: usize) -> String {
 
 #[test]
 fn the_scraper_reaches_pods_that_require_mutual_tls() {
-    let dir = std::env::temp_dir().join(format!("wasm-epp-mtls-{}", std::process::id()));
+    // Its own metrics cluster with the mesh's transport socket.
+    scrape_over_mutual_tls(json!({}), true);
+}
+
+#[test]
+fn the_scraper_reaches_pods_that_require_mutual_tls_through_the_pool_cluster() {
+    // Or the pool's cluster itself (override_host reads the address the scraper names):
+    // under Istio that cluster already carries the mesh's mutual TLS.
+    scrape_over_mutual_tls(json!({"metrics_cluster": "llm_pool"}), false);
+}
+
+fn scrape_over_mutual_tls(plugin: serde_json::Value, tls_metrics_cluster: bool) {
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("wasm-epp-mtls-{}-{run}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let pki = test_pki(&dir);
     let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&[])).collect();
@@ -466,13 +480,11 @@ fn the_scraper_reaches_pods_that_require_mutual_tls() {
     let plain = Client::new(Duration::from_secs(2)).get(&format!("http://{}/metrics", pods[0]));
     assert_ne!(plain.status, 200, "the sidecar must refuse plain text");
 
-    let tls = EnvoyOptions {
-        insert_after: vec![
-            ("  - name: llm_pool".into(), mesh_tls(&pki, 4)),
-            ("  - name: wasm_epp_metrics".into(), mesh_tls(&pki, 4)),
-        ],
-        ..Default::default()
-    };
+    let mut insert_after = vec![("  - name: llm_pool".to_string(), mesh_tls(&pki, 4))];
+    if tls_metrics_cluster {
+        insert_after.push(("  - name: wasm_epp_metrics".into(), mesh_tls(&pki, 4)));
+    }
+    let tls = EnvoyOptions { plugin, insert_after, ..Default::default() };
     let envoy = Envoy::start(&pods, tls);
     envoy.wait_for_table();
     let served = served_by(&envoy, MODEL, 20);
@@ -485,7 +497,9 @@ fn the_scraper_reaches_pods_that_require_mutual_tls() {
     thread::sleep(Duration::from_millis(500));
     let after = served_by(&envoy, MODEL, 20);
     assert_eq!(after.get(&busy.addr), None, "the loaded pod, seen through mTLS, gets nothing: {after:?}");
-    assert!(envoy.stat("cluster.wasm_epp_metrics.ssl.handshake") > 0, "the scrapes went over TLS");
+    let scrapes_cluster = if tls_metrics_cluster { "wasm_epp_metrics" } else { "llm_pool" };
+    assert!(envoy.stat(&format!("cluster.{scrapes_cluster}.ssl.handshake")) > 0, "the scrapes went over TLS");
+    assert_eq!(envoy.stat("cluster.wasm_epp_metrics.upstream_rq_total") > 0, tls_metrics_cluster);
     for (mut child, _) in sidecars {
         let _ = child.kill();
         let _ = child.wait();

@@ -200,8 +200,11 @@ impl ScraperRoot {
             None => (config.peer_cluster.as_str(), "wasm-epp-peer"),
         };
         let mut headers = vec![(":method", "GET"), (":path", path), (":authority", authority), ("user-agent", "wasm-epp")];
+        // An ORIGINAL_DST cluster reads the first header, an override_host cluster (the
+        // pool's own, which under a mesh carries its mutual TLS) the second.
         if let Some(a) = address {
             headers.push(("x-envoy-original-dst-host", a));
+            headers.push((config.destination_header.as_str(), a));
         }
         headers.extend_from_slice(extra);
         let timeout = Duration::from_millis(config.scrape_timeout_ms);
