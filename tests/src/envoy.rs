@@ -236,6 +236,32 @@ impl Envoy {
         if !options.extra_clusters.is_empty() {
             config = config.replacen("\n  clusters:\n", &format!("\n  clusters:\n{}\n", options.extra_clusters.trim_end()), 1);
         }
+        let (listener, admin, child, client) = Self::spawn(&dir, &config, options.concurrency, "llm")?;
+        Ok(Envoy { listener, admin, dir, child, client, rendering })
+    }
+
+    /// Envoy with `config` as it is (a platform's generated configuration, say), waiting
+    /// until the listener named `listener` listens and Envoy is ready.
+    pub fn start_raw(config: &str, listener: &str) -> Envoy {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("wasm-epp-envoy-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("temp dir");
+        let (address, admin, child, client) = Self::spawn(&dir, config, 2, listener).unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
+        let rendering = Rendering {
+            watched: Vec::new(),
+            endpoints: Vec::new(),
+            plugin: serde_json::json!({}),
+            wasm: String::new(),
+            without_picker: false,
+            port: 0,
+            admin_port: 0,
+        };
+        Envoy { listener: address, admin, dir, child, client, rendering }
+    }
+
+    /// Runs Envoy on `config` in `dir`: (listener address, admin address, process, client).
+    fn spawn(dir: &std::path::Path, config: &str, concurrency: u32, listener_name: &str) -> Result<(String, String, Child, Client), String> {
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, config).expect("write config");
         let admin_path = dir.join("admin.txt");
@@ -244,7 +270,7 @@ impl Envoy {
         let mut child = Command::new(paths::envoy_bin())
             .arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", &options.concurrency.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
             .args(["--disable-hot-restart", "--log-level", "info"])
             .arg("--admin-address-path")
             .arg(&admin_path)
@@ -278,7 +304,7 @@ impl Envoy {
             let v = r.json();
             let found = v["listener_statuses"]
                 .as_array()
-                .and_then(|ls| ls.iter().find(|l| l["name"] == "llm"))
+                .and_then(|ls| ls.iter().find(|l| l["name"] == listener_name))
                 .and_then(|l| l["local_address"]["socket_address"].as_object())
                 .and_then(|a| Some(format!("{}:{}", a.get("address")?.as_str()?, a.get("port_value")?.as_u64()?)));
             if let Some(l) = found {
@@ -292,7 +318,7 @@ impl Envoy {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        Ok(Envoy { listener, admin, dir, child, client, rendering })
+        Ok((listener, admin, child, client))
     }
 
     /// The pool is now `endpoints`: a new EDS file moved into place (configs that read

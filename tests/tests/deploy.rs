@@ -121,3 +121,179 @@ fn the_image_round_trips_through_a_registry_by_digest_and_loads_in_envoy() {
     envoy.wait_for_table();
     assert_eq!(served_by(&envoy, MODEL, 10).values().sum::<usize>(), 10);
 }
+
+// ---------------------------------------------------------------------------------------
+// Manifests
+
+/// Every YAML document of the manifests in `envoy/<platform>/`, with its file name.
+fn manifests(platform: &str) -> Vec<(String, serde_json::Value)> {
+    let dir = paths::repo_root().join("envoy").join(platform);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("manifest");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).expect("YAML")).expect("JSON-shaped YAML");
+            if !value.is_null() {
+                docs.push((file.file_name().unwrap_or_default().to_string_lossy().into_owned(), value));
+            }
+        }
+    }
+    docs
+}
+
+use serde::Deserialize as _;
+
+/// A CRD's schema for (group/version, kind), from tests/fixtures/crds, made strict as
+/// `kubectl apply --validate=strict` is: a field the schema does not name is an error.
+fn crd_schema(api_version: &str, kind: &str) -> Option<serde_json::Value> {
+    let dir = paths::repo_root().join("tests/fixtures/crds");
+    for entry in std::fs::read_dir(dir).expect("tests/fixtures/crds").flatten() {
+        let text = std::fs::read_to_string(entry.path()).expect("a CRD");
+        let crd: serde_json::Value = serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&text).expect("YAML")).expect("JSON");
+        let spec = &crd["spec"];
+        if spec["names"]["kind"] != kind {
+            continue;
+        }
+        let group = spec["group"].as_str().unwrap_or_default();
+        for v in spec["versions"].as_array().into_iter().flatten() {
+            if format!("{group}/{}", v["name"].as_str().unwrap_or_default()) == api_version {
+                let mut schema = v["schema"]["openAPIV3Schema"].clone();
+                // The API server adds these to every kind.
+                if let Some(props) = schema["properties"].as_object_mut() {
+                    for (field, kind) in [("apiVersion", "string"), ("kind", "string"), ("metadata", "object")] {
+                        props.entry(field).or_insert(serde_json::json!({ "type": kind }));
+                    }
+                }
+                strict(&mut schema);
+                return Some(schema);
+            }
+        }
+    }
+    None
+}
+
+/// Kubernetes' structural-schema dialect as JSON Schema: objects with `properties` close
+/// over them (unless they preserve unknown fields), int-or-string is either.
+fn strict(schema: &mut serde_json::Value) {
+    let Some(obj) = schema.as_object_mut() else { return };
+    if obj.remove("x-kubernetes-int-or-string") == Some(serde_json::Value::Bool(true)) {
+        obj.insert("anyOf".into(), serde_json::json!([{"type": "integer"}, {"type": "string"}]));
+    }
+    let preserves = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::Value::Bool(true));
+    if obj.contains_key("properties") && !obj.contains_key("additionalProperties") && !preserves {
+        // metadata is the API server's to check; keep it open.
+        obj.insert("additionalProperties".into(), serde_json::Value::Bool(false));
+    }
+    if obj.remove("nullable") == Some(serde_json::Value::Bool(true)) {
+        if let Some(t) = obj.get("type").cloned() {
+            obj.insert("type".into(), serde_json::json!([t, "null"]));
+        }
+    }
+    for (key, child) in obj.iter_mut() {
+        match key.as_str() {
+            "properties" | "patternProperties" => {
+                for (name, v) in child.as_object_mut().into_iter().flatten() {
+                    if name != "metadata" {
+                        strict(v);
+                    }
+                }
+            }
+            "items" | "additionalProperties" | "not" => strict(child),
+            "allOf" | "anyOf" | "oneOf" => child.as_array_mut().into_iter().flatten().for_each(strict),
+            _ => {}
+        }
+    }
+}
+
+/// The errors of `doc` against its CRD, or `None` if no CRD of the fixtures defines it.
+fn crd_errors(doc: &serde_json::Value) -> Option<Vec<String>> {
+    let schema = crd_schema(doc["apiVersion"].as_str()?, doc["kind"].as_str()?)?;
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    Some(validator.iter_errors(doc).map(|e| format!("{}: {e}", e.instance_path)).collect())
+}
+
+/// Kinds whose CRD (or built-in schema) is not among the fixtures: Gateway API and core
+/// resources, and Envoy Gateway's EnvoyPatchPolicy. They get the checks below instead.
+const WITHOUT_CRD: [(&str, &str); 4] = [
+    ("gateway.networking.k8s.io/v1", "Gateway"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("v1", "Service"),
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyPatchPolicy"),
+];
+
+#[test]
+fn every_manifest_validates_against_its_crd() {
+    let mut checked = std::collections::BTreeMap::new();
+    for platform in ["istio", "envoy-gateway"] {
+        for (file, doc) in manifests(platform) {
+            let what = format!("{platform}/{file}: {} {}", doc["kind"], doc["metadata"]["name"]);
+            assert!(doc["metadata"]["name"].is_string() && doc["metadata"]["namespace"].is_string(), "{what}: named and namespaced");
+            match crd_errors(&doc) {
+                Some(errors) => {
+                    assert!(errors.is_empty(), "{what}:\n{}", errors.join("\n"));
+                    *checked.entry(doc["kind"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
+                }
+                None => {
+                    let key = (doc["apiVersion"].as_str().unwrap_or_default(), doc["kind"].as_str().unwrap_or_default());
+                    assert!(WITHOUT_CRD.contains(&key), "{what}: no CRD in tests/fixtures/crds and not a known kind");
+                    assert!(doc["spec"].is_object(), "{what}: a spec");
+                }
+            }
+        }
+    }
+    eprintln!("validated against their CRDs: {checked:?}");
+    assert!(checked.get("EnvoyFilter").is_some_and(|&n| n >= 1) && checked.get("EnvoyExtensionPolicy").is_some_and(|&n| n >= 2));
+}
+
+#[test]
+fn the_crd_check_rejects_what_kubectl_would() {
+    let (_, filter) = manifests("istio").into_iter().find(|(_, d)| d["kind"] == "EnvoyFilter").expect("an EnvoyFilter");
+    let mut typo = filter.clone();
+    typo["spec"]["configPatches"][0]["aplyTo"] = serde_json::json!("CLUSTER");
+    let mut bad_enum = filter.clone();
+    bad_enum["spec"]["configPatches"][1]["patch"]["operation"] = serde_json::json!("INSERT_SOMEWHERE");
+    for (doc, at) in [(typo, "aplyTo"), (bad_enum, "/spec/configPatches/1/patch/operation")] {
+        let errors = crd_errors(&doc).expect("a CRD");
+        assert!(errors.len() == 1 && errors[0].contains(at), "{errors:?}");
+    }
+    let (_, policy) =
+        manifests("envoy-gateway").into_iter().find(|(_, d)| d["kind"] == "EnvoyExtensionPolicy").expect("an EnvoyExtensionPolicy");
+    let mut no_code = policy.clone();
+    no_code["spec"]["wasm"][0].as_object_mut().map(|w| w.remove("code"));
+    let errors = crd_errors(&no_code).expect("a CRD");
+    assert!(errors.len() == 1 && errors[0].contains("code"), "code is required: {errors:?}");
+}
+
+/// The plugin configuration of a manifest, parsed by the module's own parser.
+fn plugin_config(json: &str) -> epp::config::Config {
+    epp::config::Config::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+#[test]
+fn every_manifest_carries_a_configuration_the_module_accepts() {
+    for (file, doc) in manifests("istio") {
+        for patch in doc["spec"]["configPatches"].as_array().into_iter().flatten() {
+            if patch["applyTo"] == "EXTENSION_CONFIG" {
+                let config = &patch["patch"]["value"]["typed_config"]["config"];
+                assert_eq!(config["allow_on_headers_stop_iteration"], true, "{file}");
+                assert_eq!(config["root_id"], "picker", "{file}");
+                plugin_config(config["configuration"]["value"].as_str().expect("a StringValue"));
+            }
+        }
+    }
+    for (file, doc) in manifests("envoy-gateway") {
+        for wasm in doc["spec"]["wasm"].as_array().into_iter().flatten() {
+            let c = plugin_config(&wasm["config"].to_string());
+            // An ORIGINAL_DST pool takes one address.
+            if file == "original-dst.yaml" {
+                assert_eq!(c.max_fallbacks, 0, "{file}");
+            }
+        }
+    }
+}
