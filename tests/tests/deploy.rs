@@ -297,3 +297,233 @@ fn every_manifest_carries_a_configuration_the_module_accepts() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The Envoy configuration each platform generates from the manifests, rebuilt and run.
+
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a port")
+}
+
+fn socket(address: &str) -> Value {
+    let (ip, port) = address.rsplit_once(':').expect("ip:port");
+    json!({"socket_address": {"address": ip, "port_value": port.parse::<u32>().expect("a port")}})
+}
+
+fn static_cluster(name: &str, hosts: &[String]) -> Value {
+    let endpoints: Vec<Value> = hosts.iter().map(|h| json!({"endpoint": {"address": socket(h)}})).collect();
+    json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+           "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}})
+}
+
+/// The bootstrap both platforms give their proxies, as far as the module sees it: an
+/// admin address, and the static `prometheus_stats` cluster to it.
+fn platform_bootstrap(admin_port: u16, listener: Value, clusters: Vec<Value>) -> Value {
+    let admin = format!("127.0.0.1:{admin_port}");
+    let mut all = vec![static_cluster("prometheus_stats", &[admin.clone()])];
+    all.extend(clusters);
+    json!({"node": {"id": "gateway", "cluster": "gateway"},
+           "admin": {"address": socket(&admin)},
+           "static_resources": {"listeners": [listener], "clusters": all}})
+}
+
+fn hcm(route_config: Value, http_filters: Vec<Value>) -> Value {
+    json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "gateway", "route_config": route_config, "http_filters": http_filters}})
+}
+
+fn router() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+/// Proto MERGE as Istio's EnvoyFilter applies it: objects merge, lists append, scalars replace.
+fn proto_merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                proto_merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(b), Value::Array(p)) => b.extend(p.iter().cloned()),
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// What istiod and Istio's agent make of envoy/istio/wasm-epp.yaml for a gateway pod: the
+/// EXTENSION_CONFIG as an ECDS resource (the module rewritten to a local file, as the
+/// agent does after pulling the image), the HTTP_FILTER inserted before the router with
+/// its config_discovery (a file source here instead of ADS), the pool's EDS cluster named
+/// as Istio names it with the MERGE applied, and the bootstrap's prometheus_stats.
+fn istio_generated(pods: &[String], dir: &Path, listen_port: u16, admin_port: u16) -> Value {
+    let docs = manifests("istio");
+    let filter = docs.iter().map(|(_, d)| d).find(|d| d["kind"] == "EnvoyFilter").expect("the EnvoyFilter");
+    let patches = filter["spec"]["configPatches"].as_array().expect("patches");
+    let patch = |to: &str| patches.iter().find(|p| p["applyTo"] == to).expect("a patch").clone();
+    let route = docs.iter().map(|(_, d)| d).find(|d| d["kind"] == "HTTPRoute").expect("the HTTPRoute");
+    let backend = &route["spec"]["rules"][0]["backendRefs"][0];
+    let ns = route["metadata"]["namespace"].as_str().expect("a namespace");
+    let pool = format!("outbound|{}||{}.{ns}.svc.cluster.local", backend["port"], backend["name"].as_str().expect("a name"));
+
+    let mut extension = patch("EXTENSION_CONFIG")["patch"]["value"].clone();
+    let vm = &mut extension["typed_config"]["config"]["vm_config"];
+    assert!(vm["code"]["remote"]["http_uri"]["uri"].as_str().is_some_and(|u| u.starts_with("oci://")), "the image");
+    vm["code"] = json!({"local": {"filename": paths::epp_wasm().display().to_string()}});
+    let ecds = json!({"resources": [{"@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                                      "name": extension["name"], "typed_config": extension["typed_config"]}]});
+    std::fs::write(dir.join("ecds.json"), ecds.to_string()).expect("ECDS file");
+
+    let mut picker = patch("HTTP_FILTER")["patch"]["value"].clone();
+    assert_eq!(patch("HTTP_FILTER")["patch"]["operation"], "INSERT_BEFORE");
+    assert!(picker["config_discovery"]["config_source"]["ads"].is_object(), "istiod serves it over ADS");
+    picker["config_discovery"]["config_source"] = json!({"path_config_source": {"path": dir.join("ecds.json").display().to_string()}, "resource_api_version": "V3"});
+
+    // Istio's gateway cluster for a Service: EDS (here a static list), round robin.
+    let mut pool_cluster = static_cluster(&pool, pods);
+    let clusters: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "CLUSTER").collect();
+    for p in &clusters {
+        let service = p["match"]["cluster"]["service"].as_str().unwrap_or_default();
+        if pool.ends_with(service) && p["patch"]["operation"] == "MERGE" {
+            proto_merge(&mut pool_cluster, &p["patch"]["value"]);
+        }
+    }
+    let routes = json!({"name": "http.80", "virtual_hosts": [{"name": "gateway", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": pool, "timeout": "300s"}}]}]});
+    let listener = json!({"name": "0.0.0.0_80", "address": socket(&format!("127.0.0.1:{listen_port}")),
+        "per_connection_buffer_limit_bytes": 16777216,
+        "filter_chains": [{"filters": [hcm(routes, vec![picker, router()])]}]});
+    platform_bootstrap(admin_port, listener, vec![pool_cluster])
+}
+
+/// What Envoy Gateway generates from envoy/envoy-gateway/wasm-epp.yaml (or `file`): the
+/// wasm filter inline in the HCM and disabled, enabled on the route, named and with the
+/// vm_id Envoy Gateway gives it, the configuration as a StringValue of the JSON; the
+/// route's cluster; the bootstrap's prometheus_stats; then the EnvoyPatchPolicy's JSON
+/// patches, applied at their JSONPath matches as Envoy Gateway applies them.
+fn envoy_gateway_generated(file: &str, pods: &[String], listen_port: u16, admin_port: u16) -> Value {
+    let all = manifests("envoy-gateway");
+    let from = |f: &str, kind: &str| all.iter().find(|(n, d)| n == f && d["kind"] == kind).map(|(_, d)| d.clone());
+    let route = from("wasm-epp.yaml", "HTTPRoute").expect("the HTTPRoute");
+    let gateway = from("wasm-epp.yaml", "Gateway").expect("the Gateway");
+    let policy = from(file, "EnvoyExtensionPolicy").expect("the EnvoyExtensionPolicy");
+    let patches = from(file, "EnvoyPatchPolicy").expect("the EnvoyPatchPolicy");
+    let ns = policy["metadata"]["namespace"].as_str().expect("a namespace").to_string();
+    let wasm = &policy["spec"]["wasm"][0];
+    let ir_name = format!("envoyextensionpolicy/{ns}/{}/wasm/0", policy["metadata"]["name"].as_str().expect("a name"));
+    let filter_name = format!("envoy.filters.http.wasm/{ir_name}");
+    let picker = json!({"name": filter_name, "disabled": true, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": wasm["name"], "root_id": wasm["rootID"],
+                   "vm_config": {"vm_id": ir_name, "runtime": "envoy.wasm.runtime.v8",
+                                 "code": {"local": {"filename": paths::epp_wasm().display().to_string()}}},
+                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": wasm["config"].to_string()}}}});
+    let route_ns = route["metadata"]["namespace"].as_str().expect("a namespace");
+    let cluster_name = format!("httproute/{route_ns}/{}/rule/0", route["metadata"]["name"].as_str().expect("a name"));
+    let listener_name = format!("{ns}/{}/{}", gateway["metadata"]["name"].as_str().expect("a name"), gateway["spec"]["listeners"][0]["name"].as_str().expect("a name"));
+    let mut routes = json!({"name": listener_name, "virtual_hosts": [{"name": "gateway", "domains": ["*"],
+        "routes": [{"name": format!("{cluster_name}/match/0/*"), "match": {"prefix": "/"},
+                    "route": {"cluster": cluster_name, "timeout": "300s"},
+                    "typed_per_filter_config": {filter_name.clone(): {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}}}]}]});
+    let mut listener = json!({"name": listener_name, "address": socket(&format!("127.0.0.1:{listen_port}")),
+        "per_connection_buffer_limit_bytes": 16777216,
+        "default_filter_chain": {"filters": [hcm(json!(null), vec![picker, router()])]}});
+    let mut cluster = static_cluster(&cluster_name, pods);
+    cluster["lb_policy"] = json!("LEAST_REQUEST");
+    let mut clusters = vec![cluster];
+
+    for p in patches["spec"]["jsonPatches"].as_array().expect("patches") {
+        let op = &p["operation"];
+        let target = match p["type"].as_str() {
+            Some("type.googleapis.com/envoy.config.listener.v3.Listener") if p["name"] == listener_name => &mut listener,
+            Some("type.googleapis.com/envoy.config.route.v3.RouteConfiguration") if p["name"] == listener_name => &mut routes,
+            Some("type.googleapis.com/envoy.config.cluster.v3.Cluster") => {
+                let path = op["path"].as_str().unwrap_or_default();
+                if op["op"] == "add" && path.is_empty() && op["jsonPath"].is_null() {
+                    clusters.push(op["value"].clone()); // a whole new resource
+                    continue;
+                }
+                clusters.iter_mut().find(|c| c["name"] == p["name"]).unwrap_or_else(|| panic!("no cluster {}", p["name"]))
+            }
+            other => panic!("a patch of {other:?} {} that names nothing generated", p["name"]),
+        };
+        apply_envoy_patch(target, op);
+    }
+    let hcm_config = &mut listener["default_filter_chain"]["filters"][0]["typed_config"];
+    hcm_config["route_config"] = routes;
+    platform_bootstrap(admin_port, listener, clusters)
+}
+
+/// One EnvoyPatchPolicy operation: RFC 6902 at `path`, or, with `jsonPath`, at `path`
+/// below each match (`internal/xds/translator/jsonpatch.go`).
+fn apply_envoy_patch(resource: &mut Value, op: &Value) {
+    let path = op["path"].as_str().unwrap_or_default().to_string();
+    let bases: Vec<String> = match op["jsonPath"].as_str() {
+        Some(query) => {
+            let query = serde_json_path::JsonPath::parse(query).expect("a JSONPath");
+            let found: Vec<String> = query.query_located(resource).locations().map(|l| l.to_json_pointer()).collect();
+            assert!(!found.is_empty(), "the JSONPath {query} matches nothing in {resource}");
+            found
+        }
+        None => vec![String::new()],
+    };
+    for base in bases {
+        let mut one = op.clone();
+        one["path"] = json!(format!("{base}{path}"));
+        if let Some(o) = one.as_object_mut() {
+            o.remove("jsonPath");
+        }
+        let patch: json_patch::Patch = serde_json::from_value(json!([one])).expect("an RFC 6902 operation");
+        json_patch::patch(resource, &patch).unwrap_or_else(|e| panic!("{e}: {op}"));
+    }
+}
+
+/// Three servers, one loaded from outside the gateway: the picker must see it and avoid it.
+fn routes_by_load(config: &Value, listener: &str, sims: &[Sim], expect_fallbacks: bool) {
+    let envoy = Envoy::start_raw(&config.to_string(), listener);
+    envoy.wait_for_table();
+    let busy = &sims[0];
+    let _load = epp_tests::scenario::load_directly(busy, MODEL, 20, 300);
+    wait_for("the load to show", Duration::from_secs(5), || (busy.metric("vllm:num_requests_waiting") >= 10.0).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let r = envoy.post("/v1/chat/completions", &epp_tests::client::chat(MODEL, "hi", 1));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let destination = r.header("x-seen-destination").expect("the picker set the destination").to_string();
+        assert_eq!(destination.contains(','), expect_fallbacks, "{destination}");
+        *seen.entry(r.served_by().unwrap_or_default().to_string()).or_insert(0) += 1;
+    }
+    assert!(!seen.contains_key(&busy.addr), "the loaded server is avoided: {seen:?}");
+    assert!(!envoy.log().contains("panicked"));
+}
+
+#[test]
+fn the_istio_manifest_runs_as_istio_generates_it() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&["--max-num-seqs", "4"])).collect();
+    let pods = addrs(&sims.iter().collect::<Vec<_>>());
+    let dir = std::env::temp_dir().join(format!("wasm-epp-istio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = istio_generated(&pods, &dir, free_port(), free_port());
+    routes_by_load(&config, "0.0.0.0_80", &sims, true);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_envoy_gateway_manifest_runs_as_envoy_gateway_generates_it() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&["--max-num-seqs", "4"])).collect();
+    let pods = addrs(&sims.iter().collect::<Vec<_>>());
+    let config = envoy_gateway_generated("wasm-epp.yaml", &pods, free_port(), free_port());
+    routes_by_load(&config, "default/inference-gateway/http", &sims, true);
+}
+
+#[test]
+fn the_original_dst_variant_routes_through_an_original_dst_cluster_with_one_address() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&["--max-num-seqs", "4"])).collect();
+    let pods = addrs(&sims.iter().collect::<Vec<_>>());
+    let config = envoy_gateway_generated("original-dst.yaml", &pods, free_port(), free_port());
+    let clusters = config["static_resources"]["clusters"].as_array().expect("clusters");
+    assert!(clusters.iter().any(|c| c["type"] == "ORIGINAL_DST" && c["original_dst_lb_config"]["use_http_header"] == true));
+    routes_by_load(&config, "default/inference-gateway/http", &sims, false);
+}
