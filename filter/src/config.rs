@@ -108,6 +108,11 @@ pub struct Config {
     /// given prompt was sent lately). Other requests to the path are routed as usual.
     #[serde(default)]
     pub peer_token: String,
+    /// What the configuration asked for that wasm-epp does not do (parts of a GIE
+    /// EndpointPickerConfig), one line each: logged when it is loaded, never dropped
+    /// silently.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// The destination header unless `destination_header` says otherwise.
@@ -219,6 +224,12 @@ impl Config {
             p if p == "." => ConfigError(e.inner().to_string()),
             p => ConfigError(format!("`{p}`: {}", e.inner())),
         })?;
+        let mut config = config;
+        let plan = crate::scheduler::config::plan(config.scheduler.as_ref()).map_err(|e| ConfigError(format!("`scheduler`: {e}")))?;
+        config.notes = plan.notes;
+        if let Some(thresholds) = plan.saturation {
+            config.saturation = thresholds;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -292,9 +303,6 @@ impl Config {
         if !header_ok {
             return bad("destination_header", "must be a lower-case header name");
         }
-        if let Err(e) = crate::scheduler::config::build(self.scheduler.as_ref()) {
-            return bad("scheduler", &e);
-        }
         for (i, rule) in self.model_rewrites.iter().enumerate() {
             if let Err(e) = rule.validate() {
                 return bad(&format!("model_rewrites[{i}]"), &e);
@@ -332,6 +340,22 @@ mod tests {
         let c = Config::parse(br#"{"pool_cluster":"outbound|8000||vllm.ns.svc.cluster.local"}"#).unwrap();
         assert!(c.discovers() && c.endpoints.is_empty());
         assert_eq!((c.admin_cluster.as_str(), c.discovery_interval_ms, c.scraper_lease_ms), ("wasm_epp_admin", 250, 1000));
+    }
+
+    #[test]
+    fn a_gie_endpoint_picker_config_loads_as_the_scheduler_with_notes() {
+        let doc = serde_json::json!({"endpoints": ["10.0.0.1:8000"], "scheduler": {
+            "apiVersion": "inference.networking.x-k8s.io/v1alpha1", "kind": "EndpointPickerConfig",
+            "plugins": [{"type": "queue-scorer"}, {"type": "utilization-detector", "parameters": {"queueDepthThreshold": 9}},
+                        {"type": "decode-filter"}],
+            "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}, {"pluginRef": "decode-filter"}]}],
+            "saturationDetector": {"pluginRef": "utilization-detector"}}});
+        let c = Config::parse(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(c.saturation.queue_depth_threshold, 9);
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert!(c.notes[0].contains("decode-filter"), "{:?}", c.notes);
+        let bad = serde_json::json!({"endpoints": ["10.0.0.1:8000"], "scheduler": {"apiVersion": "x/v1", "kind": "EndpointPickerConfig"}});
+        assert!(Config::parse(bad.to_string().as_bytes()).unwrap_err().0.contains("apiVersion"));
     }
 
     #[test]

@@ -122,6 +122,15 @@ fn run(args: Args) -> Result<(), String> {
             return Err(e.clone());
         }
     }
+    // What the module said while starting (the notes on a GIE configuration, say), once.
+    let mut said = std::collections::BTreeSet::new();
+    for vm in world.proxies.iter().flat_map(|p| &p.vms) {
+        for (level, message) in &vm.state().logs {
+            if *level >= 3 && said.insert(message.clone()) {
+                eprintln!("host-sim: module: {message}");
+            }
+        }
+    }
     // Load from elsewhere, queued at the start of the run.
     let start = world.now_us();
     let mut next_id = 1_000_000u64;

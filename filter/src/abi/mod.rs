@@ -50,6 +50,9 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for note in &config.notes {
+            log::warn!("wasm-epp ({}): {note}", role_name(&role));
+        }
         *self = match role.as_str() {
             "scraper" => {
                 if !host::tick_every(config.scrape_interval_ms) {

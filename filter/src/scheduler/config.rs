@@ -14,6 +14,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::filters::Saturation;
+use super::gie;
 use super::pickers::MaxScorePicker;
 use super::registry::{self, Plugin};
 use super::{Profile, WeightedScorer};
@@ -54,6 +56,18 @@ struct PluginRef {
 
 /// The profile a `scheduler` value describes (`None`: the `default` preset).
 pub fn build(spec: Option<&Value>) -> Result<Profile, String> {
+    plan(spec).map(|p| p.profile)
+}
+
+/// A `scheduler` value, built: the profile, and, from a GIE EndpointPickerConfig, what it
+/// left out (one line each, for the log) and its saturation thresholds.
+pub struct Plan {
+    pub profile: Profile,
+    pub notes: Vec<String>,
+    pub saturation: Option<Saturation>,
+}
+
+pub fn plan(spec: Option<&Value>) -> Result<Plan, String> {
     let doc = match spec {
         None => registry::preset("default"),
         Some(Value::String(name)) => Some(registry::preset(name).ok_or_else(|| {
@@ -61,7 +75,19 @@ pub fn build(spec: Option<&Value>) -> Result<Profile, String> {
         })?),
         Some(v) => Some(v.clone()),
     };
-    let spec: Spec = serde_json::from_value(doc.unwrap_or_default()).map_err(|e| e.to_string())?;
+    let doc = doc.unwrap_or_default();
+    let (doc, notes, saturation) = if gie::is_endpoint_picker_config(&doc) {
+        let t = gie::translate(&doc, &registry::knows)?;
+        (t.doc, t.notes, t.saturation)
+    } else {
+        (doc, Vec::new(), None)
+    };
+    let profile = build_spec(doc)?;
+    Ok(Plan { profile, notes, saturation })
+}
+
+fn build_spec(doc: Value) -> Result<Profile, String> {
+    let spec: Spec = serde_json::from_value(doc).map_err(|e| e.to_string())?;
     let [profile] = spec.scheduling_profiles.as_slice() else {
         return Err(format!(
             "schedulingProfiles: exactly one profile is supported (single-profile-handler), found {}",

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod filters;
+pub mod gie;
 pub mod pickers;
 pub mod registry;
 pub mod scorers;

@@ -53,6 +53,11 @@ pub fn build(kind: &str, parameters: &Value) -> Result<Plugin, String> {
     }
 }
 
+/// A plugin of this type exists.
+pub fn knows(kind: &str) -> bool {
+    PLUGINS.iter().any(|(name, _)| *name == kind)
+}
+
 /// A plugin without parameters.
 fn plain(parameters: &Value, make: impl FnOnce() -> Plugin) -> Result<Plugin, String> {
     match parameters {
