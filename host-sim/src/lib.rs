@@ -4,6 +4,7 @@
 
 pub mod abi;
 pub mod bench;
+pub mod convert;
 pub mod fleet;
 pub mod proxy;
 pub mod vm;
