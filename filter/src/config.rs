@@ -26,6 +26,14 @@ pub struct Config {
     /// bootstraps call theirs `prometheus_stats`).
     #[serde(default = "defaults::admin_cluster")]
     pub admin_cluster: String,
+    /// The pool's name in the exported stats (GIE's `name` label); the pool cluster's name
+    /// if empty.
+    #[serde(default)]
+    pub pool_name: String,
+    /// A GET of this path is answered by the picker itself: 200 while it schedules from a
+    /// fresh table, 503 while it would fail open (a readiness probe's path); "" turns it off.
+    #[serde(default = "defaults::ready_path")]
+    pub ready_path: String,
     /// How often the pool's membership is read from the admin interface.
     #[serde(default = "defaults::discovery_interval_ms")]
     pub discovery_interval_ms: u64,
@@ -127,6 +135,9 @@ mod defaults {
     }
     pub fn discovery_interval_ms() -> u64 {
         250
+    }
+    pub fn ready_path() -> String {
+        "/.wasm-epp/ready".into()
     }
     pub fn scraper_lease_ms() -> u64 {
         1000
@@ -261,6 +272,9 @@ impl Config {
         }
         if self.peer_cluster_calls == 0 || self.peer_cluster_calls > 64 {
             return bad("peer_cluster_calls", "must be between 1 and 64");
+        }
+        if !(self.ready_path.is_empty() || self.ready_path.starts_with('/')) {
+            return bad("ready_path", "must start with '/' (or be empty to turn it off)");
         }
         if !self.peer_path.starts_with('/') {
             return bad("peer_path", "must start with '/'");

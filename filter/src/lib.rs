@@ -22,6 +22,7 @@ pub mod route;
 pub mod scheduler;
 pub mod scrape;
 pub mod shared;
+pub mod stats;
 pub mod table;
 
 #[cfg(feature = "abi")]

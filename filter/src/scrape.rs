@@ -373,6 +373,11 @@ impl Scraper {
         self.dirty
     }
 
+    /// The last metrics scrape of the endpoint in `slot` failed.
+    pub fn failing(&self, slot: usize) -> bool {
+        self.targets.get(slot).is_some_and(|t| !t.gone && matches!(t.state.health, Health::Unhealthy(_)))
+    }
+
     /// The endpoints in the pool now: (slot, address).
     pub fn members(&self) -> impl Iterator<Item = (usize, &str)> {
         self.targets.iter().enumerate().filter(|(_, t)| !t.gone).map(|(slot, t)| (slot, t.state.address.as_str()))

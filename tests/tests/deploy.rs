@@ -527,3 +527,77 @@ fn the_original_dst_variant_routes_through_an_original_dst_cluster_with_one_addr
     assert!(clusters.iter().any(|c| c["type"] == "ORIGINAL_DST" && c["original_dst_lb_config"]["use_http_header"] == true));
     routes_by_load(&config, "default/inference-gateway/http", &sims, false);
 }
+
+// ---------------------------------------------------------------------------------------
+// Metrics operators already watch
+
+#[test]
+fn envoys_prometheus_page_has_every_documented_series_with_its_labels() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&[])).collect();
+    sims[2].set_metrics_fault("error");
+    let refs: Vec<&Sim> = sims.iter().collect();
+    // A saturation threshold every server meets: "batch" requests are shed.
+    let plugin = json!({"pool_name": "llm-pool", "objectives": {"batch": -1}, "saturation": {"queueDepthThreshold": 0}});
+    let envoy = Envoy::start(&addrs(&refs), EnvoyOptions { plugin, ..Default::default() });
+    // Before the first table: fail open, and the probe says not ready.
+    let early = envoy.client().get(&envoy.url("/.wasm-epp/ready"));
+    assert!(early.status == 503 || early.status == 200, "{}", early.body);
+    envoy.wait_for_table();
+    let ready = envoy.client().get(&envoy.url("/.wasm-epp/ready"));
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json()["ready"], true);
+    assert_eq!(ready.json()["usable_endpoints"], 2, "{}", ready.body);
+
+    let c = envoy.client();
+    for _ in 0..40 {
+        assert_eq!(envoy.post("/v1/chat/completions", &epp_tests::client::chat(MODEL, "hi", 1)).status, 200);
+    }
+    let post = |headers: &[(&str, &str)], body: &[u8]| c.send(&envoy.url("/v1/chat/completions"), headers, Some(body)).status;
+    assert_eq!(post(&[("content-type", "application/json")], br#"{"model":"no-such-model","messages":[]}"#), 404);
+    assert_eq!(post(&[("content-type", "application/json")], b"{not json"), 400);
+    let batch = epp_tests::client::chat(MODEL, "later", 1).to_string();
+    assert_eq!(post(&[("content-type", "application/json"), ("x-gateway-inference-objective", "batch")], batch.as_bytes()), 429);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Envoy merges histograms at its stats flush (every 5 s by default).
+    let page = wait_for("a stats flush with the timed decisions", Duration::from_secs(12), || {
+        let page = c.get(&format!("http://{}/stats/prometheus", envoy.admin)).body;
+        let timed = page.lines().any(|l| l.starts_with("wasm_epp_scheduler_e2e_duration_microseconds_count") && !l.ends_with(" 0"));
+        timed.then_some(page)
+    });
+    let scrape = prometheus_parse::Scrape::parse(page.lines().map(|l| Ok(l.to_string()))).expect("Envoy's page parses");
+    let find = |name: &str| scrape.samples.iter().filter(|s| s.metric == name || s.metric.starts_with(&format!("{name}_"))).collect::<Vec<_>>();
+    for (metric, labels) in epp::stats::SERIES {
+        let samples = find(metric);
+        assert!(!samples.is_empty(), "{metric} is not on the page");
+        for s in &samples {
+            for label in *labels {
+                assert!(s.labels.get(label).is_some(), "{metric}: no label {label} in {:?}", s.labels);
+            }
+            assert_eq!(s.labels.get("name"), Some("llm-pool"), "{metric}");
+        }
+    }
+    let value = |metric: &str, pairs: &[(&str, &str)]| -> f64 {
+        find(metric)
+            .iter()
+            .filter(|s| pairs.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(value("inference_pool_ready_pods", &[]), 2.0);
+    assert!(value("inference_objective_request_total", &[("model_name", MODEL), ("target_model_name", MODEL)]) >= 40.0);
+    assert_eq!(value("inference_objective_request_error_total", &[("model_name", "unknown"), ("error_code", "NotFound")]), 1.0);
+    assert_eq!(value("inference_objective_request_error_total", &[("error_code", "BadRequest")]), 1.0);
+    assert_eq!(value("inference_objective_request_error_total", &[("error_code", "ResourceExhausted")]), 1.0);
+    assert_eq!(value("wasm_epp_shed_total", &[]), 1.0);
+    assert!(value("wasm_epp_scrape_failures_total", &[("endpoint", sims[2].addr.as_str())]) >= 1.0);
+    assert_eq!(value("wasm_epp_scrape_failures_total", &[("endpoint", sims[0].addr.as_str())]), 0.0);
+    assert_eq!(value("wasm_epp_ready", &[]), 1.0);
+    assert!(value("wasm_epp_table_age_milliseconds", &[]) < 1000.0);
+    let histogram = find("wasm_epp_scheduler_e2e_duration_microseconds");
+    assert!(histogram.iter().any(|s| matches!(&s.value, prometheus_parse::Value::Histogram(b) if b.iter().any(|b| b.count > 0.0))),
+        "decisions were timed: {}", page.lines().filter(|l| l.contains("duration")).collect::<Vec<_>>().join("\n"));
+}

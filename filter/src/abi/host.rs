@@ -5,6 +5,14 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
+/// Nanoseconds since the epoch (0 if the host will not say).
+pub fn now_ns() -> u128 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
 pub fn now_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()

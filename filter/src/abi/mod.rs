@@ -5,6 +5,7 @@
 mod host;
 mod picker;
 mod scraper;
+mod telemetry;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};

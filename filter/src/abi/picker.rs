@@ -13,6 +13,9 @@ use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::errors::Rejection;
 use crate::in_flight;
 use crate::peer;
+use crate::stats;
+
+use super::telemetry::Telemetry;
 use crate::request;
 use crate::route::{Incoming, Outcome, Router, OBJECTIVE_HEADER, SUBSET_HEADER};
 use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
@@ -43,7 +46,13 @@ struct Stats {
     routed: Option<u32>,
     fail_open: Option<u32>,
     rejected: Option<u32>,
+    telemetry: Telemetry,
+    /// Decisions so far: every `TIMED_EVERY`th is timed for the latency histogram.
+    decisions: u64,
 }
+
+/// One decision in this many is timed (two more host calls).
+const TIMED_EVERY: u64 = 16;
 
 impl PickerRoot {
     pub fn new(config: Config) -> Self {
@@ -52,6 +61,8 @@ impl PickerRoot {
             routed: host::counter("wasm_epp.routed"),
             fail_open: host::counter("wasm_epp.fail_open"),
             rejected: host::counter("wasm_epp.rejected"),
+            telemetry: Telemetry::new(stats::pool_label(&config)),
+            decisions: 0,
         };
         let ended = vec![0; config.endpoints.len()];
         // The timer also drives this VM's bid for the scraper lease.
@@ -63,12 +74,18 @@ impl PickerRoot {
         PickerRoot { shared: Rc::new(RefCell::new(shared)) }
     }
 
-    /// Takes this worker's ended streams off the shared counts, if no request did lately.
+    /// Takes this worker's ended streams off the shared counts, if no request did lately,
+    /// and shows the table's age and whether the picker is ready.
     pub fn tick(&self) {
         let mut shared = self.shared.borrow_mut();
         if shared.ended.iter().any(|&n| n > 0) && in_flight::apply(&host::HostStore, None, None, &shared.ended) {
             shared.ended.fill(0);
         }
+        let now = host::now_ms();
+        shared.refresh_table(now);
+        let (age, ready) = shared.readiness(now);
+        shared.stats.telemetry.set(stats::TABLE_AGE_MS, &[], age.unwrap_or(0));
+        shared.stats.telemetry.set(stats::READY, &[], u64::from(ready));
     }
 
     pub fn new_stream(&self) -> PickerStream {
@@ -85,6 +102,19 @@ impl PickerRoot {
 }
 
 impl Shared {
+    /// The table's age, and whether the picker schedules from it (fresh) rather than
+    /// failing open.
+    fn readiness(&self, now_ms: u64) -> (Option<u64>, bool) {
+        let stale_after = self.router.config.stale_after_ms;
+        match &self.table {
+            Some((_, t)) => {
+                let fresh = !t.is_stale(now_ms, stale_after) && t.endpoints.iter().any(|e| e.is_usable(now_ms, stale_after));
+                (Some(now_ms.saturating_sub(t.published_ms)), fresh)
+            }
+            None => (None, false),
+        }
+    }
+
     /// The current table, decoded at most once per publish; its generation is looked at
     /// at most once a millisecond (tables come every scrape interval, tens of ms).
     fn refresh_table(&mut self, now_ms: u64) {
@@ -141,9 +171,25 @@ impl PickerStream {
         let counts = in_flight::Snapshot::read(&host::HostStore);
         let mine_ended = |slot: usize| i64::from(ended.get(slot).copied().unwrap_or(0));
         let now_in_flight = |slot: usize| (counts.get(slot) - mine_ended(slot)).max(0);
-        let outcome = router.decide(table.as_ref().map(|(_, t)| t), &incoming, now, &now_in_flight);
+        stats.decisions += 1;
+        let timed = stats.decisions % TIMED_EVERY == 0;
+        let started = if timed { host::now_ns() } else { 0 };
+        let table = table.as_ref().map(|(_, t)| t);
+        let outcome = router.decide(table, &incoming, now, &now_in_flight);
+        if timed {
+            let us = (host::now_ns().saturating_sub(started) / 1000) as u64;
+            stats.telemetry.record(stats::SCHEDULER_DURATION_US, &[], us);
+        }
+        let model_label = stats::model_label(model, table);
         match outcome {
             Outcome::Route { endpoints, slot, fail_open, explain, rewritten } => {
+                let target = rewritten.as_deref().unwrap_or(model_label);
+                stats.telemetry.count(stats::REQUESTS, &[("model_name", model_label), ("target_model_name", target)]);
+                if fail_open {
+                    stats.telemetry.count(stats::FAIL_OPEN, &[]);
+                } else {
+                    stats.telemetry.count(stats::SCHEDULER_ATTEMPTS, &[("status", "success")]);
+                }
                 if let Some(target) = rewritten {
                     rewrite_body(body, &target);
                 }
@@ -166,7 +212,15 @@ impl PickerStream {
                 self.explain = explain;
                 Action::Continue
             }
-            Outcome::Reject(r) => reject(stats, &r),
+            Outcome::Reject(r) => {
+                if r.status == 503 {
+                    stats.telemetry.count(stats::SCHEDULER_ATTEMPTS, &[("status", "failure")]);
+                }
+                if r.status == 429 {
+                    stats.telemetry.count(stats::SHED, &[]);
+                }
+                reject(stats, &r, model_label)
+            }
         }
     }
 }
@@ -200,8 +254,11 @@ fn serve_peer(table: Option<&Table>, shares: bool, rows_only: bool) -> Action {
 }
 
 /// Answers the client and counts it; the request goes no further.
-fn reject(stats: &Stats, r: &Rejection) -> Action {
+fn reject(stats: &mut Stats, r: &Rejection, model_label: &str) -> Action {
     host::increment(stats.rejected);
+    let code = stats::error_code(r.status);
+    stats.telemetry.count(stats::REQUESTS, &[("model_name", model_label), ("target_model_name", model_label)]);
+    stats.telemetry.count(stats::REQUEST_ERRORS, &[("model_name", model_label), ("target_model_name", model_label), ("error_code", code)]);
     let body = r.body();
     let headers = vec![("content-type", "application/json")];
     if let Err(e) = hostcalls::send_http_response(r.status, headers, Some(body.as_bytes())) {
@@ -219,6 +276,10 @@ impl HttpContext for PickerStream {
         self.path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         self.objective = host::header(MapType::HttpRequestHeaders, OBJECTIVE_HEADER);
         self.subset = host::header(MapType::HttpRequestHeaders, SUBSET_HEADER);
+        if self.is_ready_probe() {
+            self.decided = true;
+            return self.answer_readiness();
+        }
         if self.is_peer_request() {
             self.decided = true;
             let mut shared = self.shared.borrow_mut();
@@ -244,7 +305,7 @@ impl HttpContext for PickerStream {
         let limit = self.shared.borrow().router.config.max_body_bytes;
         if body_size > limit {
             self.decided = true;
-            return reject(&self.shared.borrow().stats, &Rejection::too_large(limit));
+            return reject(&mut self.shared.borrow_mut().stats, &Rejection::too_large(limit), "unknown");
         }
         if !end_of_stream {
             return Action::Pause;
@@ -282,6 +343,30 @@ impl HttpContext for PickerStream {
 }
 
 impl PickerStream {
+    /// A GET of `ready_path`: the probe of whether this picker schedules.
+    fn is_ready_probe(&self) -> bool {
+        let shared = self.shared.borrow();
+        let path = &shared.router.config.ready_path;
+        !path.is_empty() && self.path == *path && host::header(MapType::HttpRequestHeaders, ":method").as_deref() == Some("GET")
+    }
+
+    /// 200 while the picker schedules from a fresh table, 503 while it would fail open.
+    fn answer_readiness(&self) -> Action {
+        let mut shared = self.shared.borrow_mut();
+        let now = host::now_ms();
+        shared.refresh_table(now);
+        let (age, ready) = shared.readiness(now);
+        let usable = shared.table.as_ref().map_or(0, |(_, t)| {
+            t.endpoints.iter().filter(|e| e.is_usable(now, shared.router.config.stale_after_ms)).count()
+        });
+        let body = serde_json::json!({"ready": ready, "table_age_ms": age, "usable_endpoints": usable}).to_string();
+        let headers = vec![("content-type", "application/json"), ("cache-control", "no-store")];
+        if let Err(e) = hostcalls::send_http_response(if ready { 200 } else { 503 }, headers, Some(body.as_bytes())) {
+            log::warn!("wasm-epp picker: could not answer the readiness probe: {e:?}");
+        }
+        Action::Pause
+    }
+
     /// A peer replica asking for this proxy's prefix assignments.
     fn is_peer_request(&self) -> bool {
         let shared = self.shared.borrow();
@@ -300,7 +385,7 @@ impl PickerStream {
             Ok(parsed) => self.decide(parsed.model.as_deref(), &parsed.prompt, &body),
             Err(r) => {
                 self.decided = true;
-                reject(&self.shared.borrow().stats, &r)
+                reject(&mut self.shared.borrow_mut().stats, &r, "unknown")
             }
         }
     }

@@ -13,6 +13,9 @@ use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::in_flight;
 use crate::lease::{Change, Lease};
 use crate::peer;
+use crate::stats;
+
+use super::telemetry::Telemetry;
 use crate::scrape::{Probe, ProbeRequest, Scraper};
 use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
 
@@ -76,6 +79,7 @@ pub struct ScraperRoot {
     peer_rounds: peer::Rounds,
     /// The in-flight gauges operators see, by endpoint address, and the values last set.
     gauges: HashMap<String, (Option<u32>, i64)>,
+    telemetry: Telemetry,
 }
 
 enum Call {
@@ -101,7 +105,8 @@ impl ScraperRoot {
             Some(Err(e)) => log::info!("wasm-epp scraper: starting afresh: {e}"),
             None => {}
         }
-        ScraperRoot { scraper, pending: HashMap::new(), peer_rounds: peer::Rounds::default(), gauges: HashMap::new() }
+        let telemetry = Telemetry::new(stats::pool_label(scraper.config()));
+        ScraperRoot { scraper, pending: HashMap::new(), peer_rounds: peer::Rounds::default(), gauges: HashMap::new(), telemetry }
     }
 
     fn tick(&mut self) {
@@ -138,6 +143,22 @@ impl ScraperRoot {
         }
         self.ask_peers(now);
         self.show_in_flight();
+    }
+
+    /// The pool's figures, under GIE's names where they mean the same.
+    fn show_pool(&mut self, table: &Table, now: u64) {
+        let stale_after = self.scraper.config().stale_after_ms;
+        let usable: Vec<_> = table.endpoints.iter().filter(|e| e.is_usable(now, stale_after)).collect();
+        let n = usable.len() as u64;
+        let kv: f64 = usable.iter().map(|e| f64::from(e.metrics.kv_usage)).sum();
+        let kv_percent = if n == 0 { 0 } else { (100.0 * kv / n as f64).round() as u64 };
+        let queue: u64 = usable.iter().map(|e| u64::from(e.metrics.waiting)).sum();
+        let running: u64 = usable.iter().map(|e| u64::from(e.metrics.running)).sum();
+        let t = &mut self.telemetry;
+        t.set(stats::POOL_READY_PODS, &[], n);
+        t.set(stats::POOL_KV_CACHE_PERCENT, &[], kv_percent);
+        t.set(stats::POOL_QUEUE_TOTAL, &[], queue);
+        t.set(stats::POOL_RUNNING_TOTAL, &[], running);
     }
 
     /// Copies the pickers' shared in-flight counts into the gauges (off the request path:
@@ -238,6 +259,9 @@ impl ScraperRoot {
             }
             self.scraper.on_answer(&probe, status, &body, now);
         }
+        if probe.probe == Probe::Metrics && self.scraper.failing(probe.slot) {
+            self.telemetry.count(stats::SCRAPE_FAILURES, &[("endpoint", &probe.address)]);
+        }
         if self.scraper.round_complete() {
             self.publish(now);
         }
@@ -283,6 +307,7 @@ impl ScraperRoot {
 
     fn publish(&mut self, now: u64) {
         let table = self.scraper.publish(now);
+        self.show_pool(&table, now);
         // One writer: no CAS needed. The table first, then its generation, which readers
         // watch: a reader that sees the new generation finds the new table.
         if let Err(e) = hostcalls::set_shared_data(TABLE_KEY, Some(&table.encode()), None) {

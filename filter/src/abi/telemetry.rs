@@ -1,0 +1,52 @@
+//! The module's figures as Envoy stats (`crate::stats` names them): metric ids defined
+//! once per VM and label set, and bounded, since labels can come from clients.
+
+use hashbrown::HashMap;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::stats;
+
+pub struct Telemetry {
+    pool: String,
+    ids: HashMap<String, Option<u32>>,
+}
+
+impl Telemetry {
+    pub fn new(pool: String) -> Self {
+        Telemetry { pool, ids: HashMap::new() }
+    }
+
+    fn id(&mut self, kind: MetricType, metric: &str, labels: &[(&str, &str)]) -> Option<u32> {
+        let mut all = vec![("name", self.pool.as_str())];
+        all.extend_from_slice(labels);
+        let name = stats::name(metric, &all);
+        if let Some(id) = self.ids.get(&name) {
+            return *id;
+        }
+        if self.ids.len() >= stats::MAX_LABEL_SETS * stats::SERIES.len() {
+            return None;
+        }
+        let id = hostcalls::define_metric(kind, &name).ok();
+        self.ids.insert(name, id);
+        id
+    }
+
+    pub fn count(&mut self, metric: &str, labels: &[(&str, &str)]) {
+        if let Some(id) = self.id(MetricType::Counter, metric, labels) {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    pub fn set(&mut self, metric: &str, labels: &[(&str, &str)], value: u64) {
+        if let Some(id) = self.id(MetricType::Gauge, metric, labels) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+
+    pub fn record(&mut self, metric: &str, labels: &[(&str, &str)], value: u64) {
+        if let Some(id) = self.id(MetricType::Histogram, metric, labels) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
