@@ -23,6 +23,13 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 
+# Debian packages, as root here and on CI machines, through sudo on hosted runners.
+apt_install() {
+  local sudo=()
+  [[ $EUID -ne 0 ]] && command -v sudo >/dev/null && sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
 ensure_rust_targets() {
   local installed
   installed="$(rustup target list --installed)"
@@ -82,7 +89,7 @@ ensure_wasm_test_runner() {
   fi
   if ! command -v node >/dev/null; then
     say "installing Node.js (runs the wasm32 tests)"
-    apt-get update -qq && apt-get install -y -qq nodejs
+    apt_install nodejs
   fi
 }
 
@@ -128,8 +135,19 @@ ensure_test_tools() {
   command -v skopeo >/dev/null || missing+=(skopeo)
   if ((${#missing[@]})); then
     say "installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    apt_install "${missing[@]}"
   fi
+}
+
+# check-jsonschema (PyPI), with the GitHub workflow schema it vendors, to check the workflow.
+CHECK_JSONSCHEMA_VERSION="0.39.0"
+ensure_workflow_checker() {
+  if [[ ! -x "$TOOLS/venv/bin/check-jsonschema" ]]; then
+    say "installing check-jsonschema $CHECK_JSONSCHEMA_VERSION (PyPI) into .tools/"
+    [[ -x "$TOOLS/venv/bin/pip" ]] || python3 -m venv "$TOOLS/venv"
+    "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+  fi
+  export CHECK_JSONSCHEMA_BIN="$TOOLS/venv/bin/check-jsonschema"
 }
 
 cmd_test() {
@@ -139,6 +157,7 @@ cmd_test() {
   build_test_wasm
   build_floor_wasm
   ensure_envoy
+  ensure_workflow_checker
   ensure_wasm_test_runner
   build_native
   say "unit tests (native)"
@@ -199,7 +218,7 @@ PY
 }
 
 ensure_skopeo() {
-  command -v skopeo >/dev/null || { say "installing skopeo"; apt-get update -qq && apt-get install -y -qq skopeo; }
+  command -v skopeo >/dev/null || { say "installing skopeo"; apt_install skopeo; }
 }
 
 # Pushes dist/image to REF (docker://host/repo:tag), and prints the digest to pin in manifests.
@@ -233,7 +252,7 @@ cmd_bench() {
 cmd_bench_overhead() {
   build_wasm
   ensure_envoy
-  command -v wrk >/dev/null || { say "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk; }
+  command -v wrk >/dev/null || { say "installing wrk"; apt_install wrk; }
   build_floor_wasm
   build_native
   say "bench-overhead"

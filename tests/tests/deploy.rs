@@ -601,3 +601,68 @@ fn envoys_prometheus_page_has_every_documented_series_with_its_labels() {
     assert!(histogram.iter().any(|s| matches!(&s.value, prometheus_parse::Value::Histogram(b) if b.iter().any(|b| b.count > 0.0))),
         "decisions were timed: {}", page.lines().filter(|l| l.contains("duration")).collect::<Vec<_>>().join("\n"));
 }
+
+#[test]
+fn the_dashboard_queries_only_series_the_module_exports() {
+    let dashboard = json_file(&paths::repo_root().join("envoy/grafana/wasm-epp.json"));
+    let exported: Vec<&str> = epp::stats::SERIES.iter().map(|(m, _)| *m).collect();
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expression");
+            // Metric names are the identifiers followed by `{`.
+            for (at, _) in expr.match_indices('{') {
+                let name: String =
+                    expr[..at].chars().rev().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>().chars().rev().collect();
+                if name.is_empty() || name == "by" {
+                    continue;
+                }
+                let base = name.trim_end_matches("_bucket");
+                assert!(exported.contains(&base), "panel {:?} queries {name}, which the module does not export", panel["title"]);
+                used.insert(base.to_string());
+            }
+        }
+    }
+    assert!(used.len() >= 10, "{used:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// CI for users of the repository
+
+#[test]
+fn the_workflow_is_valid_and_only_calls_build_sh() {
+    let workflow = paths::repo_root().join(".github/workflows/ci.yml");
+    let checker = std::env::var("CHECK_JSONSCHEMA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| paths::repo_root().join(".tools/venv/bin/check-jsonschema"));
+    let check = |file: &Path| {
+        Command::new(&checker)
+            .args(["--builtin-schema", "vendor.github-workflows"])
+            .arg(file)
+            .output()
+            .expect("check-jsonschema runs (./build.sh test installs it)")
+    };
+    let out = check(&workflow);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The checker fails a broken workflow too.
+    let text = std::fs::read_to_string(&workflow).expect("the workflow");
+    let broken = std::env::temp_dir().join(format!("wasm-epp-broken-workflow-{}.yml", std::process::id()));
+    std::fs::write(&broken, text.replace("runs-on:", "runs_on:")).expect("write");
+    assert!(!check(&broken).status.success(), "a misspelt key is caught");
+    let _ = std::fs::remove_file(&broken);
+
+    // Every step either checks the repository out or runs build.sh, so CI does what .ci/run does.
+    let doc: Value = serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&text).expect("YAML")).expect("JSON");
+    let jobs = doc["jobs"].as_object().expect("jobs");
+    assert!(jobs.values().any(|j| j["steps"].as_array().into_iter().flatten().any(|s| s["run"] == "./build.sh test")), "a job runs the tests");
+    for (name, job) in jobs {
+        for step in job["steps"].as_array().expect("steps") {
+            match (step["uses"].as_str(), step["run"].as_str()) {
+                (Some(uses), None) => assert!(uses.starts_with("actions/checkout@"), "{name}: {uses}"),
+                (None, Some(run)) => assert!(run.starts_with("./build.sh ") && !run.contains("&&") && !run.contains(';'), "{name}: {run}"),
+                other => panic!("{name}: a step that is neither: {other:?}"),
+            }
+        }
+    }
+    assert!(text.contains("./build.sh publish"), "a tag publishes the image");
+}
