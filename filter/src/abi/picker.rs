@@ -86,6 +86,7 @@ impl PickerRoot {
         let (age, ready) = shared.readiness(now);
         shared.stats.telemetry.set(stats::TABLE_AGE_MS, &[], age.unwrap_or(0));
         shared.stats.telemetry.set(stats::READY, &[], u64::from(ready));
+        shared.stats.telemetry.flush();
     }
 
     pub fn new_stream(&self) -> PickerStream {

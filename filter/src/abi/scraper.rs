@@ -143,6 +143,7 @@ impl ScraperRoot {
         }
         self.ask_peers(now);
         self.show_in_flight();
+        self.telemetry.flush();
     }
 
     /// The pool's figures, under GIE's names where they mean the same.

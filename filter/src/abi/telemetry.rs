@@ -1,5 +1,7 @@
 //! The module's figures as Envoy stats (`crate::stats` names them): metric ids defined
-//! once per VM and label set, and bounded, since labels can come from clients.
+//! once per VM and label set, and bounded, since labels can come from clients. Counts
+//! add up in the VM and reach Envoy on the VM's tick (`flush`), so a request makes no
+//! host call for them.
 
 use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
@@ -10,11 +12,20 @@ use crate::stats;
 pub struct Telemetry {
     pool: String,
     ids: HashMap<String, Option<u32>>,
+    /// Counts not yet given to Envoy, by metric id.
+    counted: HashMap<u32, u64>,
 }
 
 impl Telemetry {
     pub fn new(pool: String) -> Self {
-        Telemetry { pool, ids: HashMap::new() }
+        Telemetry { pool, ids: HashMap::new(), counted: HashMap::new() }
+    }
+
+    /// Gives Envoy the counts since the last flush.
+    pub fn flush(&mut self) {
+        for (id, n) in self.counted.drain() {
+            let _ = hostcalls::increment_metric(id, n as i64);
+        }
     }
 
     fn id(&mut self, kind: MetricType, metric: &str, labels: &[(&str, &str)]) -> Option<u32> {
@@ -34,7 +45,7 @@ impl Telemetry {
 
     pub fn count(&mut self, metric: &str, labels: &[(&str, &str)]) {
         if let Some(id) = self.id(MetricType::Counter, metric, labels) {
-            let _ = hostcalls::increment_metric(id, 1);
+            *self.counted.entry(id).or_insert(0) += 1;
         }
     }
 
