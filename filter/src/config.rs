@@ -34,6 +34,11 @@ pub struct Config {
     /// fresh table, 503 while it would fail open (a readiness probe's path); "" turns it off.
     #[serde(default = "defaults::ready_path")]
     pub ready_path: String,
+    /// Honour `x-gateway-destination-endpoint-subset` on requests: only where a filter
+    /// before the picker sets it (and removes any client's copy). Off, a client's copy is
+    /// removed and ignored: clients do not choose endpoints.
+    #[serde(default)]
+    pub trust_subset_header: bool,
     /// How often the pool's membership is read from the admin interface.
     #[serde(default = "defaults::discovery_interval_ms")]
     pub discovery_interval_ms: u64,

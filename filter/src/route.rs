@@ -25,6 +25,9 @@ pub enum Outcome {
         explain: Option<String>,
         /// The model a rewrite rule chose: the body must say this instead.
         rewritten: Option<String>,
+        /// Failing open because no endpoint's metrics are usable, though the servers
+        /// answer: the reason, for the one log line the operator needs.
+        outage: Option<String>,
     },
     Reject(Rejection),
 }
@@ -126,11 +129,23 @@ impl Router {
             return Outcome::Reject(Rejection::model_not_found(model.unwrap_or_default()));
         }
         if usable.is_empty() {
+            let serving: Vec<&EndpointState> = table.endpoints.iter().filter(|e| allowed(&e.address) && serves(e)).collect();
+            // Telemetry failing must not take traffic down: servers that answer their
+            // scrapes (with an error, or a page this module cannot read) still accept
+            // connections, and Envoy still sends to them.
+            let answering: Vec<&EndpointState> = serving
+                .iter()
+                .copied()
+                .filter(|e| e.envoy_unhealthy.is_none() && matches!(e.health, Health::Unhealthy(_)))
+                .collect();
+            if !answering.is_empty() {
+                let why = format!("all endpoints' metrics fail: {}", first_reason(answering.iter().copied()));
+                return self.spread(&answering, want, rewritten, why);
+            }
             let what = model.map_or("any model".to_string(), |m| format!("model `{m}`"));
-            let serving = table.endpoints.iter().filter(|e| allowed(&e.address) && serves(e));
             return Outcome::Reject(Rejection::unavailable(format!(
                 "No healthy endpoint serves {what} right now ({}).",
-                first_reason(serving)
+                first_reason(serving.into_iter())
             )));
         }
 
@@ -153,7 +168,7 @@ impl Router {
         let endpoints = decision.ranked.iter().map(|&i| usable[i].address.clone()).collect();
         let slot = decision.ranked.first().map(|&i| usable[i].slot as usize);
         let explain = self.config.explain.then(|| explain(&usable, &decision, objective, priority));
-        Outcome::Route { endpoints, slot, fail_open: false, explain, rewritten }
+        Outcome::Route { endpoints, slot, fail_open: false, explain, rewritten, outage: None }
     }
 
     /// The objective's name and priority; unknown or absent objectives have priority 0.
@@ -191,7 +206,18 @@ impl Router {
         self.round_robin = self.round_robin.wrapping_add(1);
         let endpoints = (0..want.min(n)).map(|k| all[(start + k) % n].0.to_string()).collect();
         let slot = all.get(start).and_then(|(_, slot)| *slot);
-        Outcome::Route { endpoints, slot, fail_open: true, explain: None, rewritten }
+        Outcome::Route { endpoints, slot, fail_open: true, explain: None, rewritten, outage: None }
+    }
+
+    /// Round robin over `endpoints`, failing open for `why`.
+    fn spread(&mut self, endpoints: &[&EndpointState], want: usize, rewritten: Option<String>, why: String) -> Outcome {
+        let n = endpoints.len();
+        let start = self.round_robin % n.max(1);
+        self.round_robin = self.round_robin.wrapping_add(1);
+        let chosen: Vec<&EndpointState> = (0..want.min(n)).map(|k| endpoints[(start + k) % n]).collect();
+        let slot = chosen.first().map(|e| e.slot as usize);
+        let endpoints = chosen.iter().map(|e| e.address.clone()).collect();
+        Outcome::Route { endpoints, slot, fail_open: true, explain: None, rewritten, outage: Some(why) }
     }
 }
 
@@ -208,8 +234,8 @@ fn parse_subset(header: &str) -> Vec<&str> {
 
 fn first_reason<'a>(mut endpoints: impl Iterator<Item = &'a EndpointState>) -> String {
     let unhealthy = endpoints.find_map(|e| match (&e.envoy_unhealthy, &e.health) {
-        (Some(why), _) | (None, Health::Unhealthy(why)) => Some(format!("{}: {why}", e.address)),
-        _ => None,
+        (Some(why), _) => Some(format!("{}: {why}", e.address)),
+        (None, health) => health.failure().map(|why| format!("{}: {why}", e.address)),
     });
     unhealthy.unwrap_or_else(|| "no fresh metrics".into())
 }
@@ -294,7 +320,7 @@ mod tests {
         let mut other = endpoint("a:1", load(0, 0, 0.0));
         other.models = vec!["other".into()];
         let mut down = endpoint("b:1", load(0, 0, 0.0));
-        down.health = Health::Unhealthy("connection refused".into());
+        down.health = Health::Unreachable("connection refused".into());
         let t = table(vec![other.clone(), down]);
         let mut r = router(2);
         assert_eq!(status(ask(&mut r, Some(&t), Some("nope"), NOW)), 404);
@@ -354,6 +380,32 @@ mod tests {
         let mut sorted = firsts.clone();
         sorted.sort();
         assert_eq!(sorted, [("a:1".to_string(), Some(0)), ("b:1".to_string(), Some(7))], "{firsts:?}");
+    }
+
+    #[test]
+    fn when_every_endpoints_metrics_fail_but_servers_answer_it_fails_open_over_them() {
+        let mut a = endpoint("a:1", load(0, 0, 0.0));
+        a.health = Health::Unhealthy("metrics answered HTTP 500".into());
+        let mut b = endpoint("b:1", load(0, 0, 0.0));
+        b.health = Health::Unhealthy("no vllm load metrics".into());
+        b.models = vec!["other".into()];
+        let mut c = endpoint("c:1", load(0, 0, 0.0));
+        c.health = Health::Unreachable("no answer".into());
+        let t = table(vec![a, b, c]);
+        let mut r = router(3);
+        for _ in 0..3 {
+            match ask(&mut r, Some(&t), Some("base"), NOW) {
+                Outcome::Route { endpoints, fail_open: true, outage: Some(why), .. } => {
+                    assert_eq!(endpoints, vec!["a:1"], "the model filter holds, and an unreachable one is left out");
+                    assert!(why.contains("HTTP 500"), "{why}");
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        // Nothing answers: 503 with the reason.
+        let mut down = endpoint("a:1", load(0, 0, 0.0));
+        down.health = Health::Unreachable("no answer".into());
+        assert_eq!(status(ask(&mut r, Some(&table(vec![down])), Some("base"), NOW)), 503);
     }
 
     #[test]

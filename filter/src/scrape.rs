@@ -299,11 +299,12 @@ impl Scraper {
                 t.state.checked_ms = now_ms;
                 t.state.scraped_by = me;
                 let result = match status {
-                    None => Err("no answer (timeout, refused or reset)".to_string()),
+                    None => Err(Health::Unreachable("no answer (timeout, refused or reset)".to_string())),
                     Some(200) => std::str::from_utf8(body)
                         .map_err(|_| "metrics page is not UTF-8".to_string())
-                        .and_then(|page| engine::read(engine, page)),
-                    Some(code) => Err(format!("metrics answered HTTP {code}")),
+                        .and_then(|page| engine::read(engine, page))
+                        .map_err(Health::Unhealthy),
+                    Some(code) => Err(Health::Unhealthy(format!("metrics answered HTTP {code}"))),
                 };
                 match result {
                     Ok(reading) => {
@@ -312,7 +313,7 @@ impl Scraper {
                         t.state.metrics = reading.metrics;
                         t.labelled = reading.models;
                     }
-                    Err(why) => t.state.health = Health::Unhealthy(why),
+                    Err(health) => t.state.health = health,
                 }
             }
             Probe::Models => {
@@ -354,7 +355,7 @@ impl Scraper {
             Probe::Metrics => {
                 t.metrics_in_flight = false;
                 t.state.checked_ms = now_ms;
-                t.state.health = Health::Unhealthy(why.to_string());
+                t.state.health = Health::Unreachable(why.to_string());
                 self.dirty = true;
             }
             Probe::Models => {
@@ -375,7 +376,7 @@ impl Scraper {
 
     /// The last metrics scrape of the endpoint in `slot` failed.
     pub fn failing(&self, slot: usize) -> bool {
-        self.targets.get(slot).is_some_and(|t| !t.gone && matches!(t.state.health, Health::Unhealthy(_)))
+        self.targets.get(slot).is_some_and(|t| !t.gone && t.state.health.failure().is_some())
     }
 
     /// The endpoints in the pool now: (slot, address).
@@ -469,7 +470,7 @@ mod tests {
         assert_eq!(a.models, vec!["llama"]);
         assert_eq!(a.adapters, vec!["sql-lora"]);
         let b = &t.endpoints[1];
-        assert!(matches!(&b.health, Health::Unhealthy(w) if w.contains("no answer")));
+        assert!(matches!(&b.health, Health::Unreachable(w) if w.contains("no answer")));
         assert_eq!((b.checked_ms, b.last_ok_ms, b.slot), (1000, 0, 1));
         // A failed models probe is retried soon; a good one only at models_interval_ms.
         let due: Vec<_> = s.due(2000).into_iter().map(|p| (p.slot, p.probe)).collect();

@@ -58,8 +58,23 @@ pub enum Health {
     #[default]
     Unknown,
     Healthy,
-    /// The last scrape failed; the reason is for logs and the explain header.
+    /// The last scrape was answered with no usable page (an HTTP error, a page that is
+    /// not the engine's); the reason is for logs and the explain header. The server
+    /// accepts connections: with every endpoint's metrics failing, pickers fail open over
+    /// these.
     Unhealthy(String),
+    /// The last scrape got no answer at all (refused, reset, timed out).
+    Unreachable(String),
+}
+
+impl Health {
+    /// Why the last scrape failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            Health::Unhealthy(why) | Health::Unreachable(why) => Some(why),
+            _ => None,
+        }
+    }
 }
 
 /// The load signals of the Model Server Protocol.

@@ -160,7 +160,8 @@ fn replicas_found_through_a_cluster_share_assignments() {
 fn replicas_share_assignments(ports: [u16; 2], peers: serde_json::Value, extra_clusters: String) {
     let sims: Vec<Sim> = (0..4).map(|_| Sim::start(&[])).collect();
     let refs: Vec<&Sim> = sims.iter().collect();
-    let mut plugin = json!({"peer_token": "t0ken", "peer_interval_ms": 50});
+    // The test places prompts with the subset hint, as a filter before the picker would.
+    let mut plugin = json!({"peer_token": "t0ken", "peer_interval_ms": 50, "trust_subset_header": true});
     if let (Some(p), Some(extra)) = (plugin.as_object_mut(), peers.as_object()) {
         p.extend(extra.clone());
     }

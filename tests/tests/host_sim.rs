@@ -204,8 +204,9 @@ fn errors_are_answered_by_the_module_and_never_forwarded() {
     assert_eq!(error_code(&o), (413, "request_too_large".to_string()));
     assert!(o.upstream_headers.is_none());
 
+    // No server answers (a metrics outage alone fails open: a_metrics_outage_is_not_a_serving_outage).
     for i in 0..2 {
-        w.fleet.server(&addr(i)).expect("server").fault = Fault::ServerError;
+        w.fleet.server(&addr(i)).expect("server").fault = Fault::Refused;
     }
     w.advance_ms(200);
     let o = route(&mut w, 0, 0, &chat(MODEL));
@@ -360,4 +361,35 @@ fn a_discovered_pool_follows_envoys_membership_and_verdicts() {
     assert_eq!(r.status, 503);
     assert!(String::from_utf8_lossy(&r.body).contains("EDS status UNHEALTHY"), "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0);
+}
+
+#[test]
+fn a_metrics_outage_is_not_a_serving_outage() {
+    let mut w = world_with(servers(3, ServerParams::default()), json!({}), 2, 1);
+    w.advance_ms(300);
+    // Every server's /metrics now answers 500, but the servers serve.
+    for s in &mut w.fleet.servers {
+        s.fault = Fault::ServerError;
+    }
+    w.advance_ms(300);
+    let mut spread = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let o = route(&mut w, 0, i % 2, &chat(MODEL));
+        assert!(o.local_response.is_none(), "{o:?}");
+        spread.insert(first(&o));
+    }
+    assert_eq!(spread.len(), 3, "spread over the servers that answer: {spread:?}");
+    assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 30);
+    let said: Vec<String> = w.proxies[0].vms.iter().flat_map(|vm| vm.state().logs.iter().map(|(_, m)| m.clone())).collect();
+    let outage: Vec<&String> = said.iter().filter(|m| m.contains("all endpoints' metrics fail")).collect();
+    assert_eq!(outage.len(), 2, "once per worker: {outage:?}");
+    assert!(outage[0].contains("HTTP 500"), "{}", outage[0]);
+    // A model nobody serves is still 404: the model lists are still known.
+    assert_eq!(route(&mut w, 0, 0, &chat("no-such-model")).status(), Some(404));
+    // Servers that refuse connections are not failed open to: 503.
+    for s in &mut w.fleet.servers {
+        s.fault = Fault::Refused;
+    }
+    w.advance_ms(300);
+    assert_eq!(route(&mut w, 0, 0, &chat(MODEL)).status(), Some(503));
 }

@@ -36,7 +36,9 @@ fn clustered() -> Value {
 }
 
 /// Two replicas over 8 servers, with `plugin`'s peers settings.
-fn replicas_with(plugin: Value) -> World {
+fn replicas_with(mut plugin: Value) -> World {
+    // The tests place prompts with the subset hint, as a filter before the picker would.
+    plugin["trust_subset_header"] = json!(true);
     let mut w = world_with(servers(8, ServerParams::default()), plugin, 1, 2);
     w.advance_ms(200);
     w
@@ -113,6 +115,8 @@ fn the_record_is_served_only_to_peers() {
     route(&mut w, 0, 0, &long_chat("owls"));
     for wrong in [None, Some("guess")] {
         assert_eq!(record(&mut w, &get(wrong)), None, "token {wrong:?}: routed as usual, not answered");
+        let o = route(&mut w, 0, 0, &get(wrong));
+        assert_eq!(o.upstream_header("x-wasm-epp-peer-token"), None, "a wrong token is not forwarded");
     }
     let (status, body) = record(&mut w, &get(Some("s3cret"))).expect("answered");
     assert_eq!(status, 200);

@@ -113,8 +113,24 @@ fn sheddable_objectives_get_429_and_others_proceed() {
 }
 
 #[test]
-fn the_subset_hint_restricts_and_an_empty_one_is_503() {
+fn a_clients_subset_hint_is_removed_and_ignored_unless_trusted() {
     let mut w = world_with(servers(3, ServerParams::default()), json!({}), 2, 1);
+    load(&mut w, 2, 20, None);
+    w.advance_ms(200);
+    let only = with_header(chat(MODEL), "x-gateway-destination-endpoint-subset", &addr(2));
+    for _ in 0..10 {
+        let o = route(&mut w, 0, 0, &only);
+        assert_ne!(first(&o), addr(2), "a client does not send traffic to the loaded server");
+        assert_eq!(o.upstream_header("x-gateway-destination-endpoint-subset"), None, "nor does the hint reach it");
+    }
+    let steer = with_header(chat(MODEL), "x-gateway-inference-objective", "chat");
+    assert_eq!(route(&mut w, 0, 0, &steer).upstream_header("x-gateway-inference-objective"), None, "steering headers stop at the picker");
+}
+
+#[test]
+fn the_subset_hint_restricts_and_an_empty_one_is_503() {
+    // A filter before the picker sets the hint (and removes any client's copy).
+    let mut w = world_with(servers(3, ServerParams::default()), json!({"trust_subset_header": true}), 2, 1);
     w.advance_ms(200);
     let only = with_header(chat(MODEL), "x-gateway-destination-endpoint-subset", &format!("{}, 10.9.9.9:1", addr(2)));
     for _ in 0..5 {

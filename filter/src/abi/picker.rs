@@ -40,6 +40,8 @@ struct Shared {
     ended: Vec<u32>,
     /// When the table's generation was last checked: at most once a millisecond.
     checked_ms: u64,
+    /// The metrics outage last logged, so that it is said once.
+    last_outage: Option<String>,
 }
 
 struct Stats {
@@ -70,7 +72,7 @@ impl PickerRoot {
             log::warn!("wasm-epp picker: no timer: ended streams leave the in-flight counts with the next request");
         }
         let router = Router::from_config(config, seed);
-        let shared = Shared { router, table: None, stats, ended, checked_ms: 0 };
+        let shared = Shared { router, table: None, stats, ended, checked_ms: 0, last_outage: None };
         PickerRoot { shared: Rc::new(RefCell::new(shared)) }
     }
 
@@ -161,7 +163,7 @@ impl PickerStream {
         let mut shared = self.shared.borrow_mut();
         let now = host::now_ms();
         shared.refresh_table(now);
-        let Shared { router, table, stats, ended, .. } = &mut *shared;
+        let Shared { router, table, stats, ended, last_outage, .. } = &mut *shared;
         let incoming = Incoming {
             model,
             prompt,
@@ -183,7 +185,17 @@ impl PickerStream {
         }
         let model_label = stats::model_label(model, table);
         match outcome {
-            Outcome::Route { endpoints, slot, fail_open, explain, rewritten } => {
+            Outcome::Route { endpoints, slot, fail_open, explain, rewritten, outage } => {
+                if outage != *last_outage {
+                    match &outage {
+                        Some(why) => log::warn!("wasm-epp picker: failing open: {why}"),
+                        None if !fail_open => log::info!("wasm-epp picker: endpoints' metrics are usable again"),
+                        None => {}
+                    }
+                    if outage.is_some() || !fail_open {
+                        *last_outage = outage;
+                    }
+                }
                 let target = rewritten.as_deref().unwrap_or(model_label);
                 stats.telemetry.count(stats::REQUESTS, &[("model_name", model_label), ("target_model_name", target)]);
                 if fail_open {
@@ -275,8 +287,19 @@ impl HttpContext for PickerStream {
         // The destination is ours to set: a client's copy is never honoured.
         host::set_request_header(&self.shared.borrow().router.config.destination_header, None);
         self.path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        // Headers that steer the picker stop here: model servers never see them. A
+        // client's subset hint counts only where the configuration trusts whoever sets it.
         self.objective = host::header(MapType::HttpRequestHeaders, OBJECTIVE_HEADER);
+        if self.objective.is_some() {
+            host::set_request_header(OBJECTIVE_HEADER, None);
+        }
         self.subset = host::header(MapType::HttpRequestHeaders, SUBSET_HEADER);
+        if self.subset.is_some() {
+            host::set_request_header(SUBSET_HEADER, None);
+            if !self.shared.borrow().router.config.trust_subset_header {
+                self.subset = None;
+            }
+        }
         if self.is_ready_probe() {
             self.decided = true;
             return self.answer_readiness();
@@ -368,15 +391,24 @@ impl PickerStream {
         Action::Pause
     }
 
-    /// A peer replica asking for this proxy's prefix assignments.
+    /// A peer replica asking for this proxy's prefix assignments. A request to the path
+    /// without the right token is routed as usual, its token removed.
     fn is_peer_request(&self) -> bool {
         let shared = self.shared.borrow();
         let config = &shared.router.config;
-        config.has_peers()
-            && self.path == config.peer_path
-            && host::header(MapType::HttpRequestHeaders, ":method").as_deref() == Some("GET")
-            && (config.peer_token.is_empty()
-                || host::header(MapType::HttpRequestHeaders, PEER_TOKEN_HEADER).as_deref() == Some(config.peer_token.as_str()))
+        if !config.has_peers() || self.path != config.peer_path {
+            return false;
+        }
+        let token = host::header(MapType::HttpRequestHeaders, PEER_TOKEN_HEADER);
+        let get = host::header(MapType::HttpRequestHeaders, ":method").as_deref() == Some("GET");
+        let authorised = config.peer_token.is_empty() || token.as_deref() == Some(config.peer_token.as_str());
+        if get && authorised {
+            return true;
+        }
+        if token.is_some() {
+            host::set_request_header(PEER_TOKEN_HEADER, None);
+        }
+        false
     }
 
     fn decide_on_body(&mut self, body_size: usize) -> Action {
