@@ -24,7 +24,14 @@ pub struct Reading {
     pub models: Vec<String>,
     /// Lines that did not parse; the page was still used.
     pub bad_lines: usize,
+    /// Model and adapter names past `MAX_NAMES`, left out.
+    pub names_left_out: usize,
 }
+
+/// At most this many model names (and as many adapter names per list) are kept from one
+/// page: a page is outside data, and each name costs memory in every VM and time in every
+/// decision. A real server serves a few models and a few dozen adapters.
+pub const MAX_NAMES: usize = 256;
 
 /// Sums and flags while walking a page; a signal counts only once a series for it is seen.
 #[derive(Default)]
@@ -144,7 +151,9 @@ pub fn read(engine: Engine, page: &str) -> Result<Reading, String> {
         {
             let model = s.label("model_name").or_else(|| s.label("name"));
             if let Some(model) = model.filter(|m| !m.is_empty() && m != "undefined") {
-                push_unique(&mut out.models, &model);
+                if !push_unique(&mut out.models, &model) {
+                    out.names_left_out += 1;
+                }
             }
         }
     }
@@ -234,14 +243,22 @@ fn split_list(list: Option<&str>) -> Vec<String> {
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
+        .take(MAX_NAMES)
         .map(String::from)
         .collect()
 }
 
-fn push_unique(list: &mut Vec<String>, item: &str) {
-    if !list.iter().any(|x| x == item) {
-        list.push(item.to_string());
+/// Adds `item` once; false if the list is full and it was new. The list never passes
+/// `MAX_NAMES`, so the check stays cheap however many samples repeat a name.
+fn push_unique(list: &mut Vec<String>, item: &str) -> bool {
+    if list.iter().any(|x| x == item) {
+        return true;
     }
+    if list.len() >= MAX_NAMES {
+        return false;
+    }
+    list.push(item.to_string());
+    true
 }
 
 fn to_u32(v: f64) -> u32 {
@@ -307,5 +324,17 @@ vllm:lora_adapter_loaded{adapter_name="z"} 0
         assert_eq!(r.metrics.kv_usage, 1.0);
         let r = read(Engine::Vllm, "vllm:num_requests_waiting -4\nvllm:kv_cache_usage_perc -Inf").unwrap();
         assert_eq!((r.metrics.waiting, r.metrics.kv_usage), (0, 0.0));
+    }
+
+    #[test]
+    fn a_page_with_ten_thousand_models_is_read_in_linear_time_and_bounded() {
+        let mut page = String::from("vllm:kv_cache_usage_perc 0.5\n");
+        for i in 0..10_000 {
+            page.push_str(&format!("vllm:num_requests_waiting{{model_name=\"m{i}\"}} 1\n"));
+        }
+        let r = read(Engine::Vllm, &page).unwrap();
+        assert_eq!(r.models.len(), MAX_NAMES);
+        assert_eq!(r.names_left_out, 10_000 - MAX_NAMES);
+        assert_eq!(r.metrics.waiting, 10_000, "the load still counts every series");
     }
 }

@@ -26,6 +26,9 @@ pub fn parse(body: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
             _ => base.push(e.id),
         }
     }
+    // Outside data: at most as many names as a metrics page gives.
+    base.truncate(crate::engine::MAX_NAMES);
+    adapters.truncate(crate::engine::MAX_NAMES);
     Ok((base, adapters))
 }
 

@@ -97,24 +97,44 @@ impl Recent {
 
 #[derive(Debug, Default)]
 pub struct PrefixIndex {
-    endpoints: HashMap<String, Recent>,
+    /// Each endpoint's blocks, and when it was last sent one (a count of records).
+    endpoints: HashMap<String, (Recent, u64)>,
+    records: u64,
 }
+
+/// Endpoints the index remembers at most: pods come and go, and one that left must not
+/// keep its blocks forever. Past it, the one sent nothing for longest is forgotten.
+pub const MAX_ENDPOINTS: usize = 1024;
 
 impl PrefixIndex {
     /// How many leading blocks of `hashes` were sent to `address` (stops at the first miss).
     pub fn matched(&self, address: &str, hashes: &[u64]) -> usize {
         match self.endpoints.get(address) {
-            Some(r) => hashes.iter().take_while(|h| r.contains(h)).count(),
+            Some((r, _)) => hashes.iter().take_while(|h| r.contains(h)).count(),
             None => 0,
         }
     }
 
+    /// Endpoints with blocks remembered.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
     /// `address` was sent a prompt with these blocks; it keeps about `capacity` of them.
     pub fn record(&mut self, address: &str, hashes: &[u64], capacity: usize) {
+        self.records += 1;
         if !self.endpoints.contains_key(address) {
-            self.endpoints.insert(address.to_string(), Recent::default());
+            if self.endpoints.len() >= MAX_ENDPOINTS {
+                let oldest = self.endpoints.iter().min_by_key(|(_, (_, at))| *at).map(|(a, _)| a.clone());
+                if let Some(a) = oldest {
+                    self.endpoints.remove(&a);
+                }
+            }
+            self.endpoints.insert(address.to_string(), (Recent::default(), 0));
         }
-        if let Some(r) = self.endpoints.get_mut(address) {
+        let records = self.records;
+        if let Some((r, at)) = self.endpoints.get_mut(address) {
+            *at = records;
             for &h in hashes {
                 r.insert(h, capacity);
             }
@@ -156,6 +176,17 @@ mod tests {
         small.record("a", &[5, 6], 4);
         assert_eq!(small.matched("a", &[1]), 0);
         assert_eq!(small.matched("a", &[5, 6]), 2);
+    }
+
+    #[test]
+    fn endpoints_that_left_are_forgotten_past_the_limit() {
+        let mut index = PrefixIndex::default();
+        for i in 0..MAX_ENDPOINTS + 10 {
+            index.record(&format!("10.0.{}.{}:8000", i / 256, i % 256), &[1], 10);
+        }
+        assert_eq!(index.endpoints(), MAX_ENDPOINTS);
+        assert_eq!(index.matched("10.0.0.0:8000", &[1]), 0, "the oldest went first");
+        assert_eq!(index.matched("10.0.4.9:8000", &[1]), 1);
     }
 
     #[test]

@@ -42,6 +42,8 @@ struct Target {
     listed: Option<(Vec<String>, Vec<String>)>,
     /// From the metrics labels.
     labelled: Vec<String>,
+    /// Its page was cut (too many names), and that was logged.
+    cut_noted: bool,
 }
 
 impl Target {
@@ -68,6 +70,8 @@ pub struct Scraper {
     discovery_error: Option<String>,
     /// Replicas that share their scrapes (`share_scrapes`): who scrapes what.
     share: Option<Share>,
+    /// What the glue should log, once each.
+    notes: Vec<String>,
 }
 
 impl Scraper {
@@ -82,7 +86,13 @@ impl Scraper {
             next_discovery_ms: 0,
             discovery_error: None,
             share: None,
+            notes: Vec::new(),
         }
+    }
+
+    /// What happened that an operator should read (names cut from a page, say), once each.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     /// Scrapes only this replica's share from now on, and takes the rest from peers.
@@ -308,6 +318,15 @@ impl Scraper {
                 };
                 match result {
                     Ok(reading) => {
+                        if reading.names_left_out > 0 && !t.cut_noted {
+                            t.cut_noted = true;
+                            self.notes.push(format!(
+                                "{}: its metrics page names more than {} models; {} left out (noted once)",
+                                t.state.address,
+                                engine::MAX_NAMES,
+                                reading.names_left_out
+                            ));
+                        }
                         t.state.health = Health::Healthy;
                         t.state.last_ok_ms = now_ms;
                         t.state.metrics = reading.metrics;

@@ -393,3 +393,32 @@ fn a_metrics_outage_is_not_a_serving_outage() {
     w.advance_ms(300);
     assert_eq!(route(&mut w, 0, 0, &chat(MODEL)).status(), Some(503));
 }
+
+#[test]
+fn a_server_reporting_four_billion_kv_blocks_does_not_size_the_proxys_memory() {
+    let page = std::fs::read_to_string(epp_tests::paths::repo_root().join("tests/fixtures/metrics/vllm-v1-qwen3-4b-instruct-fp8.txt"))
+        .expect("a captured vLLM page")
+        .replace("num_gpu_blocks=\"850\"", "num_gpu_blocks=\"4000000000\"");
+    let mut server = SimServer::new(&addr(0), ServerParams::default());
+    server.page_override = Some(page);
+    let mut w = world_with(vec![server], json!({"models_path": ""}), 1, 1);
+    w.advance_ms(200);
+    let model = "Qwen/Qwen3-4B-Instruct-2507-FP8";
+    let ask = |w: &mut World, i: usize| {
+        let prompt = format!("{i:08} {}", "distinct prompt text ".repeat(800));
+        let req = HttpRequest::post_json("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": prompt}]}));
+        assert!(route(w, 0, 0, &req).upstream_header(DEST).is_some());
+    };
+    for i in 0..500 {
+        ask(&mut w, i);
+    }
+    let warm = w.proxies[0].vms[1].memory_bytes();
+    // 12,000 one-off prompts of 256 blocks each: 3 million blocks, four times what the index
+    // keeps (16 MiB at 24 bytes a block: 700,000). Without the cap it grows past 60 MiB.
+    for i in 500..12_500 {
+        ask(&mut w, i);
+    }
+    let grown = w.proxies[0].vms[1].memory_bytes().saturating_sub(warm);
+    assert!(grown < 24 << 20, "the picker's memory grew {} MiB", grown >> 20);
+    eprintln!("picker memory grew {} MiB over 12,000 one-off prompts", grown >> 20);
+}

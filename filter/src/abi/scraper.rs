@@ -144,6 +144,9 @@ impl ScraperRoot {
         self.ask_peers(now);
         self.show_in_flight();
         self.telemetry.flush();
+        for note in self.scraper.take_notes() {
+            log::warn!("wasm-epp scraper: {note}");
+        }
     }
 
     /// The pool's figures, under GIE's names where they mean the same.

@@ -67,7 +67,16 @@ pub struct Params {
     /// the least given one: small differences do not move homes.
     #[serde(default = "defaults::placement_margin")]
     pub placement_margin: u32,
+    /// The prefix index's memory, at most, in bytes per VM: every endpoint gets an equal
+    /// share, however large a KV cache its metrics report (outside data must not size
+    /// the proxy's memory).
+    #[serde(default = "defaults::max_index_bytes")]
+    pub max_index_bytes: usize,
 }
+
+/// What one remembered block costs in the index, at worst (a u64 in a hash set between
+/// two growths, with its control byte).
+pub const BYTES_PER_BLOCK: usize = 24;
 
 mod defaults {
     pub fn hash_block_size() -> usize {
@@ -75,6 +84,9 @@ mod defaults {
     }
     pub fn max_prefix_blocks() -> usize {
         256
+    }
+    pub fn max_index_bytes() -> usize {
+        16 << 20
     }
     pub fn lru_capacity() -> usize {
         31_250
@@ -119,10 +131,13 @@ impl PrefixCacheScorer {
     fn capacity(&self, c: &Candidate) -> usize {
         let m = &c.metrics;
         let tokens = u64::from(m.block_size) * u64::from(m.num_blocks);
-        if tokens == 0 {
-            return self.params.lru_capacity_per_server;
-        }
-        ((tokens * 4) / self.params.hash_block_size as u64).clamp(1, 1 << 22) as usize
+        let wanted = if tokens == 0 {
+            self.params.lru_capacity_per_server as u64
+        } else {
+            (tokens * 4) / self.params.hash_block_size as u64
+        };
+        let share = self.params.max_index_bytes / BYTES_PER_BLOCK / self.index.endpoints().max(1);
+        wanted.clamp(1, share.max(1) as u64) as usize
     }
 }
 
@@ -359,5 +374,19 @@ mod tests {
         assert_eq!(s.capacity(&Candidate::new(&e)), 1000);
         e.metrics.num_blocks = 0;
         assert_eq!(s.capacity(&Candidate::new(&e)), 31_250);
+    }
+
+    #[test]
+    fn a_servers_numbers_do_not_size_the_proxys_memory() {
+        let mut e = endpoint("a:1", load(0, 0, 0.0));
+        e.metrics.block_size = 16;
+        e.metrics.num_blocks = 4_000_000_000;
+        let mut s = scorer(0.0);
+        let share = defaults::max_index_bytes() / BYTES_PER_BLOCK;
+        assert_eq!(s.capacity(&Candidate::new(&e)), share, "the whole budget, for the only endpoint");
+        for i in 0..4 {
+            s.index.record(&format!("b:{i}"), &[1], 10);
+        }
+        assert_eq!(s.capacity(&Candidate::new(&e)), share / 4, "shared by the endpoints it remembers");
     }
 }
