@@ -116,9 +116,10 @@ pub struct Config {
     pub share_scrapes: bool,
     #[serde(default = "defaults::peer_interval_ms")]
     pub peer_interval_ms: u64,
-    /// If set, `peer_path` answers only requests whose `x-wasm-epp-peer-token` header is
-    /// this (the record holds prompt-block hashes: whoever reads it can test whether a
-    /// given prompt was sent lately). Other requests to the path are routed as usual.
+    /// Required with peers: `peer_path` answers only requests whose
+    /// `x-wasm-epp-peer-token` header is this (the record holds prompt-block hashes:
+    /// whoever reads it can test whether a given prompt was sent lately). Other requests
+    /// to the path are routed as usual, the token removed.
     #[serde(default)]
     pub peer_token: String,
     /// What the configuration asked for that wasm-epp does not do (parts of a GIE
@@ -130,6 +131,9 @@ pub struct Config {
 
 /// The destination header unless `destination_header` says otherwise.
 pub const DEFAULT_DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+
+/// A peer token shorter than this is refused: it guards what clients may not read.
+pub const MIN_PEER_TOKEN: usize = 16;
 
 /// The header a peer presents `peer_token` in.
 pub const PEER_TOKEN_HEADER: &str = "x-wasm-epp-peer-token";
@@ -284,6 +288,12 @@ impl Config {
         if !self.peer_path.starts_with('/') {
             return bad("peer_path", "must start with '/'");
         }
+        if self.has_peers() && self.peer_token.len() < MIN_PEER_TOKEN {
+            return bad(
+                "peer_token",
+                &format!("required with `peers` or `peer_cluster`, at least {MIN_PEER_TOKEN} characters: the record holds prompt-block hashes, and whoever can read it can tell whether a prompt was sent lately"),
+            );
+        }
         if !self.peer_token.bytes().all(|b| b.is_ascii_graphic()) {
             return bad("peer_token", "must be printable ASCII without spaces (it travels in a header)");
         }
@@ -403,7 +413,9 @@ mod tests {
             (r#"{"endpoints":["1.2.3.4:1"],"objectives":{"batch":"low"}}"#, "objectives"),
             (r#"{"endpoints":["1.2.3.4:1"],"model_rewrites":[{"model":"a","targets":[]}]}"#, "model_rewrites[0]"),
             (r#"{"endpoints":["1.2.3.4:1"],"saturation":{"kvCacheUtilThreshold":2}}"#, "kvCacheUtilThreshold"),
-            (r#"{"endpoints":["1.2.3.4:1"],"peers":["envoy-1:10000"]}"#, "peers[0]"),
+            (r#"{"endpoints":["1.2.3.4:1"],"peers":["envoy-1:10000"],"peer_token":"0123456789abcdef"}"#, "peers[0]"),
+            (r#"{"endpoints":["1.2.3.4:1"],"peers":["10.0.0.9:10000"]}"#, "peer_token"),
+            (r#"{"endpoints":["1.2.3.4:1"],"peer_cluster":"c","peer_token":"short"}"#, "at least 16"),
             (r#"{"endpoints":["1.2.3.4:1"],"peer_path":"affinity"}"#, "peer_path"),
             (r#"{"endpoints":["1.2.3.4:1"],"peer_cluster_calls":0}"#, "peer_cluster_calls"),
             (r#"{"endpoints":["1.2.3.4:1"],"peer_interval_ms":0}"#, "peer_interval_ms"),

@@ -161,7 +161,7 @@ fn replicas_share_assignments(ports: [u16; 2], peers: serde_json::Value, extra_c
     let sims: Vec<Sim> = (0..4).map(|_| Sim::start(&[])).collect();
     let refs: Vec<&Sim> = sims.iter().collect();
     // The test places prompts with the subset hint, as a filter before the picker would.
-    let mut plugin = json!({"peer_token": "t0ken", "peer_interval_ms": 50, "trust_subset_header": true});
+    let mut plugin = json!({"peer_token": "t0ken-t0ken-t0ken-t0ken", "peer_interval_ms": 50, "trust_subset_header": true});
     if let (Some(p), Some(extra)) = (plugin.as_object_mut(), peers.as_object()) {
         p.extend(extra.clone());
     }
@@ -195,10 +195,10 @@ fn replicas_share_assignments(ports: [u16; 2], peers: serde_json::Value, extra_c
         let r = a.client().send(&a.url("/v1/chat/completions"), &headers, Some(prompt(i).to_string().as_bytes()));
         assert_eq!((r.status, r.served_by()), (200, Some(sim.as_str())), "{}", r.body);
     }
-    let (status, exported) = record_bytes(&a, "t0ken");
+    let (status, exported) = record_bytes(&a, "t0ken-t0ken-t0ken-t0ken");
     assert_eq!(status, 200);
     wait_for("replica B to adopt A's assignments", Duration::from_secs(10), || {
-        (record_bytes(&b, "t0ken").1 >= exported).then_some(())
+        (record_bytes(&b, "t0ken-t0ken-t0ken-t0ken").1 >= exported).then_some(())
     });
     for (i, sim) in addrs(&refs).iter().enumerate() {
         let r = b.post("/v1/chat/completions", &prompt(i));

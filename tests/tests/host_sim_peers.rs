@@ -27,12 +27,12 @@ fn only(req: &HttpRequest, server: usize) -> HttpRequest {
 /// Both replicas listed (and a model server, which answers the affinity path with a 404:
 /// a misconfigured peer is ignored).
 fn listed() -> Value {
-    json!({"peers": [World::proxy_address(0), World::proxy_address(1), addr(0)]})
+    json!({"peers": [World::proxy_address(0), World::proxy_address(1), addr(0)], "peer_token": "test-peer-token-0123456789"})
 }
 
 /// Replicas found through a cluster (host-sim's balances over every proxy, round robin).
 fn clustered() -> Value {
-    json!({"peer_cluster": host_sim::world::PEER_CLUSTER, "peer_cluster_calls": 2})
+    json!({"peer_cluster": host_sim::world::PEER_CLUSTER, "peer_cluster_calls": 2, "peer_token": "test-peer-token-0123456789"})
 }
 
 /// Two replicas over 8 servers, with `plugin`'s peers settings.
@@ -109,7 +109,7 @@ fn the_record_is_served_only_to_peers() {
     let o = route(&mut w, 0, 0, &get(None));
     assert!(o.local_response.is_none() && o.upstream_header(DEST).is_some(), "{o:?}");
 
-    let secret = json!({"peers": [World::proxy_address(0), World::proxy_address(1)], "peer_token": "s3cret"});
+    let secret = json!({"peers": [World::proxy_address(0), World::proxy_address(1)], "peer_token": "s3cret-s3cret-s3cret"});
     let mut w = world_with(servers(3, ServerParams::default()), secret, 1, 2);
     w.advance_ms(200);
     route(&mut w, 0, 0, &long_chat("owls"));
@@ -118,7 +118,7 @@ fn the_record_is_served_only_to_peers() {
         let o = route(&mut w, 0, 0, &get(wrong));
         assert_eq!(o.upstream_header("x-wasm-epp-peer-token"), None, "a wrong token is not forwarded");
     }
-    let (status, body) = record(&mut w, &get(Some("s3cret"))).expect("answered");
+    let (status, body) = record(&mut w, &get(Some("s3cret-s3cret-s3cret"))).expect("answered");
     assert_eq!(status, 200);
     let body = epp::peer::Record::decode(&body).expect("a peer record");
     let magic = b"wasm-epp affinity v1\n";
@@ -129,7 +129,7 @@ fn the_record_is_served_only_to_peers() {
     // With the token the replicas exchanged: both hold the same record.
     w.advance_ms(500);
     let other = {
-        let o = w.request(1, 0, &get(Some("s3cret")));
+        let o = w.request(1, 0, &get(Some("s3cret-s3cret-s3cret")));
         w.finish(1, &o, 200);
         epp::peer::Record::decode(&o.local_response.expect("answered").body).expect("a peer record")
     };
@@ -142,7 +142,7 @@ fn the_record_is_served_only_to_peers() {
 /// p99 age in ms of the row behind each decision, decisions).
 fn scrape_load(replicas: usize, share: bool) -> (f64, u64, u64, usize) {
     let peers: Vec<String> = (0..replicas).map(World::proxy_address).collect();
-    let plugin = json!({"peers": peers, "share_scrapes": share, "models_path": ""});
+    let plugin = json!({"peers": peers, "share_scrapes": share, "models_path": "", "peer_token": "test-peer-token-0123456789"});
     let mut w = epp_tests::hostsim::picker_only_world(servers(64, ServerParams::default()), plugin, 4, replicas);
     w.advance_ms(1000);
     let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
@@ -186,7 +186,7 @@ fn scrape_load_does_not_grow_with_the_replica_count() {
 #[test]
 fn a_replica_whose_peer_is_gone_scrapes_everything_again() {
     let peers: Vec<String> = (0..2).map(World::proxy_address).collect();
-    let mut w = epp_tests::hostsim::picker_only_world(servers(16, ServerParams::default()), json!({"peers": peers, "models_path": ""}), 2, 2);
+    let mut w = epp_tests::hostsim::picker_only_world(servers(16, ServerParams::default()), json!({"peers": peers, "models_path": "", "peer_token": "test-peer-token-0123456789"}), 2, 2);
     w.advance_ms(1000);
     let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
     let rate = |w: &mut World| {

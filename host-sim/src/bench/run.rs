@@ -71,7 +71,8 @@ pub fn run(
         Policy::Module { scheduler, proxies, workers, peers, share_scrapes, .. } => {
             // Every replica lists them all, itself included, as one shared config would.
             let peers: Vec<String> = if *peers { (0..*proxies).map(World::proxy_address).collect() } else { vec![] };
-            let plugin = json!({"endpoints": addrs, "scheduler": scheduler, "objectives": objectives, "max_fallbacks": 0, "peers": peers, "share_scrapes": share_scrapes});
+            let plugin = json!({"endpoints": addrs, "scheduler": scheduler, "objectives": objectives, "max_fallbacks": 0, "peers": peers, "share_scrapes": share_scrapes,
+                                "peer_token": "fleet-bench-peer-token"});
             let config = ProxyConfig { plugin_config: plugin.to_string(), workers: *workers, seed, ..Default::default() };
             (*proxies, *workers, config)
         }
