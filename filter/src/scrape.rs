@@ -612,7 +612,7 @@ mod tests {
     #[test]
     fn replicas_scrape_their_shares_and_take_the_rest_from_peers() {
         let endpoints: Vec<String> = (0..16).map(|i| format!("10.0.0.{i}:8000")).collect();
-        let config = serde_json::json!({"endpoints": endpoints, "peers": ["10.1.0.1:10000", "10.1.0.2:10000"], "models_path": ""});
+        let config = serde_json::json!({"endpoints": endpoints, "peers": ["10.1.0.1:10000", "10.1.0.2:10000"], "models_path": "", "peer_token": "0123456789abcdef"});
         let config = Config::parse(config.to_string().as_bytes()).unwrap();
         let (mut a, mut b) = (Scraper::new(config.clone()), Scraper::new(config));
         a.share_as(1);
