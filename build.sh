@@ -166,7 +166,7 @@ cmd_test() {
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p epp --no-default-features --target wasm32-unknown-unknown --lib
   say "integration tests: the real module in host-sim and in real Envoy"
-  cargo test --release --workspace --test '*' -- --test-threads 2
+  cargo test --release --workspace --test '*' --no-fail-fast -- --test-threads 2
 }
 
 # The module as an OCI image in dist/image (an OCI image layout): one layer, a tar+gzip
