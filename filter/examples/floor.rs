@@ -85,6 +85,9 @@ impl HttpContext for Floor {
             self.path = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok().flatten().unwrap_or_default();
             let _ = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-gateway-inference-objective");
             let _ = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-gateway-destination-endpoint-subset");
+            if !end_of_stream {
+                let _ = hostcalls::get_map_value(MapType::HttpRequestHeaders, "content-encoding");
+            }
         }
         if end_of_stream {
             Action::Continue

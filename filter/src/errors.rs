@@ -33,6 +33,16 @@ impl Rejection {
         }
     }
     /// A sheddable request while the pool is saturated (OpenAI's rate-limit shape).
+    /// A body the picker cannot read (compressed): 415, not a misleading 400.
+    pub fn unsupported_encoding(encoding: &str) -> Self {
+        Self {
+            status: 415,
+            kind: "invalid_request_error",
+            code: "unsupported_content_encoding",
+            message: format!("The request body is `{encoding}`-encoded; send it uncompressed (Content-Encoding: identity)."),
+        }
+    }
+
     pub fn shed(objective: &str, priority: i32) -> Self {
         Self {
             status: 429,

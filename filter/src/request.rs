@@ -11,9 +11,56 @@ use crate::errors::Rejection;
 const OPENAI_PATHS: [&str; 4] =
     ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"];
 
+/// An OpenAI path however it is spelled, as a model server would still route it:
+/// percent escapes decoded (uvicorn decodes `%2F` too), repeated slashes merged, `.` and
+/// `..` segments resolved, a trailing slash, the query and the fragment dropped.
 pub fn is_openai_path(path: &str) -> bool {
     let path = path.split(['?', '#']).next().unwrap_or(path);
-    OPENAI_PATHS.contains(&path.trim_end_matches('/'))
+    if OPENAI_PATHS.contains(&path) {
+        return true;
+    }
+    OPENAI_PATHS.contains(&canonical_path(path).as_str())
+}
+
+fn canonical_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                decoded.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+/// A request body in this `Content-Encoding` cannot be read by the picker (it would have
+/// to decompress it, and the model server would see the compressed one).
+pub fn check_encoding(content_encoding: Option<&str>) -> Result<(), Rejection> {
+    match content_encoding.map(str::trim) {
+        None | Some("") => Ok(()),
+        Some(e) if e.eq_ignore_ascii_case("identity") => Ok(()),
+        Some(e) => Err(Rejection::unsupported_encoding(e)),
+    }
 }
 
 /// Only `model` is kept: serde skips every other field without building values for it,
@@ -193,12 +240,18 @@ fn member_start(b: &[u8], at: usize, key: &[u8]) -> Option<usize> {
         }
         let key_end = string_end(b, i)?;
         let name = b.get(i + 1..key_end - 1)?;
+        // A key spelled with escapes (`"\u006dodel"`) is the same key to every JSON reader.
+        let same = if name.contains(&b'\\') {
+            b.get(i..key_end).and_then(|quoted| serde_json::from_slice::<String>(quoted).ok()).is_some_and(|k| k.as_bytes() == key)
+        } else {
+            name == key
+        };
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(b, i + 1);
-        if name == key {
+        if same {
             return Some(i);
         }
         i = skip_ws(b, value_end(b, i)?);
@@ -301,6 +354,46 @@ mod tests {
         assert_eq!(model_of("/v1/chat/completions", body).unwrap().as_deref(), Some("llama"));
         assert_eq!(model_of("/v1/completions?x=1", br#"{"model":"sql\u002dlora"}"#).unwrap().as_deref(), Some("sql-lora"));
         assert_eq!(model_of("/custom", br#"{"model":"m"}"#).unwrap().as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn compressed_bodies_are_415() {
+        assert!(check_encoding(None).is_ok() && check_encoding(Some("identity")).is_ok() && check_encoding(Some(" IDENTITY ")).is_ok());
+        for e in ["gzip", "br", "deflate, gzip", "zstd"] {
+            let r = check_encoding(Some(e)).unwrap_err();
+            assert_eq!((r.status, r.code), (415, "unsupported_content_encoding"), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_an_openai_path_is_one() {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/chat/completions/",
+            "/v1//chat/completions",
+            "//v1/chat/completions?stream=1",
+            "/v1/chat%2Fcompletions",
+            "/v1/%63hat/completions",
+            "/v1/./chat/completions",
+            "/x/../v1/completions",
+            "/v1/embeddings#top",
+        ] {
+            assert!(is_openai_path(path), "{path}");
+            assert_eq!(model_of(path, b"{}").unwrap_err().code, "missing_model", "{path}");
+        }
+        for path in ["/v1/models", "/health", "/v2/chat/completions", "/v1/chat/completions2", "/%zz"] {
+            assert!(!is_openai_path(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_rewrite_finds_the_model_however_its_key_is_spelled() {
+        let body = br#"{"messages":[],"\u006dodel":"chat"}"#;
+        assert_eq!(model_of("/v1/chat/completions", body).unwrap().as_deref(), Some("chat"));
+        let rewritten = with_model(body, "llama").expect("the key found");
+        assert_eq!(serde_json::from_slice::<Value>(&rewritten).unwrap()["model"], "llama");
+        // Two spellings of one key: a duplicate field, and so not a valid request.
+        assert_eq!(model_of("/v1/chat/completions", br#"{"model":"a","\u006dodel":"b"}"#).unwrap_err().code, "invalid_json");
     }
 
     #[test]

@@ -199,6 +199,19 @@ fn errors_are_answered_by_the_module_and_never_forwarded() {
         assert_eq!(error_code(&o), (status, code.to_string()));
         assert!(o.upstream_headers.is_none(), "{code} was forwarded");
     }
+    // A body the picker cannot read is 415, and a spelling of an OpenAI path that a model
+    // server would still serve is checked as that path.
+    let mut gz = post(b"\x1f\x8b\x08\x00compressed");
+    gz.headers.push(("content-encoding".into(), "gzip".into()));
+    let o = route(&mut w, 0, 0, &gz);
+    assert_eq!(error_code(&o), (415, "unsupported_content_encoding".to_string()));
+    assert!(o.upstream_headers.is_none());
+    for path in ["/v1//chat/completions", "/v1/chat%2Fcompletions", "/v1/chat/completions/"] {
+        let mut r = post(br#"{"messages":[]}"#);
+        r.path = path.into();
+        let o = route(&mut w, 0, 0, &r);
+        assert_eq!(error_code(&o), (400, "missing_model".to_string()), "{path}");
+    }
     let big = json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(4096)}]});
     let o = route(&mut w, 0, 1, &post(big.to_string().as_bytes()));
     assert_eq!(error_code(&o), (413, "request_too_large".to_string()));
@@ -212,7 +225,7 @@ fn errors_are_answered_by_the_module_and_never_forwarded() {
     let o = route(&mut w, 0, 0, &chat(MODEL));
     assert_eq!(error_code(&o), (503, "no_healthy_endpoint".to_string()));
     assert!(o.upstream_headers.is_none());
-    assert_eq!(w.proxies[0].metric("wasm_epp.rejected"), 6);
+    assert_eq!(w.proxies[0].metric("wasm_epp.rejected"), 10);
 }
 
 #[test]

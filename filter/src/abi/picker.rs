@@ -315,6 +315,10 @@ impl HttpContext for PickerStream {
         if end_of_stream {
             return self.decide(None, &[], &[]);
         }
+        if let Err(r) = request::check_encoding(host::header(MapType::HttpRequestHeaders, "content-encoding").as_deref()) {
+            self.decided = true;
+            return reject(&mut self.shared.borrow_mut().stats, &r, "unknown");
+        }
         // Hold the headers until the body names the model.
         Action::Pause
     }
