@@ -126,13 +126,14 @@ build_floor_wasm() {
   cp "$TARGET/wasm32-wasip1/wasm/examples/floor.wasm" dist/bench/floor.wasm
 }
 
-# What the tests run besides Envoy: openssl (the mTLS test's certificates), the reference
+# What the tests run besides Envoy: openssl (the mTLS test's certificates), curl (HTTP/2 clients), the reference
 # OCI registry and skopeo (the image round trip).
 ensure_test_tools() {
   local missing=()
   command -v openssl >/dev/null || missing+=(openssl)
   command -v docker-registry >/dev/null || missing+=(docker-registry)
   command -v skopeo >/dev/null || missing+=(skopeo)
+  command -v curl >/dev/null || missing+=(curl)
   if ((${#missing[@]})); then
     say "installing ${missing[*]}"
     apt_install "${missing[@]}"

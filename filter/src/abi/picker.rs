@@ -100,6 +100,7 @@ impl PickerRoot {
             decided: false,
             explain: None,
             counted: None,
+            refused: None,
         }
     }
 }
@@ -154,6 +155,8 @@ pub struct PickerStream {
     explain: Option<String>,
     /// The in-flight slot this request is counted in, until the stream ends.
     counted: Option<usize>,
+    /// A rejection decided from the headers, answered when the body has arrived.
+    refused: Option<Rejection>,
 }
 
 impl PickerStream {
@@ -315,10 +318,9 @@ impl HttpContext for PickerStream {
         if end_of_stream {
             return self.decide(None, &[], &[]);
         }
-        if let Err(r) = request::check_encoding(host::header(MapType::HttpRequestHeaders, "content-encoding").as_deref()) {
-            self.decided = true;
-            return reject(&mut self.shared.borrow_mut().stats, &r, "unknown");
-        }
+        // Answered once the body is in: a reply while the client still uploads races it
+        // (HTTP/2 clients may lose the answer to the stream's reset).
+        self.refused = request::check_encoding(host::header(MapType::HttpRequestHeaders, "content-encoding").as_deref()).err();
         // Hold the headers until the body names the model.
         Action::Pause
     }
@@ -416,6 +418,10 @@ impl PickerStream {
     }
 
     fn decide_on_body(&mut self, body_size: usize) -> Action {
+        if let Some(r) = self.refused.take() {
+            self.decided = true;
+            return reject(&mut self.shared.borrow_mut().stats, &r, "unknown");
+        }
         let body = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
         let prompt_bytes = self.shared.borrow().router.prompt_bytes();
         match request::parse(&self.path, &body, prompt_bytes) {
