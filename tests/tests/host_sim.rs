@@ -435,3 +435,96 @@ fn a_server_reporting_four_billion_kv_blocks_does_not_size_the_proxys_memory() {
     assert!(grown < 24 << 20, "the picker's memory grew {} MiB", grown >> 20);
     eprintln!("picker memory grew {} MiB over 12,000 one-off prompts", grown >> 20);
 }
+
+/// How long after `fault` hits server 0 of three the picker stops sending to it, in ms of
+/// virtual time (a decision every 10 ms), and whether it comes back once healed.
+fn time_to_route_around(fault: Fault) -> (u64, u64) {
+    let mut w = world_with(servers(3, ServerParams::default()), json!({}), 2, 1);
+    w.advance_ms(500);
+    let since = |w: &World, t: u64| (w.now_us() - t) / 1000;
+    w.fleet.server(&addr(0)).expect("server").fault = fault;
+    let hit = w.now_us();
+    let mut last_to_it = 0;
+    for i in 0..300 {
+        let o = route(&mut w, 0, i % 2, &chat(MODEL));
+        if o.upstream_header(DEST).is_some_and(|d| d.starts_with(&addr(0))) {
+            last_to_it = since(&w, hit);
+        }
+        assert!(o.local_response.is_none(), "{fault:?}: {o:?}");
+        w.advance_ms(10);
+    }
+    w.fleet.server(&addr(0)).expect("server").fault = Fault::None;
+    let healed = w.now_us();
+    let mut back = None;
+    for i in 0..300 {
+        let o = route(&mut w, 0, i % 2, &chat(MODEL));
+        if back.is_none() && o.upstream_header(DEST).is_some_and(|d| d.starts_with(&addr(0))) {
+            back = Some(since(&w, healed));
+        }
+        w.advance_ms(10);
+    }
+    assert!(w.traps().is_empty(), "{:?}", w.traps());
+    (last_to_it, back.expect("the healed server is used again"))
+}
+
+#[test]
+fn single_server_faults_are_routed_around_within_a_scrape_timeout() {
+    for fault in [Fault::Timeout, Fault::Refused, Fault::ServerError, Fault::Garbage, Fault::Oversized] {
+        let (around, back) = time_to_route_around(fault);
+        eprintln!("{fault:?}: last decision for the faulty server {around} ms after the fault; used again {back} ms after it healed");
+        // A scrape that hangs is given scrape_timeout_ms (1 s); the others fail at once.
+        let bound = if fault == Fault::Timeout { 1_100 } else { 120 };
+        assert!(around <= bound, "{fault:?}: {around} ms");
+        assert!(back <= 1_200, "{fault:?}: back after {back} ms");
+    }
+}
+
+#[test]
+fn the_whole_pool_going_down_is_503_and_coming_back_is_scheduled_at_once() {
+    let mut w = world_with(servers(3, ServerParams::default()), json!({}), 2, 1);
+    w.advance_ms(500);
+    for s in &mut w.fleet.servers {
+        s.fault = Fault::Refused;
+    }
+    w.advance_ms(200);
+    for i in 0..10 {
+        assert_eq!(route(&mut w, 0, i % 2, &chat(MODEL)).status(), Some(503));
+    }
+    for s in &mut w.fleet.servers {
+        s.fault = Fault::None;
+    }
+    let back = w.now_us();
+    let mut first_ok = None;
+    for i in 0..100 {
+        let o = route(&mut w, 0, i % 2, &chat(MODEL));
+        if o.local_response.is_none() && first_ok.is_none() {
+            first_ok = Some((w.now_us() - back) / 1000);
+        }
+        w.advance_ms(5);
+    }
+    let first_ok = first_ok.expect("scheduled again");
+    eprintln!("the pool came back: scheduled again {first_ok} ms later");
+    assert!(first_ok <= 120, "{first_ok} ms");
+}
+
+#[test]
+fn a_flapping_server_gets_little_traffic_while_it_is_down() {
+    let mut w = world_with(servers(3, ServerParams::default()), json!({}), 2, 1);
+    w.advance_ms(500);
+    let (mut while_down, mut decisions_down) = (0, 0);
+    for step in 0..600 {
+        let down = (step / 30) % 2 == 1; // 300 ms down, 300 ms up
+        w.fleet.server(&addr(0)).expect("server").fault = if down { Fault::ServerError } else { Fault::None };
+        let o = route(&mut w, 0, step % 2, &chat(MODEL));
+        if down {
+            decisions_down += 1;
+            if o.upstream_header(DEST).is_some_and(|d| d.starts_with(&addr(0))) {
+                while_down += 1;
+            }
+        }
+        w.advance_ms(10);
+    }
+    let share = while_down as f64 / decisions_down as f64;
+    eprintln!("flapping every 300 ms: {while_down} of {decisions_down} decisions while it was down went to it ({:.0}%)", share * 100.0);
+    assert!(share < 0.2, "{share}");
+}
