@@ -28,7 +28,7 @@ pub fn endpoint_id(address: &str) -> u32 {
 }
 
 fn key(anchor: u64) -> String {
-    format!("wasm-epp/v1/affinity/{}", anchor % SHARDS)
+    format!("{}{}", crate::names::keys::AFFINITY_PREFIX, anchor % SHARDS)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,7 +58,7 @@ fn encode(entries: &[Entry]) -> Vec<u8> {
 
 /// How many prefixes this proxy assigned to each endpoint, ever: (endpoint id, count)
 /// pairs. Read only when a new prefix is placed and balance is asked for.
-const GIVEN_KEY: &str = "wasm-epp/v1/affinity/given";
+const GIVEN_KEY: &str = crate::names::keys::AFFINITY_GIVEN;
 
 fn decode_given(bytes: &[u8]) -> Vec<(u32, u32)> {
     crate::shared::decode_u32s(bytes).chunks_exact(2).map(|p| (p[0], p[1])).collect()

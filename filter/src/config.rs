@@ -130,13 +130,13 @@ pub struct Config {
 }
 
 /// The destination header unless `destination_header` says otherwise.
-pub const DEFAULT_DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+pub const DEFAULT_DESTINATION_HEADER: &str = crate::names::headers::DESTINATION;
 
 /// A peer token shorter than this is refused: it guards what clients may not read.
 pub const MIN_PEER_TOKEN: usize = 16;
 
 /// The header a peer presents `peer_token` in.
-pub const PEER_TOKEN_HEADER: &str = "x-wasm-epp-peer-token";
+pub const PEER_TOKEN_HEADER: &str = crate::names::headers::PEER_TOKEN;
 
 mod defaults {
     pub fn admin_cluster() -> String {

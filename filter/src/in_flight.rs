@@ -13,7 +13,7 @@
 
 use crate::shared::{self, SharedStore};
 
-pub const KEY: &str = "wasm-epp/v1/in-flight";
+pub const KEY: &str = crate::names::keys::IN_FLIGHT;
 
 /// Lost races retried before an update is dropped: workers write this key on every
 /// request and every stream end.

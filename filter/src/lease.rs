@@ -14,7 +14,7 @@
 
 use crate::shared::SharedStore;
 
-pub const KEY: &str = "wasm-epp/v1/scraper-lease";
+pub const KEY: &str = crate::names::keys::SCRAPER_LEASE;
 
 /// What a tick changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub mod errors;
 pub mod in_flight;
 pub mod lease;
 pub mod models;
+pub mod names;
 pub mod peer;
 pub mod prefix;
 pub mod prom;

@@ -16,14 +16,14 @@ use crate::shared::SharedStore;
 use crate::table::EndpointState;
 
 /// This proxy's replica id, shared by all its VMs.
-pub const REPLICA_KEY: &str = "wasm-epp/v1/replica";
+pub const REPLICA_KEY: &str = crate::names::keys::REPLICA;
 const MAGIC: &[u8] = b"wasm-epp peer v2\n";
 /// More rows than a pool can have are not a record.
 const MAX_ROWS: usize = crate::discovery::MAX_HOSTS;
 
 /// The request header that asks a peer for its rows alone: the prefix assignments
 /// travel every `peer_interval_ms`, the rows at the scrape pace.
-pub const WANT_HEADER: &str = "x-wasm-epp-peer-want";
+pub const WANT_HEADER: &str = crate::names::headers::PEER_WANT;
 pub const WANT_ROWS: &str = "rows";
 
 /// When to ask the peers, and for what.

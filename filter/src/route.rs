@@ -9,9 +9,9 @@ use crate::scheduler::{Candidate, Decision, Profile, SchedulingRequest};
 use crate::table::{EndpointState, Health, Table};
 
 /// The request header naming the objective (and so the priority) of a request.
-pub const OBJECTIVE_HEADER: &str = "x-gateway-inference-objective";
+pub const OBJECTIVE_HEADER: &str = crate::names::headers::OBJECTIVE;
 /// The request header restricting the endpoints to a comma list of `ip:port`.
-pub const SUBSET_HEADER: &str = "x-gateway-destination-endpoint-subset";
+pub const SUBSET_HEADER: &str = crate::names::headers::SUBSET;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

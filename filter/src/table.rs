@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 
 /// The shared-data key of the table. The version in the key lets two module versions
 /// that share a `vm_id` during a rollout keep their own tables.
-pub const TABLE_KEY: &str = "wasm-epp/v2/table";
+pub const TABLE_KEY: &str = crate::names::keys::TABLE;
 const FORMAT: u8 = 3;
 /// The generation of the table last published (8 bytes, little-endian): a picker reads
 /// these 8 bytes per request, and the table itself only when they change.
-pub const GENERATION_KEY: &str = "wasm-epp/v2/generation";
+pub const GENERATION_KEY: &str = crate::names::keys::GENERATION;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Table {

@@ -20,7 +20,7 @@ use crate::request;
 use crate::route::{Incoming, Outcome, Router, OBJECTIVE_HEADER, SUBSET_HEADER};
 use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
 
-const EXPLAIN_HEADER: &str = "x-wasm-epp-explain";
+use crate::names::headers::EXPLAIN as EXPLAIN_HEADER;
 
 /// How long a worker that routes nothing keeps its ended streams in the in-flight counts.
 const ENDED_FLUSH_MS: u64 = 20;
@@ -249,7 +249,7 @@ fn rewrite_body(body: &[u8], target: &str) {
         log::warn!("wasm-epp picker: could not rewrite the body: {e:?}");
         return;
     }
-    host::set_request_header("content-length", Some(&new.len().to_string()));
+    host::set_request_header(crate::names::headers::CONTENT_LENGTH, Some(&new.len().to_string()));
 }
 
 /// Answers a peer with this replica's record: the rows it scraped itself (where replicas
@@ -320,7 +320,7 @@ impl HttpContext for PickerStream {
         }
         // Answered once the body is in: a reply while the client still uploads races it
         // (HTTP/2 clients may lose the answer to the stream's reset).
-        self.refused = request::check_encoding(host::header(MapType::HttpRequestHeaders, "content-encoding").as_deref()).err();
+        self.refused = request::check_encoding(host::header(MapType::HttpRequestHeaders, crate::names::headers::CONTENT_ENCODING).as_deref()).err();
         // Hold the headers until the body names the model.
         Action::Pause
     }

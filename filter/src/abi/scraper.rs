@@ -228,7 +228,7 @@ impl ScraperRoot {
         // An ORIGINAL_DST cluster reads the first header, an override_host cluster (the
         // pool's own, which under a mesh carries its mutual TLS) the second.
         if let Some(a) = address {
-            headers.push(("x-envoy-original-dst-host", a));
+            headers.push((crate::names::headers::ORIGINAL_DST_HOST, a));
             headers.push((config.destination_header.as_str(), a));
         }
         headers.extend_from_slice(extra);
