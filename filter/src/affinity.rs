@@ -22,19 +22,29 @@ const PER_SHARD: usize = 16;
 /// anchor (8) + endpoint id (4).
 const ENTRY: usize = 12;
 
-/// A short id of an endpoint address; 0 means none.
+/// A short id of an endpoint address (31 bits); 0 means none.
 pub fn endpoint_id(address: &str) -> u32 {
-    (FixedState::with_seed(0xadd7).hash_one(address.as_bytes()) as u32).max(1)
+    ((FixedState::with_seed(0xadd7).hash_one(address.as_bytes()) as u32) & !PROTECTED).max(1)
 }
+
+/// The top bit of an entry's endpoint word: the entry was used again after it was made,
+/// and sits in the shard's protected segment, which new prompts cannot push out.
+const PROTECTED: u32 = 1 << 31;
+/// At most this many protected entries a shard; the rest of it takes new prompts.
+const MAX_PROTECTED: usize = PER_SHARD / 2;
 
 fn key(anchor: u64) -> String {
     format!("{}{}", crate::names::keys::AFFINITY_PREFIX, anchor % SHARDS)
 }
 
+/// A shard holds its protected entries first (most recently promoted first), then the
+/// rest (most recent first): a segmented LRU, so that a flood of one-off prompts churns
+/// only the second segment and the prefixes people come back to keep their homes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Entry {
     anchor: u64,
     endpoint: u32,
+    protected: bool,
 }
 
 fn decode(bytes: &[u8]) -> Vec<Entry> {
@@ -42,7 +52,8 @@ fn decode(bytes: &[u8]) -> Vec<Entry> {
         .chunks_exact(ENTRY)
         .map(|c| {
             let word = |r: core::ops::Range<usize>| c[r].iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-            Entry { anchor: word(0..8), endpoint: word(8..12) as u32 }
+            let endpoint = word(8..12) as u32;
+            Entry { anchor: word(0..8), endpoint: endpoint & !PROTECTED, protected: endpoint & PROTECTED != 0 }
         })
         .collect()
 }
@@ -51,9 +62,14 @@ fn encode(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * ENTRY);
     for e in entries {
         out.extend_from_slice(&e.anchor.to_le_bytes());
-        out.extend_from_slice(&e.endpoint.to_le_bytes());
+        out.extend_from_slice(&(e.endpoint | if e.protected { PROTECTED } else { 0 }).to_le_bytes());
     }
     out
+}
+
+/// Where the unprotected segment of a shard starts.
+fn protected_len(entries: &[Entry]) -> usize {
+    entries.iter().take_while(|e| e.protected).count()
 }
 
 /// How many prefixes this proxy assigned to each endpoint, ever: (endpoint id, count)
@@ -86,10 +102,27 @@ fn count_given(store: &dyn SharedStore, endpoints: &[u32]) {
     });
 }
 
-/// The endpoint (id) this proxy assigned `anchor` to, if it remembers one.
+/// The endpoint (id) this proxy assigned `anchor` to, if it remembers one. The first time
+/// an assignment is used again it is promoted to its shard's protected segment (one
+/// write, once); after that a hit is a read.
 pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
-    let (bytes, _) = store.get(&key(anchor))?;
-    decode(&bytes).into_iter().find(|e| e.anchor == anchor).map(|e| e.endpoint)
+    let (bytes, cas) = store.get(&key(anchor))?;
+    let found = decode(&bytes).into_iter().find(|e| e.anchor == anchor)?;
+    if !found.protected {
+        crate::shared::update(store, &key(anchor), 3, Some((bytes, cas)), |bytes| {
+            let mut entries = decode(bytes);
+            let at = entries.iter().position(|e| e.anchor == anchor && !e.protected)?;
+            let mut e = entries.remove(at);
+            e.protected = true;
+            entries.insert(0, e);
+            // Past the segment's size, its oldest goes back to the unprotected one.
+            if protected_len(&entries) > MAX_PROTECTED {
+                entries[MAX_PROTECTED].protected = false;
+            }
+            Some(encode(&entries))
+        });
+    }
+    Some(found.endpoint)
 }
 
 /// Assigns `anchor` to `endpoint`, unless it has an assignment already: a group that
@@ -103,7 +136,7 @@ pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32, count: bool) 
         if entries.iter().any(|e| e.anchor == anchor) {
             return None;
         }
-        entries.insert(0, Entry { anchor, endpoint });
+        entries.insert(protected_len(&entries), Entry { anchor, endpoint, protected: false });
         entries.truncate(PER_SHARD);
         new = true;
         Some(encode(&entries))
@@ -122,8 +155,9 @@ pub fn export(store: &dyn SharedStore) -> Vec<u8> {
     let mut out = EXPORT_MAGIC.to_vec();
     for shard in 0..SHARDS {
         if let Some((bytes, _)) = store.get(&key(shard)) {
-            let whole = bytes.len() - bytes.len() % ENTRY;
-            out.extend_from_slice(&bytes[..whole]);
+            // Peers get plain endpoint ids: protection is this proxy's own bookkeeping.
+            let plain: Vec<Entry> = decode(&bytes).into_iter().map(|e| Entry { protected: false, ..e }).collect();
+            out.extend_from_slice(&encode(&plain));
         }
     }
     out
@@ -150,7 +184,7 @@ pub fn adopt(store: &dyn SharedStore, record: &[u8]) -> Result<Adopted, &'static
     let mut by_shard: hashbrown::HashMap<u64, Vec<Entry>> = hashbrown::HashMap::new();
     for e in decode(entries) {
         if e.endpoint != 0 {
-            by_shard.entry(e.anchor % SHARDS).or_default().push(e);
+            by_shard.entry(e.anchor % SHARDS).or_default().push(Entry { protected: false, ..e });
         }
     }
     let mut total = Adopted::default();
@@ -175,7 +209,8 @@ pub fn adopt(store: &dyn SharedStore, record: &[u8]) -> Result<Adopted, &'static
             }
             // Theirs go after the newer half of ours: a shard churned by one-off prompts
             // on either side still takes in the other's recent prefixes.
-            let at = ours.len().min(PER_SHARD / 2);
+            let protected = protected_len(&ours);
+            let at = protected + (ours.len() - protected).min(PER_SHARD / 4);
             fresh.truncate(PER_SHARD - at);
             done.new = fresh.len();
             if done.settled == 0 && fresh.is_empty() {
@@ -204,13 +239,41 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
+    fn prefixes_used_again_outlive_a_flood_of_one_off_prompts() {
+        let store = MemoryStore::default();
+        // Eight popular prefixes in one shard, each used again once.
+        let popular: Vec<u64> = (0..8).map(|i| 5 + i * SHARDS).collect();
+        for &a in &popular {
+            assign(&store, a, 1, false);
+            assert_eq!(recall(&store, a), Some(1));
+        }
+        let writes = store.get(&key(5)).unwrap().1;
+        for &a in &popular {
+            assert_eq!(recall(&store, a), Some(1));
+        }
+        assert_eq!(store.get(&key(5)).unwrap().1, writes, "a protected hit is a read");
+        // A client sends 5,000 distinct prompts into the same shard.
+        for i in 0..5_000u64 {
+            assign(&store, 5 + (100 + i) * SHARDS, 2, false);
+        }
+        for &a in &popular {
+            assert_eq!(recall(&store, a), Some(1), "anchor {a} kept its home");
+        }
+        assert_eq!(recall(&store, 5 + 100 * SHARDS), None, "one-offs come and go");
+        // Peers see plain endpoint ids.
+        let exported = export(&store);
+        let entries = decode(exported.strip_prefix(EXPORT_MAGIC).unwrap());
+        assert!(entries.iter().all(|e| !e.protected && (e.endpoint == 1 || e.endpoint == 2)));
+    }
+
+    #[test]
     fn the_first_assignment_sticks() {
         let store = MemoryStore::default();
         assert_eq!(recall(&store, 7), None);
         assign(&store, 7, 1, true);
         assign(&store, 7, 2, true);
-        assert_eq!(recall(&store, 7), Some(1));
         assert_eq!(store.get(&key(7)).unwrap().1, 1, "an existing assignment is not written again");
+        assert_eq!(recall(&store, 7), Some(1));
         assign(&store, 7 + SHARDS, 3, true);
         assert_eq!(recall(&store, 7 + SHARDS), Some(3), "same shard, own entry");
         assert_eq!(recall(&store, 7), Some(1));
@@ -281,10 +344,10 @@ mod tests {
         }
         // An entry with no endpoint is not an assignment.
         let mut zero = EXPORT_MAGIC.to_vec();
-        zero.extend_from_slice(&encode(&[Entry { anchor: 5, endpoint: 0 }]));
+        zero.extend_from_slice(&encode(&[Entry { anchor: 5, endpoint: 0, protected: false }]));
         assert_eq!(adopt(&a, &zero).unwrap(), Adopted::default());
         assert_eq!(recall(&a, 5), None);
-        assert_eq!(export(&a), [EXPORT_MAGIC, &encode(&[Entry { anchor: 1, endpoint: 10 }])].concat());
+        assert_eq!(export(&a), [EXPORT_MAGIC, &encode(&[Entry { anchor: 1, endpoint: 10, protected: false }])].concat());
     }
 
     #[test]
@@ -298,7 +361,7 @@ mod tests {
                 self.1.set(self.1.get() + 1);
                 // Another worker writes first, once.
                 if self.1.get() == 1 {
-                    self.0.set(key, &encode(&[Entry { anchor: 99, endpoint: 9 }]), 0);
+                    self.0.set(key, &encode(&[Entry { anchor: 99, endpoint: 9, protected: false }]), 0);
                     return false;
                 }
                 self.0.set(key, value, cas)
