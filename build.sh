@@ -10,6 +10,8 @@
 #   ./build.sh image      dist/image: the module as an OCI image (an OCI layout, offline), for
 #                         Istio's WasmPlugin and Envoy Gateway; prints its digest
 #   ./build.sh publish REF   push dist/image to REF (docker://registry/repo:tag) with skopeo
+#   ./build.sh fuzz [TARGET] [SECONDS]   cargo fuzz (libFuzzer) on the core: body, prom, decoders,
+#                         config (all, 10 s each, without arguments; ./build.sh test runs that)
 #   ./build.sh demo       simulated model servers + real Envoy + the module, traffic, a report
 #   ./build.sh help       this text
 set -euo pipefail
@@ -166,6 +168,8 @@ cmd_test() {
   say "unit tests of the module's core, compiled to wasm32 (wasm-bindgen-test on Node.js)"
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p epp --no-default-features --target wasm32-unknown-unknown --lib
+  say "fuzzing the core, briefly (./build.sh fuzz TARGET SECONDS for longer)"
+  cmd_fuzz
   say "integration tests: the real module in host-sim and in real Envoy"
   cargo test --release --workspace --test '*' --no-fail-fast -- --test-threads 2
 }
@@ -234,6 +238,35 @@ cmd_publish() {
   echo "pushed $ref: $(cat dist/image/pushed-digest)"
 }
 
+# cargo fuzz on the machine's stable toolchain: libFuzzer's coverage needs no sanitizer,
+# and RUSTC_BOOTSTRAP lets cargo-fuzz pass its one unstable flag.
+CARGO_FUZZ_VERSION="0.13.2"
+ensure_cargo_fuzz() {
+  if ! "$TOOLS/bin/cargo-fuzz" --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION into .tools/"
+    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" --root "$TOOLS"
+  fi
+}
+
+FUZZ_TARGETS=(body prom decoders config)
+cmd_fuzz() {
+  ensure_cargo_fuzz
+  local targets=("${FUZZ_TARGETS[@]}") seconds="${2:-10}"
+  [[ $# -ge 1 ]] && targets=("$1")
+  mkdir -p fuzz/corpus/prom
+  cp tests/fixtures/metrics/*.txt fuzz/corpus/prom/
+  for t in "${targets[@]}"; do
+    mkdir -p "fuzz/corpus/$t"
+    say "fuzzing $t for ${seconds}s"
+    (cd fuzz && RUSTC_BOOTSTRAP=1 "$TOOLS/bin/cargo-fuzz" run --sanitizer none -O "$t" "corpus/$t" -- \
+      -max_total_time="$seconds" -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units|==|SUMMARY)|panicked" || true)
+    if compgen -G "fuzz/artifacts/$t/*" >/dev/null; then
+      echo "fuzz target $t found a failing input: $(ls fuzz/artifacts/"$t"/*)" >&2
+      exit 1
+    fi
+  done
+}
+
 cmd_demo() {
   build_wasm
   ensure_envoy
@@ -268,6 +301,7 @@ case "${1:-build}" in
   bench-overhead) shift; cmd_bench_overhead "$@" ;;
   image) shift; cmd_image "$@" ;;
   publish) shift; cmd_publish "$@" ;;
-  help|-h|--help) sed -n '2,15p' "$0" ;;
+  fuzz) shift; cmd_fuzz "$@" ;;
+  help|-h|--help) sed -n '2,17p' "$0" ;;
   *) echo "unknown command: $1 (try ./build.sh help)" >&2; exit 2 ;;
 esac

@@ -93,6 +93,11 @@ pub fn parse(path: &str, body: &[u8], prompt_bytes: usize) -> Result<Body, Rejec
             false => Ok(Body::default()),
         };
     }
+    // serde skips the fields it does not keep without checking their UTF-8, which every
+    // JSON reader behind the picker would refuse: check it first (fuzzing found this).
+    if strict && std::str::from_utf8(body).is_err() {
+        return Err(Rejection::bad_request("invalid_json", "The request body is not valid UTF-8."));
+    }
     // serde validates the whole body and keeps only `model`; the prompt is read from the
     // raw bytes afterwards, as far as needed, with no copy of the rest.
     let parsed = serde_json::from_slice::<ModelOnly>(body).map(|m| m.model);
@@ -354,6 +359,13 @@ mod tests {
         assert_eq!(model_of("/v1/chat/completions", body).unwrap().as_deref(), Some("llama"));
         assert_eq!(model_of("/v1/completions?x=1", br#"{"model":"sql\u002dlora"}"#).unwrap().as_deref(), Some("sql-lora"));
         assert_eq!(model_of("/custom", br#"{"model":"m"}"#).unwrap().as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_in_the_body_is_refused() {
+        // Found by the `body` fuzz target: bad bytes in a field serde skips unread.
+        let found = b"\t\n{   \"model\"\r \t   :\",,/\"\n, \t \"mocel\"\r \t   :\",\xd4\xcf\"\n\n}";
+        assert_eq!(model_of("/v1/chat/completions", found).unwrap_err().code, "invalid_json");
     }
 
     #[test]

@@ -160,7 +160,14 @@ impl Table {
     pub fn decode(bytes: &[u8]) -> Result<Table, String> {
         match bytes.split_first() {
             Some((&FORMAT, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| format!("corrupt metrics table: {e}"))
+                let mut table: Table = postcard::from_bytes(rest).map_err(|e| format!("corrupt metrics table: {e}"))?;
+                // Bytes from shared data are outside this VM: a KV-cache share is a number
+                // within [0, 1] (fuzzing found a NaN get through).
+                for e in &mut table.endpoints {
+                    let kv = e.metrics.kv_usage;
+                    e.metrics.kv_usage = if kv.is_finite() { kv.clamp(0.0, 1.0) } else { 0.0 };
+                }
+                Ok(table)
             }
             Some((other, _)) => Err(format!("metrics table format {other}, this module reads {FORMAT}")),
             None => Err("empty metrics table".into()),
@@ -221,6 +228,19 @@ mod tests {
         for cut in 1..good.len() {
             assert!(Table::decode(&good[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_foreign_tables_kv_share_is_kept_within_bounds() {
+        // Found by the `decoders` fuzz target: a NaN KV-cache share in a decoded table.
+        let mut t = sample();
+        t.endpoints[0].metrics.kv_usage = f32::NAN;
+        let mut hot = t.endpoints[0].clone();
+        hot.metrics.kv_usage = 7.5;
+        t.endpoints.push(hot);
+        let back = Table::decode(&t.encode()).unwrap();
+        assert_eq!(back.endpoints[0].metrics.kv_usage, 0.0);
+        assert_eq!(back.endpoints[1].metrics.kv_usage, 1.0);
     }
 
     #[test]
