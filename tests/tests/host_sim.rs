@@ -528,3 +528,19 @@ fn a_flapping_server_gets_little_traffic_while_it_is_down() {
     eprintln!("flapping every 300 ms: {while_down} of {decisions_down} decisions while it was down went to it ({:.0}%)", share * 100.0);
     assert!(share < 0.2, "{share}");
 }
+
+#[test]
+fn the_cli_exits_non_zero_when_a_vm_refuses_its_configuration() {
+    let run = |config: &str| {
+        std::process::Command::new(epp_tests::paths::target_bin("host-sim"))
+            .args(["--wasm", &epp_tests::paths::epp_wasm().display().to_string(), "--requests", "1", "--quiet", "--config", config])
+            .output()
+            .expect("host-sim runs")
+    };
+    let bad = run(r#"{"stale_after_ms": 0}"#);
+    assert!(!bad.status.success(), "a refused configuration is a failure");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("refused its configuration") && said.contains("stale_after_ms"), "{said}");
+    let good = run("{}");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+}
