@@ -11,7 +11,9 @@ use crate::stats;
 
 pub struct Telemetry {
     pool: String,
-    ids: HashMap<String, Option<u32>>,
+    /// Metric ids by a hash of the metric and its label values: a request builds no name
+    /// unless its label set is new.
+    ids: HashMap<u64, Option<u32>>,
     /// Counts not yet given to Envoy, by metric id.
     counted: HashMap<u32, u64>,
 }
@@ -29,17 +31,24 @@ impl Telemetry {
     }
 
     fn id(&mut self, kind: MetricType, metric: &str, labels: &[(&str, &str)]) -> Option<u32> {
-        let mut all = vec![("name", self.pool.as_str())];
-        all.extend_from_slice(labels);
-        let name = stats::name(metric, &all);
-        if let Some(id) = self.ids.get(&name) {
+        use core::hash::{BuildHasher, Hash, Hasher};
+        let mut h = foldhash::quality::FixedState::with_seed(0x57a7).build_hasher();
+        metric.hash(&mut h);
+        for (label, value) in labels {
+            label.hash(&mut h);
+            value.hash(&mut h);
+        }
+        let key = h.finish();
+        if let Some(id) = self.ids.get(&key) {
             return *id;
         }
         if self.ids.len() >= stats::MAX_LABEL_SETS * stats::SERIES.len() {
             return None;
         }
-        let id = hostcalls::define_metric(kind, &name).ok();
-        self.ids.insert(name, id);
+        let mut all = vec![("name", self.pool.as_str())];
+        all.extend_from_slice(labels);
+        let id = hostcalls::define_metric(kind, &stats::name(metric, &all)).ok();
+        self.ids.insert(key, id);
         id
     }
 
