@@ -95,7 +95,7 @@ pub fn parse(path: &str, body: &[u8], prompt_bytes: usize) -> Result<Body, Rejec
     }
     // serde skips the fields it does not keep without checking their UTF-8, which every
     // JSON reader behind the picker would refuse: check it first (fuzzing found this).
-    if strict && std::str::from_utf8(body).is_err() {
+    if strict && simdutf8::basic::from_utf8(body).is_err() {
         return Err(Rejection::bad_request("invalid_json", "The request body is not valid UTF-8."));
     }
     // serde validates the whole body and keeps only `model`; the prompt is read from the
