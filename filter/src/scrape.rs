@@ -384,9 +384,14 @@ impl Scraper {
         }
     }
 
-    /// The discovery call could not be sent.
-    pub fn on_discovery_failed(&mut self) {
+    /// The discovery call could not be sent (no such cluster, say): what to log, the
+    /// first time it is seen.
+    pub fn on_discovery_failed(&mut self, why: &str) -> Option<String> {
         self.discovery_in_flight = false;
+        let why = format!("pool {:?} not read, keeping the last membership: {why}", self.config.pool_cluster);
+        let new = self.discovery_error.as_deref() != Some(why.as_str());
+        self.discovery_error = Some(why.clone());
+        new.then_some(why)
     }
 
     pub fn is_dirty(&self) -> bool {

@@ -124,8 +124,10 @@ impl ScraperRoot {
                     self.pending.insert(token, Call::Discovery);
                 }
                 Err(status) => {
-                    log::warn!("wasm-epp scraper: pool membership: dispatch to cluster {cluster:?} failed: {status:?}");
-                    self.scraper.on_discovery_failed();
+                    let why = format!("dispatch to cluster {cluster:?} failed: {status:?}");
+                    if let Some(news) = self.scraper.on_discovery_failed(&why) {
+                        log::warn!("wasm-epp scraper: {news}");
+                    }
                 }
             }
         }
@@ -136,7 +138,10 @@ impl ScraperRoot {
                     self.pending.insert(token, Call::Probe(probe));
                 }
                 Err(why) => {
-                    log::warn!("wasm-epp scraper: {}: {why}", probe.address);
+                    // Said when it starts failing, not every interval.
+                    if !self.scraper.failing(probe.slot) {
+                        log::warn!("wasm-epp scraper: {}: {why}", probe.address);
+                    }
                     self.scraper.on_failed(&probe, &why, now);
                 }
             }
