@@ -186,7 +186,13 @@ impl PickerStream {
             let us = (host::now_ns().saturating_sub(started) / 1000) as u64;
             stats.telemetry.record(stats::SCHEDULER_DURATION_US, &[], us);
         }
-        let model_label = stats::model_label(model, table);
+        // A scheduled request's model passed the model filter or a rewrite rule, so its
+        // name is bounded by the pool and the configuration: no scan of the table.
+        let scheduled = matches!(outcome, Outcome::Route { fail_open: false, .. });
+        let model_label = match model {
+            Some(m) if scheduled => m,
+            _ => stats::model_label(model, table),
+        };
         match outcome {
             Outcome::Route { endpoints, slot, fail_open, explain, rewritten, outage } => {
                 if outage != *last_outage {
