@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +67,11 @@ enum MetricsFault {
     Error,
     Hang,
     Huge,
+    /// The page, then 10,000 more `model_name` values (about 750 KB): a server whose
+    /// label values a scraper must not keep, nor take long over.
+    ManyModels,
+    /// The page claiming 4,000,000,000 KV blocks: a number that must not size the proxy.
+    HugeKvCache,
 }
 
 struct Sim {
@@ -350,6 +356,17 @@ async fn metrics_page(State(app): State<App>) -> Response {
             page.into_response()
         }
         MetricsFault::Huge => "# padding\n".repeat(1_000_000).into_response(),
+        MetricsFault::ManyModels => {
+            let mut out = page;
+            for i in 0..10_000 {
+                let _ = writeln!(out, "vllm:num_requests_waiting{{engine=\"0\",model_name=\"tenant-{i:05}/fine-tuned-model\"}} 0.0");
+            }
+            out.into_response()
+        }
+        MetricsFault::HugeKvCache => {
+            let blocks = format!("num_gpu_blocks=\"{}\"", app.lock().engine.params.num_blocks);
+            page.replace(&blocks, "num_gpu_blocks=\"4000000000\"").into_response()
+        }
     }
 }
 
@@ -360,7 +377,9 @@ async fn set_fault(State(app): State<App>, Json(v): Json<Value>) -> Response {
         Some("error") => MetricsFault::Error,
         Some("hang") => MetricsFault::Hang,
         Some("huge") => MetricsFault::Huge,
-        _ => return error(StatusCode::BAD_REQUEST, "metrics: ok|garbage|error|hang|huge".into()),
+        Some("many-models") => MetricsFault::ManyModels,
+        Some("huge-kv-cache") => MetricsFault::HugeKvCache,
+        _ => return error(StatusCode::BAD_REQUEST, "metrics: ok|garbage|error|hang|huge|many-models|huge-kv-cache".into()),
     };
     app.lock().fault = fault;
     StatusCode::NO_CONTENT.into_response()

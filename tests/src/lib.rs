@@ -7,6 +7,7 @@ pub mod hostsim;
 pub mod paths;
 pub mod scenario;
 pub mod sim;
+pub mod soak;
 
 pub use client::{Client, Reply};
 pub use envoy::{Envoy, EnvoyOptions};

@@ -37,7 +37,8 @@ impl Sim {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Makes `/metrics` misbehave: "ok", "garbage", "error", "hang" or "huge".
+    /// Makes `/metrics` misbehave: "ok", "garbage", "error", "hang", "huge", "many-models"
+    /// or "huge-kv-cache".
     pub fn set_metrics_fault(&self, fault: &str) {
         let r = Client::new(Duration::from_secs(5))
             .post_json(&self.url("/admin/fault"), &serde_json::json!({ "metrics": fault }));

@@ -544,3 +544,106 @@ fn a_scraper_root_id_on_the_http_filter_passes_requests_and_says_what_to_change(
     let told = log.lines().filter(|l| l.contains("give the HTTP filter root_id \"picker\"")).count();
     assert!((1..=2).contains(&told), "said once per worker VM ({told}):\n{log}");
 }
+
+/// Envoy's resident memory, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) >> 10
+}
+
+#[test]
+fn a_page_of_ten_thousand_models_neither_stalls_envoy_nor_opens_the_model_filter() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let envoy = start(&refs, json!({}));
+    sims[0].set_metrics_fault("many-models");
+    let misses = || envoy.stat("server.main_thread.watchdog_miss") + envoy.stat("server.worker_0.watchdog_miss") + envoy.stat("server.worker_1.watchdog_miss");
+    let (fail_open, missed) = (envoy.stat("wasmcustom.wasm_epp.fail_open"), misses());
+    let mut ready_ms = vec![];
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut served = 0;
+    while Instant::now() < until {
+        let t = Instant::now();
+        let ready = envoy.client().get(&format!("http://{}/ready", envoy.admin));
+        ready_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(ready.status, 200, "{}", ready.body);
+        let r = envoy.post("/v1/chat/completions", &chat(MODEL, "hi", 1));
+        assert_eq!(r.status, 200, "a valid request while one page lists 10,000 models: {}", r.body);
+        assert_openai_error(&envoy.post("/v1/chat/completions", &chat("tenant-00042/fine-tuned-model-x", "hi", 1)), 404, "model_not_found");
+        served += 1;
+    }
+    ready_ms.sort_by(f64::total_cmp);
+    eprintln!(
+        "/ready over {} probes with a 10,000-model page scraped: p50 {:.2} ms, max {:.2} ms; {served} requests served",
+        ready_ms.len(),
+        ready_ms[ready_ms.len() / 2],
+        ready_ms[ready_ms.len() - 1]
+    );
+    assert!(sims[0].metrics_requests() >= 10, "the page was scraped throughout");
+    assert_eq!(envoy.stat("wasmcustom.wasm_epp.fail_open"), fail_open, "no request failed open");
+    assert_eq!(misses(), missed, "Envoy's watchdog saw no thread stall");
+}
+
+/// Envoy's RSS (MiB) after each round of 1,000 one-off 16 KB prompts (256 blocks each,
+/// as many as the prefix scorer matches), while every server claims four billion KV
+/// blocks. The first sample is after a warm-up round.
+fn rss_under_a_kv_cache_claim(scheduler: serde_json::Value, rounds: usize) -> Vec<u64> {
+    let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&["--instant"])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let envoy = start(&refs, json!({"max_body_bytes": 1 << 20, "scheduler": scheduler}));
+    for s in &sims {
+        s.set_metrics_fault("huge-kv-cache");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let send = |from: usize, to: usize| {
+        for i in from..to {
+            let prompt = format!("{i:08} {}", "one-off prompt text ".repeat(820));
+            let r = envoy.post("/v1/chat/completions", &chat(MODEL, &prompt, 1));
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    };
+    let run = |round: usize| {
+        thread::scope(|s| {
+            for t in 0..16 {
+                let from = round * 1000 + t * 1000 / 16;
+                s.spawn(move || send(from, from + 1000 / 16));
+            }
+        })
+    };
+    run(0);
+    (1..=rounds)
+        .map(|round| {
+            run(round);
+            rss_mib(envoy.pid())
+        })
+        .collect()
+}
+
+#[test]
+fn a_server_reporting_four_billion_kv_blocks_does_not_grow_envoys_memory() {
+    // 20,000 prompts are 5 million blocks, 3.5 times what both workers' indexes keep at
+    // the default budget (16 MiB each, about 700,000 blocks).
+    let capped = rss_under_a_kv_cache_claim(json!("default"), 20);
+    let grown = |s: &[u64]| s.last().copied().unwrap_or(0).saturating_sub(s[0]);
+    eprintln!("Envoy RSS (MiB) every 1,000 one-off prompts, default budget: {capped:?}");
+    // The same with a budget past what the attack needs: the test sees the growth it guards.
+    let lifted = rss_under_a_kv_cache_claim(
+        json!({
+            "plugins": [{"type": "prefix-cache-scorer", "parameters": {"maxIndexBytes": 1u64 << 30}}, {"type": "max-score-picker"}],
+            "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "prefix-cache-scorer"}, {"pluginRef": "max-score-picker"}]}]
+        }),
+        20,
+    );
+    eprintln!("Envoy RSS (MiB) every 1,000 one-off prompts, budget lifted to 1 GiB: {lifted:?}");
+    assert!(grown(&capped) < 32, "Envoy's memory grew {} MiB: {capped:?}", grown(&capped));
+    assert!(grown(&lifted) > 2 * grown(&capped) + 16, "without the cap it grows: {lifted:?} against {capped:?}");
+}
+
+#[test]
+fn a_short_soak_with_faults_loses_nothing_and_holds_memory() {
+    let report = epp_tests::soak::soak(Duration::from_secs(24), 16);
+    eprintln!("{}", serde_json::to_string(&report).unwrap_or_default());
+    assert!(report.valid_sent > 1000, "{report:?}");
+    assert_eq!((report.valid_lost, report.invalid_misanswered, report.traps), (0, 0, 0), "{report:?}");
+    assert!(report.rss_growth_second_half_mib <= 16, "{report:?}");
+}
