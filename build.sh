@@ -111,13 +111,13 @@ build_native() {
   cargo build --release --workspace
 }
 
-# A deliberately broken module for the test that shows how host-sim reports a trap.
+# A deliberately broken module (filter/examples/panics.rs) for the test that shows how
+# host-sim reports a trap.
 build_test_wasm() {
-  say "building dist/test/epp-panic.wasm (test only: a panic injected in the picker)"
-  cargo rustc --profile wasm -p epp --target wasm32-wasip1 --crate-type cdylib --features inject-panic \
-    --target-dir "$TARGET/inject-panic"
+  say "building dist/test/panics.wasm (a test fixture: a filter that panics on the body)"
+  cargo build --profile wasm -p epp --target wasm32-wasip1 --example panics
   mkdir -p dist/test
-  cp "$TARGET/inject-panic/wasm32-wasip1/wasm/epp.wasm" dist/test/epp-panic.wasm
+  cp "$TARGET/wasm32-wasip1/wasm/examples/panics.wasm" dist/test/panics.wasm
 }
 
 # bench-overhead's floor (filter/examples/floor.rs); a test checks its chores match the module's.

@@ -231,7 +231,13 @@ impl Config {
         !self.pool_cluster.is_empty()
     }
 
+    /// The settings alone (the scheduling profile is built, to check it, and dropped).
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_with_profile(bytes).map(|(config, _)| config)
+    }
+
+    /// The settings and the scheduling profile they describe, built once: what a picker runs.
+    pub fn parse_with_profile(bytes: &[u8]) -> Result<(Config, crate::scheduler::Profile), ConfigError> {
         let doc: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
         if !doc.is_object() {
@@ -251,7 +257,7 @@ impl Config {
             config.saturation = thresholds;
         }
         config.validate()?;
-        Ok(config)
+        Ok((config, plan.profile))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -351,8 +357,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn defaults_fill_in() {

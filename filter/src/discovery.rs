@@ -155,8 +155,7 @@ pub fn parse(page: &[u8], cluster: &str) -> Result<Membership, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     /// Captured from Envoy 1.40.0 (see tests/fixtures/README.md).
     const PAGE: &str = include_str!("../../tests/fixtures/envoy/admin-clusters-1.40.json");

@@ -269,8 +269,7 @@ fn to_u32(v: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn vllm_signals_and_lora_pick_the_newest_series() {

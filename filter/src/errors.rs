@@ -67,8 +67,7 @@ impl Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn body_is_openai_shaped_and_escaped() {

@@ -11,7 +11,7 @@
 //! One value for the whole pool: a decision reads it with one host call, whatever the
 //! pool's size (a gauge per endpoint cost a host call per endpoint per request).
 
-use crate::shared::{self, SharedStore};
+use crate::store::{self, SharedStore};
 
 pub const KEY: &str = crate::names::keys::IN_FLIGHT;
 
@@ -47,7 +47,7 @@ impl Snapshot {
 pub fn apply(store: &dyn SharedStore, seen: Option<Snapshot>, started: Option<usize>, ended: &[u32]) -> bool {
     let seen = seen.filter(|s| s.cas != 0).map(|s| (s.bytes, s.cas));
     let changed = |bytes: &[u8]| {
-        let mut counts = shared::decode_u32s(bytes);
+        let mut counts = store::decode_u32s(bytes);
         let len = counts.len().max(started.map_or(0, |i| i + 1)).max(ended.len());
         counts.resize(len, 0);
         for (count, &gone) in counts.iter_mut().zip(ended) {
@@ -56,21 +56,87 @@ pub fn apply(store: &dyn SharedStore, seen: Option<Snapshot>, started: Option<us
         if let Some(i) = started {
             counts[i] = counts[i].saturating_add(1);
         }
-        Some(shared::encode_u32s(&counts))
+        Some(store::encode_u32s(&counts))
     };
-    let written = shared::update(store, KEY, ATTEMPTS, seen, changed);
+    let written = store::update(store, KEY, ATTEMPTS, seen, changed);
     if !written {
         log::warn!("wasm-epp: in-flight counts not updated: shared data kept changing");
     }
     written
 }
 
+/// One worker's side of the counts: the streams it sent that ended and are not yet taken
+/// off, carried into its next write so that a request costs one write, not two.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    ended: Vec<u32>,
+}
+
+/// Slots beyond the largest pool this module follows are not counted.
+const MAX_SLOTS: usize = crate::discovery::MAX_HOSTS;
+
+impl Ledger {
+    pub fn new(slots: usize) -> Ledger {
+        Ledger { ended: vec![0; slots.min(MAX_SLOTS)] }
+    }
+
+    /// The counts a decision sees: what every worker has counted, less this worker's
+    /// ended streams not yet written.
+    pub fn view(&self, store: &dyn SharedStore) -> View<'_> {
+        View { counts: Snapshot::read(store), ended: &self.ended }
+    }
+
+    /// A request is sent to `slot`: counted, with this worker's ended streams taken off,
+    /// in one write from the counts `seen` at the decision.
+    pub fn sent(&mut self, store: &dyn SharedStore, seen: Snapshot, slot: usize) {
+        if apply(store, Some(seen), Some(slot), &self.ended) {
+            self.ended.fill(0);
+        }
+    }
+
+    /// A stream this worker counted ended (answered, failed or cancelled).
+    pub fn ended(&mut self, slot: usize) {
+        if slot < MAX_SLOTS && self.ended.len() <= slot {
+            self.ended.resize(slot + 1, 0);
+        }
+        if let Some(n) = self.ended.get_mut(slot) {
+            *n = n.saturating_add(1);
+        }
+    }
+
+    /// Writes the ended streams if any wait: the timer's job for a worker that routes
+    /// nothing for a while.
+    pub fn flush(&mut self, store: &dyn SharedStore) {
+        if self.ended.iter().any(|&n| n > 0) && apply(store, None, None, &self.ended) {
+            self.ended.fill(0);
+        }
+    }
+}
+
+/// The counts as one decision sees them (`Ledger::view`).
+pub struct View<'a> {
+    counts: Snapshot,
+    ended: &'a [u32],
+}
+
+impl View<'_> {
+    /// Requests in flight to the endpoint in `slot` now.
+    pub fn get(&self, slot: usize) -> i64 {
+        let mine = i64::from(self.ended.get(slot).copied().unwrap_or(0));
+        (self.counts.get(slot) - mine).max(0)
+    }
+
+    /// The snapshot read, for the write that follows the decision.
+    pub fn into_snapshot(self) -> Snapshot {
+        self.counts
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::MemoryStore;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::store::MemoryStore;
+    use crate::test;
 
     #[test]
     fn counts_up_and_down_per_endpoint() {
@@ -87,6 +153,26 @@ mod tests {
         assert_eq!((s.get(0), s.get(1), s.get(3)), (1, 0, 1), "never below zero");
         apply(&store, None, None, &[1, 0, 0, 1]);
         assert_eq!(Snapshot::read(&store), Snapshot { bytes: vec![0; 16], cas: 5 });
+    }
+
+    #[test]
+    fn a_ledger_takes_its_ended_streams_off_with_its_next_send() {
+        let store = MemoryStore::default();
+        let (mut a, mut b) = (Ledger::new(2), Ledger::new(2));
+        let seen = a.view(&store).into_snapshot();
+        a.sent(&store, seen, 0);
+        let seen = b.view(&store).into_snapshot();
+        b.sent(&store, seen, 0);
+        a.ended(0);
+        assert_eq!(a.view(&store).get(0), 1, "its own ended stream is off at once");
+        assert_eq!(b.view(&store).get(0), 2, "the others see it with a's next write");
+        let seen = a.view(&store).into_snapshot();
+        a.sent(&store, seen, 1);
+        assert_eq!((b.view(&store).get(0), b.view(&store).get(1)), (1, 1), "one write did both");
+        b.ended(0);
+        b.ended(7); // a slot past the pool's end grows the ledger, not the counts yet
+        b.flush(&store);
+        assert_eq!((a.view(&store).get(0), a.view(&store).get(7)), (0, 0));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! itself in only holds the lease once a later read shows it there: two VMs that take an
 //! empty lease at once settle on the one whose write came last.
 
-use crate::shared::SharedStore;
+use crate::store::SharedStore;
 
 pub const KEY: &str = crate::names::keys::SCRAPER_LEASE;
 
@@ -112,9 +112,8 @@ pub fn holder(store: &dyn SharedStore) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::MemoryStore;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::store::MemoryStore;
+    use crate::test;
 
     #[test]
     fn one_of_several_takes_it_and_keeps_it() {

@@ -4,7 +4,7 @@
 //! free of proxy-wasm calls and tested natively and as wasm32; `abi` is the thin glue
 //! that binds it to the host.
 
-pub mod affinity;
+pub mod prefix_record;
 pub mod config;
 pub mod discovery;
 pub mod engine;
@@ -16,15 +16,23 @@ pub mod names;
 pub mod peer;
 pub mod prefix;
 pub mod prom;
+pub mod rendezvous;
 pub mod request;
 pub mod rewrite;
 pub mod rng;
 pub mod route;
 pub mod scheduler;
 pub mod scrape;
-pub mod shared;
+pub mod store;
 pub mod stats;
 pub mod table;
 
 #[cfg(feature = "abi")]
 mod abi;
+
+// The unit tests' `#[test]` (`use crate::test;` in each test module): wasm-bindgen-test's
+// where they run as wasm32, the built-in one natively.
+#[cfg(all(test, target_arch = "wasm32"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+use core::prelude::v1::test;

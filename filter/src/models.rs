@@ -35,8 +35,7 @@ pub fn parse(body: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn splits_base_models_and_adapters() {

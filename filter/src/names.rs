@@ -42,6 +42,6 @@ pub mod keys {
     pub const REPLICA: &str = "wasm-epp/v1/replica";
     /// The prefix record's shards, `…/affinity/<n>`, and its per-endpoint counts
     /// (`affinity`).
-    pub const AFFINITY_PREFIX: &str = "wasm-epp/v2/affinity/";
-    pub const AFFINITY_GIVEN: &str = "wasm-epp/v2/affinity/given";
+    pub const PREFIX_RECORD_SHARDS: &str = "wasm-epp/v2/affinity/";
+    pub const PREFIX_RECORD_GIVEN: &str = "wasm-epp/v2/affinity/given";
 }

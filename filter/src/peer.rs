@@ -1,7 +1,7 @@
 //! What Envoy replicas in front of one pool tell each other (`peers`, `peer_cluster`).
 //!
 //! Each replica serves a record at `peer_path`: its id, the metrics rows it scraped itself,
-//! and its prefix assignments (`affinity::export`). Every replica scrapes only its share
+//! and its prefix assignments (`prefix_record::export`). Every replica scrapes only its share
 //! of the endpoints, the ones whose rendezvous owner among the replicas it hears from is
 //! itself, and takes the other rows from their owners' records, so that each model server
 //! is scraped by one replica whatever the replica count. An endpoint whose owner falls
@@ -12,7 +12,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::shared::SharedStore;
+use crate::store::SharedStore;
 use crate::table::EndpointState;
 
 /// This proxy's replica id, shared by all its VMs.
@@ -68,8 +68,8 @@ pub struct Record {
     pub replica: u64,
     /// Rows it scraped itself, as fresh as its last scrape.
     pub rows: Vec<EndpointState>,
-    /// Its prefix assignments (`affinity::export`).
-    pub affinity: Vec<u8>,
+    /// Its prefix assignments (`prefix_record::export`).
+    pub prefixes: Vec<u8>,
 }
 
 impl Record {
@@ -133,7 +133,7 @@ impl Share {
     /// The replica that scrapes `address`: the rendezvous owner among those alive.
     pub fn owner(&self, address: &str, now_ms: u64) -> u64 {
         let alive = self.heard.iter().filter(|(_, &t)| now_ms.saturating_sub(t) <= self.silence_ms).map(|(&id, _)| id);
-        let key = crate::prefix::name_hash(address);
+        let key = crate::rendezvous::name_hash(address);
         std::iter::once(self.me).chain(alive).max_by_key(|&id| (mix(key ^ id), id)).unwrap_or(self.me)
     }
 }
@@ -148,15 +148,14 @@ fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::MemoryStore;
+    use crate::store::MemoryStore;
     use crate::table::Health;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn records_round_trip_and_foreign_bytes_are_errors() {
         let row = EndpointState { address: "10.0.0.1:8000".into(), health: Health::Healthy, checked_ms: 5, ..Default::default() };
-        let r = Record { replica: 7, rows: vec![row], affinity: b"wasm-epp affinity v1\n".to_vec() };
+        let r = Record { replica: 7, rows: vec![row], prefixes: b"wasm-epp affinity v1\n".to_vec() };
         assert_eq!(Record::decode(&r.encode()), Ok(r.clone()));
         assert!(Record::decode(b"wasm-epp affinity v1\n").is_err(), "an older replica's answer");
         let good = r.encode();

@@ -3,23 +3,20 @@
 //! block and seeded with the model name, and per endpoint a bounded set of the block
 //! hashes it was sent, least recently used forgotten first.
 
-use core::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use core::hash::{BuildHasherDefault, Hasher};
 
-use foldhash::quality::FixedState;
 use hashbrown::{HashMap, HashSet};
 use twox_hash::XxHash64;
 
-/// Fixed seeds: every VM of every proxy running this module computes the same hashes,
-/// so their indexes and placements agree.
+/// A fixed seed: every VM of every proxy running this module computes the same hashes, so
+/// their indexes agree.
 const BLOCK_SEED: u64 = 0x5eed_b10c;
-const PLACEMENT_SEED: u64 = 0x9ace_11e5;
 
 /// The chained hashes of the first `max_blocks` full blocks of `prompt`. A partial last
 /// block is left out: the server cannot have cached it as a block either.
 ///
 /// XXH64, each block seeded with the hash before it: it needs only 64-bit multiplies,
-/// which wasm32 has. foldhash's 128-bit products are emulated there with four 32-bit
-/// ones: 256 blocks took 107k wasm instructions with it, 62k with XXH64.
+/// which wasm32 has; a hash built on 128-bit products pays for their emulation there.
 pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
     let mut previous = XxHash64::oneshot(BLOCK_SEED, model.as_bytes());
     prompt
@@ -30,23 +27,6 @@ pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: 
             previous
         })
         .collect()
-}
-
-/// A stable hash of a name (an adapter's, say), to rank endpoints for it by `placement`.
-pub fn name_hash(name: &str) -> u64 {
-    FixedState::with_seed(BLOCK_SEED).hash_one(name.as_bytes())
-}
-
-/// Where a prefix lives when no one has recorded it yet: the addresses ranked by
-/// rendezvous hashing of `anchor` (one of its block hashes), home first. Every VM and
-/// every proxy ranks them the same, without talking to each other, and removing an
-/// endpoint moves only the prefixes that lived there. Returns indices into `addresses`.
-pub fn placement(anchor: u64, addresses: impl Iterator<Item = impl AsRef<str>>) -> Vec<usize> {
-    let state = FixedState::with_seed(PLACEMENT_SEED);
-    let mut ranked: Vec<(u64, usize)> =
-        addresses.enumerate().map(|(i, a)| (state.hash_one((anchor, a.as_ref().as_bytes())), i)).collect();
-    ranked.sort_unstable_by(|a, b| b.cmp(a));
-    ranked.into_iter().map(|(_, i)| i).collect()
 }
 
 /// Block hashes are already uniform: a set of them need not hash them again (on wasm32
@@ -145,8 +125,7 @@ impl PrefixIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn chained_and_seeded_by_model() {
@@ -189,23 +168,4 @@ mod tests {
         assert_eq!(index.matched("10.0.4.9:8000", &[1]), 1);
     }
 
-    #[test]
-    fn home_is_the_same_everywhere_and_spreads() {
-        let addrs = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"];
-        let mut counts = [0; 4];
-        for anchor in 0..4000u64 {
-            let h = placement(anchor, addrs.iter())[0];
-            assert_eq!(placement(anchor, addrs.iter()), placement(anchor, addrs.iter()));
-            counts[h] += 1;
-        }
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
-        // Removing an endpoint moves only the anchors that lived there.
-        let moved = (0..4000u64)
-            .filter(|&a| {
-                let before = placement(a, addrs.iter())[0];
-                before != 3 && placement(a, addrs[..3].iter())[0] != before
-            })
-            .count();
-        assert_eq!(moved, 0);
-    }
 }

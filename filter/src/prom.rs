@@ -202,8 +202,7 @@ fn is_label_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     fn one(line: &str) -> Sample<'_> {
         let mut all: Vec<_> = parse(line).collect();

@@ -346,8 +346,7 @@ pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     fn model_of(path: &str, body: &[u8]) -> Result<Option<String>, Rejection> {
         parse(path, body, 0).map(|b| b.model)

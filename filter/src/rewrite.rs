@@ -59,8 +59,7 @@ pub fn rewrite<'r>(rules: &'r [RewriteRule], model: &str, rng: &mut Rng) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn splits_by_weight() {

@@ -43,7 +43,7 @@ pub struct Incoming<'a> {
     /// The subset header, if any.
     pub subset: Option<&'a str>,
     /// The proxy's shared data, for plugins that share state between workers.
-    pub shared: Option<&'a dyn crate::affinity::SharedStore>,
+    pub store: Option<&'a dyn crate::store::SharedStore>,
 }
 
 pub struct Router {
@@ -60,13 +60,6 @@ impl Router {
         // Workers start their fail-open rotation at different places.
         let round_robin = rng.below(config.endpoints.len().max(1));
         Router { config, profile, rng, round_robin }
-    }
-
-    /// The profile the configuration describes (validated when the configuration was).
-    pub fn from_config(config: Config, seed: u64) -> Self {
-        let profile = crate::scheduler::config::build(config.scheduler.as_ref())
-            .unwrap_or_else(|_| crate::scheduler::registry::default_profile());
-        Router::new(config, profile, seed)
     }
 
     /// Prompt bytes the profile reads: the request parser stops there.
@@ -160,7 +153,7 @@ impl Router {
             }
         }
 
-        let request = SchedulingRequest { model, prompt: incoming.prompt, priority, shared: incoming.shared };
+        let request = SchedulingRequest { model, prompt: incoming.prompt, priority, store: incoming.store };
         let decision = self.profile.schedule(&request, &usable, want, &mut self.rng, self.config.explain);
         if decision.ranked.is_empty() {
             return Outcome::Reject(Rejection::unavailable("Every endpoint was filtered out."));
@@ -265,10 +258,12 @@ fn explain(candidates: &[Candidate], d: &Decision, objective: &str, priority: i3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::registry::default_profile;
+    /// The default preset's profile.
+    fn default_profile() -> crate::scheduler::Profile {
+        crate::scheduler::config::build(None).expect("the default preset builds")
+    }
     use crate::scheduler::testing::{endpoint, load};
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     const NOW: u64 = 1500;
 
@@ -425,7 +420,8 @@ mod tests {
     fn configured(extra: serde_json::Value) -> Router {
         let mut doc = serde_json::json!({"endpoints": ["10.0.0.1:8000"]});
         doc.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        Router::from_config(Config::parse(doc.to_string().as_bytes()).unwrap(), 1)
+        let (config, profile) = Config::parse_with_profile(doc.to_string().as_bytes()).unwrap();
+        Router::new(config, profile, 1)
     }
 
     #[test]

@@ -435,8 +435,7 @@ fn merge_models(t: &mut Target) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     fn scraper() -> Scraper {
         let c = Config::parse(br#"{"endpoints":["10.0.0.1:8000","10.0.0.2:8000"]}"#).unwrap();
@@ -629,7 +628,7 @@ mod tests {
         }
         let record = |s: &mut Scraper, me: u64, now: u64| {
             let rows = s.publish(now).endpoints.into_iter().filter(|r| r.scraped_by == me).collect();
-            peer::Record { replica: me, rows, affinity: vec![] }
+            peer::Record { replica: me, rows, prefixes: vec![] }
         };
         let from_b = record(&mut b, 2, 10);
         assert_eq!(from_b.rows.len(), 16);

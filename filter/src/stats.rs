@@ -114,8 +114,7 @@ pub const MAX_LABEL_SETS: usize = 256;
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn names_carry_labels_that_the_tag_regex_takes_out() {

@@ -4,8 +4,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(c) = epp::config::Config::parse(data) {
-        // A configuration that parses builds its router.
-        let _ = epp::route::Router::from_config(c, 1);
+    if let Ok((config, profile)) = epp::config::Config::parse_with_profile(data) {
+        // A configuration that parses runs a router.
+        let _ = epp::route::Router::new(config, profile, 1);
     }
 });

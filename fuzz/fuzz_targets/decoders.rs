@@ -15,12 +15,12 @@ fuzz_target!(|data: &[u8]| {
         let again = epp::peer::Record::decode(&r.encode()).expect("a record it wrote");
         assert_eq!(again.encode(), r.encode());
     }
-    let store = epp::shared::MemoryStore::default();
-    let _ = epp::affinity::adopt(&store, data);
-    let mut record = epp::affinity::EXPORT_MAGIC.to_vec();
+    let store = epp::store::MemoryStore::default();
+    let _ = epp::prefix_record::adopt(&store, data);
+    let mut record = epp::prefix_record::EXPORT_MAGIC.to_vec();
     record.extend_from_slice(data);
-    if epp::affinity::adopt(&store, &record).is_ok() {
-        let _ = epp::affinity::export(&store);
+    if epp::prefix_record::adopt(&store, &record).is_ok() {
+        let _ = epp::prefix_record::export(&store);
     }
     let _ = epp::discovery::parse(data, "llm_pool");
     let _ = epp::models::parse(data);

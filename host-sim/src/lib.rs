@@ -6,11 +6,14 @@ pub mod abi;
 pub mod bench;
 pub mod convert;
 pub mod fleet;
+mod hostcalls;
 pub mod proxy;
+pub mod state;
 pub mod vm;
 pub mod world;
 
 pub use fleet::{Fault, Fleet, SimServer};
-pub use proxy::{HttpRequest, LocalResponse, Proxy, ProxyConfig, RequestOutcome};
+pub use proxy::{HttpRequest, Proxy, ProxyConfig, RequestOutcome};
+pub use state::LocalResponse;
 pub use world::World;
 pub use wasmtime;

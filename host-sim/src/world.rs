@@ -18,15 +18,9 @@ use crate::fleet::{CallReply, Fleet};
 /// A call between two proxies in one zone.
 const PEER_LATENCY_NS: u64 = 300_000;
 
-/// The cluster whose hosts are every proxy of the world (a headless Service of the
-/// gateway's pods, say), balanced round robin, as `peer_cluster` names it.
-pub const PEER_CLUSTER: &str = "wasm_epp_peers";
-/// The model servers' cluster, as `pool_cluster` names it.
-pub const POOL_CLUSTER: &str = "llm_pool";
-/// The cluster that reaches a proxy's own admin interface: host-sim answers
-/// `/clusters?format=json` with the fleet's membership (`Fleet::pool`).
-pub const ADMIN_CLUSTER: &str = "wasm_epp_admin";
-use crate::proxy::{HttpRequest, PendingCall, Proxy, ProxyConfig, RequestOutcome};
+pub use crate::state::{ADMIN_CLUSTER, PEER_CLUSTER, POOL_CLUSTER};
+use crate::proxy::{HttpRequest, Proxy, ProxyConfig, RequestOutcome};
+use crate::state::PendingCall;
 
 pub struct World {
     pub clock: Rc<Cell<u64>>,

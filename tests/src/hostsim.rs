@@ -4,7 +4,7 @@ use host_sim::{Fleet, HttpRequest, ProxyConfig, RequestOutcome, SimServer, World
 use model_sim::{Request, ServerParams};
 use serde_json::{json, Value};
 
-pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+pub use crate::MODEL;
 pub const DEST: &str = "x-gateway-destination-endpoint";
 
 pub fn addr(i: usize) -> String {

@@ -3,9 +3,10 @@
 
 pub mod client;
 pub mod envoy;
+pub mod extproc;
 pub mod hostsim;
 pub mod paths;
-pub mod scenario;
+pub mod real_envoy;
 pub mod sim;
 pub mod soak;
 
@@ -14,6 +15,9 @@ pub use envoy::{Envoy, EnvoyOptions};
 pub use sim::Sim;
 
 use std::time::{Duration, Instant};
+
+/// The base model every simulated server serves unless told otherwise (model-sim's default).
+pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
 /// Polls `probe` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::client::chat;
-use crate::scenario::{addrs, MODEL};
+use crate::real_envoy::{addrs, MODEL};
 use crate::{Envoy, EnvoyOptions, Sim};
 
 #[derive(Debug, Serialize)]

@@ -63,7 +63,7 @@ pub fn tick_every(ms: u64) -> bool {
 /// A counter in the host's stats (Envoy shows it as `wasmcustom.<name>`); `None` if the
 /// host has no metrics.
 pub fn counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).ok()
+    metric(proxy_wasm::types::MetricType::Counter, name)
 }
 
 pub fn increment(counter: Option<u32>) {
@@ -75,12 +75,9 @@ pub fn increment(counter: Option<u32>) {
 /// The proxy's shared data (one store per `vm_id`), for plugins.
 pub struct HostStore;
 
-impl crate::affinity::SharedStore for HostStore {
+impl crate::store::SharedStore for HostStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(bytes), Some(cas))) => Some((bytes, cas)),
-            _ => None,
-        }
+        shared_value(key)
     }
     fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
         hostcalls::set_shared_data(key, Some(value), (cas != 0).then_some(cas)).is_ok()
@@ -90,13 +87,18 @@ impl crate::affinity::SharedStore for HostStore {
 /// A gauge in the host's stats. Envoy's stats are process-wide: every VM that defines the
 /// same name (the singleton and each worker) reads and moves the same number.
 pub fn gauge(name: &str) -> Option<u32> {
-    hostcalls::define_metric(proxy_wasm::types::MetricType::Gauge, name).ok()
+    metric(proxy_wasm::types::MetricType::Gauge, name)
 }
 
 pub fn set(gauge: Option<u32>, value: u64) {
     if let Some(id) = gauge {
-        let _ = hostcalls::record_metric(id, value);
+        record(id, value);
     }
+}
+
+/// Sets a gauge, or records a histogram sample.
+pub fn record(metric: u32, value: u64) {
+    let _ = hostcalls::record_metric(metric, value);
 }
 
 /// An endpoint's in-flight gauge: what operators see
@@ -110,4 +112,58 @@ pub fn in_flight_gauge(endpoint: &str) -> Option<u32> {
 /// A value of the proxy's shared data, if there is one.
 pub fn shared_bytes(key: &str) -> Option<Vec<u8>> {
     hostcalls::get_shared_data(key).ok()?.0
+}
+
+/// A value of the proxy's shared data with its CAS, if there is one.
+pub fn shared_value(key: &str) -> Option<(Vec<u8>, u32)> {
+    match hostcalls::get_shared_data(key) {
+        Ok((Some(bytes), Some(cas))) => Some((bytes, cas)),
+        _ => None,
+    }
+}
+
+/// Stores `value` unconditionally (one writer); false, logged, if the host refuses.
+pub fn publish_shared(key: &str, value: &[u8]) -> bool {
+    match hostcalls::set_shared_data(key, Some(value), None) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("wasm-epp: could not publish {key}: {e:?}");
+            false
+        }
+    }
+}
+
+/// Replaces the request body (the headers are still held, so its length may change).
+pub fn replace_request_body(old_len: usize, new: &[u8]) -> bool {
+    match hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_len, new) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("wasm-epp picker: could not rewrite the body: {e:?}");
+            false
+        }
+    }
+}
+
+/// Answers the stream from the module (`what` names the answer in the log if the host
+/// refuses it).
+pub fn respond(status: u32, headers: Vec<(&str, &str)>, body: &[u8], what: &str) {
+    if let Err(e) = hostcalls::send_http_response(status, headers, Some(body)) {
+        log::warn!("wasm-epp picker: could not send {what}: {e:?}");
+    }
+}
+
+/// Dispatches a GET to `cluster`: the call's token, or why the host refused it.
+pub fn get(cluster: &str, headers: Vec<(&str, &str)>, timeout: Duration) -> Result<u32, String> {
+    hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout)
+        .map_err(|status| format!("dispatch to cluster {cluster:?} failed: {status:?}"))
+}
+
+/// A metric of `kind` named `name`; `None` if the host has no metrics.
+pub fn metric(kind: proxy_wasm::types::MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(kind, name).ok()
+}
+
+/// Adds `n` to a counter.
+pub fn add(counter: u32, n: u64) {
+    let _ = hostcalls::increment_metric(counter, n as i64);
 }

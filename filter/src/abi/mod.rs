@@ -44,8 +44,8 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let role = host::property_string(&["plugin_root_id"]).unwrap_or_default();
         let raw = host::plugin_configuration();
-        let config = match Config::parse(&raw) {
-            Ok(c) => c,
+        let (config, profile) = match Config::parse_with_profile(&raw) {
+            Ok(parsed) => parsed,
             Err(e) => {
                 log::error!("wasm-epp ({}): {e}", role_name(&role));
                 return false;
@@ -63,7 +63,7 @@ impl RootContext for Root {
                 Root::Scraper(scraper::Scraping::new(config, true))
             }
             // An HTTP filter without a root_id is a picker too.
-            "picker" | "" => Root::Picker(picker::PickerRoot::new(config.clone()), scraper::Scraping::new(config, false)),
+            "picker" | "" => Root::Picker(picker::PickerRoot::new(config.clone(), profile), scraper::Scraping::new(config, false)),
             other => {
                 log::error!("wasm-epp: unknown root_id {other:?}: use \"scraper\" or \"picker\"");
                 return false;

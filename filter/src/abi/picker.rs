@@ -3,14 +3,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::host;
-use crate::affinity;
+use crate::prefix_record;
 use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::errors::Rejection;
+use crate::scheduler::Profile;
 use crate::in_flight;
 use crate::peer;
 use crate::stats;
@@ -26,18 +26,17 @@ use crate::names::headers::EXPLAIN as EXPLAIN_HEADER;
 const ENDED_FLUSH_MS: u64 = 20;
 
 pub struct PickerRoot {
-    shared: Rc<RefCell<Shared>>,
+    worker: Rc<RefCell<WorkerState>>,
 }
 
 /// What every stream of this worker shares: the router and the decoded table.
-struct Shared {
+struct WorkerState {
     router: Router,
     /// The table as last decoded, and the CAS it had: decode again only when it changes.
     table: Option<(u32, Table)>,
     stats: Stats,
-    /// Streams of this worker that ended, per in-flight slot, not yet taken off the
-    /// shared in-flight counts: the next routed request's write does it, or the timer.
-    ended: Vec<u32>,
+    /// This worker's side of the in-flight counts.
+    ledger: in_flight::Ledger,
     /// When the table's generation was last checked: at most once a millisecond.
     checked_ms: u64,
     /// The metrics outage last logged, so that it is said once.
@@ -57,7 +56,7 @@ struct Stats {
 const TIMED_EVERY: u64 = 16;
 
 impl PickerRoot {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, profile: Profile) -> Self {
         let seed = host::now_ms() ^ host::random_u64();
         let stats = Stats {
             routed: host::counter("wasm_epp.routed"),
@@ -66,34 +65,32 @@ impl PickerRoot {
             telemetry: Telemetry::new(stats::pool_label(&config)),
             decisions: 0,
         };
-        let ended = vec![0; config.endpoints.len()];
+        let ledger = in_flight::Ledger::new(config.endpoints.len());
         // The timer also drives this VM's bid for the scraper lease.
         if !host::tick_every(ENDED_FLUSH_MS.min(config.scrape_interval_ms)) {
             log::warn!("wasm-epp picker: no timer: ended streams leave the in-flight counts with the next request");
         }
-        let router = Router::from_config(config, seed);
-        let shared = Shared { router, table: None, stats, ended, checked_ms: 0, last_outage: None };
-        PickerRoot { shared: Rc::new(RefCell::new(shared)) }
+        let router = Router::new(config, profile, seed);
+        let worker = WorkerState { router, table: None, stats, ledger, checked_ms: 0, last_outage: None };
+        PickerRoot { worker: Rc::new(RefCell::new(worker)) }
     }
 
     /// Takes this worker's ended streams off the shared counts, if no request did lately,
     /// and shows the table's age and whether the picker is ready.
     pub fn tick(&self) {
-        let mut shared = self.shared.borrow_mut();
-        if shared.ended.iter().any(|&n| n > 0) && in_flight::apply(&host::HostStore, None, None, &shared.ended) {
-            shared.ended.fill(0);
-        }
+        let mut worker = self.worker.borrow_mut();
+        worker.ledger.flush(&host::HostStore);
         let now = host::now_ms();
-        shared.refresh_table(now);
-        let (age, ready) = shared.readiness(now);
-        shared.stats.telemetry.set(stats::TABLE_AGE_MS, &[], age.unwrap_or(0));
-        shared.stats.telemetry.set(stats::READY, &[], u64::from(ready));
-        shared.stats.telemetry.flush();
+        worker.refresh_table(now);
+        let (age, ready) = worker.readiness(now);
+        worker.stats.telemetry.set(stats::TABLE_AGE_MS, &[], age.unwrap_or(0));
+        worker.stats.telemetry.set(stats::READY, &[], u64::from(ready));
+        worker.stats.telemetry.flush();
     }
 
     pub fn new_stream(&self) -> PickerStream {
         PickerStream {
-            shared: self.shared.clone(),
+            worker: self.worker.clone(),
             path: String::new(),
             objective: None,
             subset: None,
@@ -105,7 +102,7 @@ impl PickerRoot {
     }
 }
 
-impl Shared {
+impl WorkerState {
     /// The table's age, and whether the picker schedules from it (fresh) rather than
     /// failing open.
     fn readiness(&self, now_ms: u64) -> (Option<u64>, bool) {
@@ -132,10 +129,7 @@ impl Shared {
                 return;
             }
         }
-        let (bytes, cas) = match hostcalls::get_shared_data(TABLE_KEY) {
-            Ok((Some(bytes), Some(cas))) => (bytes, cas),
-            _ => return,
-        };
+        let Some((bytes, cas)) = host::shared_value(TABLE_KEY) else { return };
         if self.table.as_ref().is_some_and(|(seen, _)| *seen == cas) {
             return;
         }
@@ -147,7 +141,7 @@ impl Shared {
 }
 
 pub struct PickerStream {
-    shared: Rc<RefCell<Shared>>,
+    worker: Rc<RefCell<WorkerState>>,
     path: String,
     objective: Option<String>,
     subset: Option<String>,
@@ -163,25 +157,24 @@ impl PickerStream {
     /// Decides for a request whose body is `body` (empty for a bodiless one).
     fn decide(&mut self, model: Option<&str>, prompt: &[u8], body: &[u8]) -> Action {
         self.decided = true;
-        let mut shared = self.shared.borrow_mut();
+        let mut worker = self.worker.borrow_mut();
         let now = host::now_ms();
-        shared.refresh_table(now);
-        let Shared { router, table, stats, ended, last_outage, .. } = &mut *shared;
+        worker.refresh_table(now);
+        let WorkerState { router, table, stats, ledger, last_outage, .. } = &mut *worker;
         let incoming = Incoming {
             model,
             prompt,
             objective: self.objective.as_deref(),
             subset: self.subset.as_deref(),
-            shared: Some(&host::HostStore),
+            store: Some(&host::HostStore),
         };
-        let counts = in_flight::Snapshot::read(&host::HostStore);
-        let mine_ended = |slot: usize| i64::from(ended.get(slot).copied().unwrap_or(0));
-        let now_in_flight = |slot: usize| (counts.get(slot) - mine_ended(slot)).max(0);
+        let counts = ledger.view(&host::HostStore);
         stats.decisions += 1;
         let timed = stats.decisions % TIMED_EVERY == 0;
         let started = if timed { host::now_ns() } else { 0 };
         let table = table.as_ref().map(|(_, t)| t);
-        let outcome = router.decide(table, &incoming, now, &now_in_flight);
+        let outcome = router.decide(table, &incoming, now, &|slot| counts.get(slot));
+        let seen = counts.into_snapshot();
         if timed {
             let us = (host::now_ns().saturating_sub(started) / 1000) as u64;
             stats.telemetry.record(stats::SCHEDULER_DURATION_US, &[], us);
@@ -226,9 +219,7 @@ impl PickerStream {
                     host::increment(stats.fail_open);
                 }
                 if let Some(slot) = slot {
-                    if in_flight::apply(&host::HostStore, Some(counts), Some(slot), ended) {
-                        ended.fill(0);
-                    }
+                    ledger.sent(&host::HostStore, seen, slot);
                     self.counted = Some(slot);
                 }
                 self.explain = explain;
@@ -251,8 +242,7 @@ impl PickerStream {
 /// still held, so they can change).
 fn rewrite_body(body: &[u8], target: &str) {
     let Some(new) = request::with_model(body, target) else { return };
-    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &new) {
-        log::warn!("wasm-epp picker: could not rewrite the body: {e:?}");
+    if !host::replace_request_body(body.len(), &new) {
         return;
     }
     host::set_request_header(crate::names::headers::CONTENT_LENGTH, Some(&new.len().to_string()));
@@ -266,12 +256,10 @@ fn serve_peer(table: Option<&Table>, shares: bool, rows_only: bool) -> Action {
         Some(t) if shares => t.endpoints.iter().filter(|e| e.scraped_by == replica).cloned().collect(),
         _ => Vec::new(),
     };
-    let affinity = if rows_only { Vec::new() } else { affinity::export(&host::HostStore) };
-    let record = peer::Record { replica, rows, affinity }.encode();
+    let prefixes = if rows_only { Vec::new() } else { prefix_record::export(&host::HostStore) };
+    let record = peer::Record { replica, rows, prefixes }.encode();
     let headers = vec![("content-type", "application/octet-stream"), ("cache-control", "no-store")];
-    if let Err(e) = hostcalls::send_http_response(200, headers, Some(&record)) {
-        log::warn!("wasm-epp picker: could not answer a peer: {e:?}");
-    }
+    host::respond(200, headers, &record, "a peer's record");
     Action::Pause
 }
 
@@ -283,9 +271,7 @@ fn reject(stats: &mut Stats, r: &Rejection, model_label: &str) -> Action {
     stats.telemetry.count(stats::REQUEST_ERRORS, &[("model_name", model_label), ("target_model_name", model_label), ("error_code", code)]);
     let body = r.body();
     let headers = vec![("content-type", "application/json")];
-    if let Err(e) = hostcalls::send_http_response(r.status, headers, Some(body.as_bytes())) {
-        log::warn!("wasm-epp picker: could not send the {} answer: {e:?}", r.status);
-    }
+    host::respond(r.status, headers, body.as_bytes(), "an error answer");
     Action::Pause
 }
 
@@ -294,7 +280,7 @@ impl Context for PickerStream {}
 impl HttpContext for PickerStream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         // The destination is ours to set: a client's copy is never honoured.
-        host::set_request_header(&self.shared.borrow().router.config.destination_header, None);
+        host::set_request_header(&self.worker.borrow().router.config.destination_header, None);
         self.path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
         // Headers that steer the picker stop here: model servers never see them. A
         // client's subset hint counts only where the configuration trusts whoever sets it.
@@ -305,7 +291,7 @@ impl HttpContext for PickerStream {
         self.subset = host::header(MapType::HttpRequestHeaders, SUBSET_HEADER);
         if self.subset.is_some() {
             host::set_request_header(SUBSET_HEADER, None);
-            if !self.shared.borrow().router.config.trust_subset_header {
+            if !self.worker.borrow().router.config.trust_subset_header {
                 self.subset = None;
             }
         }
@@ -315,11 +301,11 @@ impl HttpContext for PickerStream {
         }
         if self.is_peer_request() {
             self.decided = true;
-            let mut shared = self.shared.borrow_mut();
-            shared.refresh_table(host::now_ms());
-            let shares = shared.router.config.shares_scrapes();
+            let mut worker = self.worker.borrow_mut();
+            worker.refresh_table(host::now_ms());
+            let shares = worker.router.config.shares_scrapes();
             let rows_only = host::header(MapType::HttpRequestHeaders, peer::WANT_HEADER).as_deref() == Some(peer::WANT_ROWS);
-            return serve_peer(shared.table.as_ref().map(|(_, t)| t), shares, rows_only);
+            return serve_peer(worker.table.as_ref().map(|(_, t)| t), shares, rows_only);
         }
         if end_of_stream {
             return self.decide(None, &[], &[]);
@@ -331,17 +317,14 @@ impl HttpContext for PickerStream {
         Action::Pause
     }
 
-    #[cfg_attr(feature = "inject-panic", allow(unreachable_code, unused_variables))]
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        #[cfg(feature = "inject-panic")]
-        panic!("injected panic (a test build of the module)"); // infallible: compiled only into dist/test/epp-panic.wasm
         if self.decided {
             return Action::Continue;
         }
-        let limit = self.shared.borrow().router.config.max_body_bytes;
+        let limit = self.worker.borrow().router.config.max_body_bytes;
         if body_size > limit {
             self.decided = true;
-            return reject(&mut self.shared.borrow_mut().stats, &Rejection::too_large(limit), "unknown");
+            return reject(&mut self.worker.borrow_mut().stats, &Rejection::too_large(limit), "unknown");
         }
         if !end_of_stream {
             return Action::Pause;
@@ -367,13 +350,7 @@ impl HttpContext for PickerStream {
     fn on_log(&mut self) {
         // The stream ended (answered, failed or cancelled): no longer in flight.
         if let Some(slot) = self.counted.take() {
-            let ended = &mut self.shared.borrow_mut().ended;
-            if slot < crate::discovery::MAX_HOSTS && ended.len() <= slot {
-                ended.resize(slot + 1, 0);
-            }
-            if let Some(n) = ended.get_mut(slot) {
-                *n = n.saturating_add(1);
-            }
+            self.worker.borrow_mut().ledger.ended(slot);
         }
     }
 }
@@ -381,33 +358,31 @@ impl HttpContext for PickerStream {
 impl PickerStream {
     /// A GET of `ready_path`: the probe of whether this picker schedules.
     fn is_ready_probe(&self) -> bool {
-        let shared = self.shared.borrow();
-        let path = &shared.router.config.ready_path;
+        let worker = self.worker.borrow();
+        let path = &worker.router.config.ready_path;
         !path.is_empty() && self.path == *path && host::header(MapType::HttpRequestHeaders, ":method").as_deref() == Some("GET")
     }
 
     /// 200 while the picker schedules from a fresh table, 503 while it would fail open.
     fn answer_readiness(&self) -> Action {
-        let mut shared = self.shared.borrow_mut();
+        let mut worker = self.worker.borrow_mut();
         let now = host::now_ms();
-        shared.refresh_table(now);
-        let (age, ready) = shared.readiness(now);
-        let usable = shared.table.as_ref().map_or(0, |(_, t)| {
-            t.endpoints.iter().filter(|e| e.is_usable(now, shared.router.config.stale_after_ms)).count()
+        worker.refresh_table(now);
+        let (age, ready) = worker.readiness(now);
+        let usable = worker.table.as_ref().map_or(0, |(_, t)| {
+            t.endpoints.iter().filter(|e| e.is_usable(now, worker.router.config.stale_after_ms)).count()
         });
         let body = serde_json::json!({"ready": ready, "table_age_ms": age, "usable_endpoints": usable}).to_string();
         let headers = vec![("content-type", "application/json"), ("cache-control", "no-store")];
-        if let Err(e) = hostcalls::send_http_response(if ready { 200 } else { 503 }, headers, Some(body.as_bytes())) {
-            log::warn!("wasm-epp picker: could not answer the readiness probe: {e:?}");
-        }
+        host::respond(if ready { 200 } else { 503 }, headers, body.as_bytes(), "the readiness answer");
         Action::Pause
     }
 
     /// A peer replica asking for this proxy's prefix assignments. A request to the path
     /// without the right token is routed as usual, its token removed.
     fn is_peer_request(&self) -> bool {
-        let shared = self.shared.borrow();
-        let config = &shared.router.config;
+        let worker = self.worker.borrow();
+        let config = &worker.router.config;
         if !config.has_peers() || self.path != config.peer_path {
             return false;
         }
@@ -426,15 +401,15 @@ impl PickerStream {
     fn decide_on_body(&mut self, body_size: usize) -> Action {
         if let Some(r) = self.refused.take() {
             self.decided = true;
-            return reject(&mut self.shared.borrow_mut().stats, &r, "unknown");
+            return reject(&mut self.worker.borrow_mut().stats, &r, "unknown");
         }
         let body = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
-        let prompt_bytes = self.shared.borrow().router.prompt_bytes();
+        let prompt_bytes = self.worker.borrow().router.prompt_bytes();
         match request::parse(&self.path, &body, prompt_bytes) {
             Ok(parsed) => self.decide(parsed.model.as_deref(), &parsed.prompt, &body),
             Err(r) => {
                 self.decided = true;
-                reject(&mut self.shared.borrow_mut().stats, &r, "unknown")
+                reject(&mut self.worker.borrow_mut().stats, &r, "unknown")
             }
         }
     }

@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use hashbrown::HashMap;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
 use super::host;
-use crate::affinity;
+use crate::prefix_record;
 use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::in_flight;
 use crate::lease::{Change, Lease};
@@ -119,12 +118,11 @@ impl ScraperRoot {
             let cluster = self.scraper.config().admin_cluster.clone();
             let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", "envoy-admin"), ("user-agent", "wasm-epp")];
             let timeout = Duration::from_millis(self.scraper.config().scrape_timeout_ms);
-            match hostcalls::dispatch_http_call(&cluster, headers, None, vec![], timeout) {
+            match host::get(&cluster, headers, timeout) {
                 Ok(token) => {
                     self.pending.insert(token, Call::Discovery);
                 }
-                Err(status) => {
-                    let why = format!("dispatch to cluster {cluster:?} failed: {status:?}");
+                Err(why) => {
                     if let Some(news) = self.scraper.on_discovery_failed(&why) {
                         log::warn!("wasm-epp scraper: {news}");
                     }
@@ -238,8 +236,7 @@ impl ScraperRoot {
         }
         headers.extend_from_slice(extra);
         let timeout = Duration::from_millis(config.scrape_timeout_ms);
-        hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout)
-            .map_err(|status| format!("dispatch to cluster {cluster:?} failed: {status:?}"))
+        host::get(cluster, headers, timeout)
     }
 
     fn on_answer(&mut self, token: u32, headers: usize, body_size: usize) {
@@ -302,10 +299,10 @@ impl ScraperRoot {
         };
         let counts = in_flight::Snapshot::read(&host::HostStore);
         self.scraper.adopt(&record, host::now_ms(), &|slot| counts.get(slot));
-        if record.affinity.is_empty() {
+        if record.prefixes.is_empty() {
             return;
         }
-        match affinity::adopt(&host::HostStore, &record.affinity) {
+        match prefix_record::adopt(&host::HostStore, &record.prefixes) {
             Ok(a) if a.new + a.settled > 0 => {
                 log::debug!("wasm-epp scraper: peer {name}: {} prefixes adopted, {} settled", a.new, a.settled)
             }
@@ -319,10 +316,8 @@ impl ScraperRoot {
         self.show_pool(&table, now);
         // One writer: no CAS needed. The table first, then its generation, which readers
         // watch: a reader that sees the new generation finds the new table.
-        if let Err(e) = hostcalls::set_shared_data(TABLE_KEY, Some(&table.encode()), None) {
-            log::warn!("wasm-epp scraper: could not publish the table: {e:?}");
-            return;
+        if host::publish_shared(TABLE_KEY, &table.encode()) {
+            host::publish_shared(GENERATION_KEY, &table.generation.to_le_bytes());
         }
-        let _ = hostcalls::set_shared_data(GENERATION_KEY, Some(&table.generation.to_le_bytes()), None);
     }
 }

@@ -4,9 +4,9 @@
 //! host call for them.
 
 use hashbrown::HashMap;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+use super::host;
 use crate::stats;
 
 pub struct Telemetry {
@@ -26,7 +26,7 @@ impl Telemetry {
     /// Gives Envoy the counts since the last flush.
     pub fn flush(&mut self) {
         for (id, n) in self.counted.drain() {
-            let _ = hostcalls::increment_metric(id, n as i64);
+            host::add(id, n);
         }
     }
 
@@ -47,7 +47,7 @@ impl Telemetry {
         }
         let mut all = vec![("name", self.pool.as_str())];
         all.extend_from_slice(labels);
-        let id = hostcalls::define_metric(kind, &stats::name(metric, &all)).ok();
+        let id = host::metric(kind, &stats::name(metric, &all));
         self.ids.insert(key, id);
         id
     }
@@ -60,13 +60,13 @@ impl Telemetry {
 
     pub fn set(&mut self, metric: &str, labels: &[(&str, &str)], value: u64) {
         if let Some(id) = self.id(MetricType::Gauge, metric, labels) {
-            let _ = hostcalls::record_metric(id, value);
+            host::record(id, value);
         }
     }
 
     pub fn record(&mut self, metric: &str, labels: &[(&str, &str)], value: u64) {
         if let Some(id) = self.id(MetricType::Histogram, metric, labels) {
-            let _ = hostcalls::record_metric(id, value);
+            host::record(id, value);
         }
     }
 }

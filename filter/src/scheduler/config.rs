@@ -137,8 +137,7 @@ fn build_spec(doc: Value) -> Result<Profile, String> {
 mod tests {
     use super::*;
     use serde_json::json;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn presets_build() {

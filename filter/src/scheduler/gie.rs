@@ -192,8 +192,7 @@ fn prefix_parameters(mut p: Map<String, Value>, notes: &mut Vec<String>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     fn known(kind: &str) -> bool {
         super::super::registry::knows(kind)

@@ -11,7 +11,7 @@ pub mod scorers;
 
 use std::ops::Deref;
 
-use crate::affinity::SharedStore;
+use crate::store::SharedStore;
 use crate::rng::Rng;
 use crate::table::EndpointState;
 
@@ -27,7 +27,7 @@ pub struct SchedulingRequest<'a> {
     /// The objective's priority: negative is sheddable.
     pub priority: i32,
     /// What the workers of this proxy share (proxy-wasm shared data), if anything.
-    pub shared: Option<&'a dyn SharedStore>,
+    pub store: Option<&'a dyn SharedStore>,
 }
 
 /// An endpoint as the scheduler sees it: the scraped state, and the requests this proxy
@@ -70,10 +70,12 @@ pub trait Filter {
 
 pub trait Scorer {
     fn name(&self) -> &'static str;
-    /// One score in [0, 1] per candidate, higher is better, pushed onto `out`.
-    fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>);
-    /// The request went to `chosen`: a scorer that learns from decisions (prefix
-    /// affinity) records it here.
+    /// One score in [0, 1] per candidate, higher is better: `scores[i]` for
+    /// `candidates[i]`, every one 0 on entry.
+    fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], scores: &mut [f64]);
+    /// The request went to `chosen`: a scorer that learns from decisions (the prefix
+    /// scorer) records it here. Called once per decision, right after every `score` of
+    /// the same request, so a scorer may keep what `score` worked out for it.
     fn picked(&mut self, _request: &SchedulingRequest, _chosen: &Candidate) {}
     /// Prompt bytes this scorer reads; the request is parsed only as far as some scorer needs.
     fn prompt_bytes(&self) -> usize {
@@ -100,8 +102,7 @@ pub struct Profile {
 }
 
 /// One decision: `ranked`, and what led to it (for the explain header and the host-sim
-/// CLI) only when `schedule` is asked to explain: keeping that costs a tenth of a 1 KB
-/// decision (`bench-overhead --fuel-only`).
+/// CLI) only when `schedule` is asked to explain: keeping it is not free.
 #[derive(Debug, Clone, Default)]
 pub struct Decision {
     /// Indices into the candidates given to `schedule`, best first.
@@ -143,8 +144,8 @@ impl Profile {
         let mut column = Vec::with_capacity(view.len());
         for ws in &mut self.scorers {
             column.clear();
-            ws.scorer.score(request, &view, &mut column);
             column.resize(view.len(), 0.0);
+            ws.scorer.score(request, &view, &mut column);
             for (t, s) in totals.iter_mut().zip(&column) {
                 // A plugin returning NaN or out-of-range scores must not poison the ranking.
                 let s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
@@ -188,18 +189,27 @@ fn spread(alive: &[usize], values: &[f64], n: usize) -> Vec<f64> {
 
 /// GIE's normalisation for "less is better" gauges: (max − x) / (max − min), and 1 for all
 /// when they are equal.
-pub(crate) fn less_is_better(values: impl Iterator<Item = f64> + Clone, out: &mut Vec<f64>) {
+pub(crate) fn less_is_better(values: impl Iterator<Item = f64> + Clone, scores: &mut [f64]) {
     let (min, max) = values
         .clone()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let range = max - min;
-    out.extend(values.map(|v| if range > 0.0 { (max - v) / range } else { 1.0 }));
+    for (s, v) in scores.iter_mut().zip(values) {
+        *s = if range > 0.0 { (max - v) / range } else { 1.0 };
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::Candidate;
+    use super::{Candidate, Scorer, SchedulingRequest};
     use crate::table::{EndpointState, Health, Metrics};
+
+    /// What `scorer` gives each of `candidates`, as the profile calls it.
+    pub fn scored(scorer: &mut dyn Scorer, request: &SchedulingRequest, candidates: &[Candidate]) -> Vec<f64> {
+        let mut scores = vec![0.0; candidates.len()];
+        scorer.score(request, candidates, &mut scores);
+        scores
+    }
 
     pub fn candidates(endpoints: &[EndpointState]) -> Vec<Candidate<'_>> {
         endpoints.iter().map(Candidate::new).collect()
@@ -228,8 +238,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn default_profile_prefers_the_least_loaded() {
@@ -239,7 +248,7 @@ mod tests {
             endpoint("c:1", load(3, 4, 0.5)),
         ];
         let view = candidates(&eps);
-        let mut profile = registry::default_profile();
+        let mut profile = config::build(None).expect("the default preset builds");
         let d = profile.schedule(&SchedulingRequest::default(), &view, 3, &mut Rng::new(7), true);
         assert_eq!(d.ranked, vec![1, 2, 0]);
         assert!(d.totals[1] > d.totals[2] && d.totals[2] > d.totals[0]);
@@ -253,7 +262,7 @@ mod tests {
     fn ties_are_broken_at_random() {
         let eps = [endpoint("a:1", load(1, 1, 0.1)), endpoint("b:1", load(1, 1, 0.1))];
         let view = candidates(&eps);
-        let mut profile = registry::default_profile();
+        let mut profile = config::build(None).expect("the default preset builds");
         let mut rng = Rng::new(3);
         let firsts: Vec<usize> = (0..200)
             .map(|_| profile.schedule(&SchedulingRequest::default(), &view, 1, &mut rng, false).ranked[0])

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::filters::{LoraAffinityFilter, Saturation, SaturationFilter};
 use super::pickers::{MaxScorePicker, RandomPicker, WeightedRandomPicker};
 use super::scorers::{prefix_cache, KvCacheScorer, LoraAffinityScorer, PrefixCacheScorer, QueueScorer, RunningRequestsScorer};
-use super::{Filter, Picker, Profile, Scorer};
+use super::{Filter, Picker, Scorer};
 
 pub enum Plugin {
     Filter(Box<dyn Filter>),
@@ -25,20 +25,20 @@ type Build = fn(&Value) -> Result<Plugin, String>;
 /// Every plugin a configuration may name: a type name and how to build it from its
 /// `parameters`. A new plugin is one file and one line here.
 const PLUGINS: &[(&str, Build)] = &[
-    ("lora-affinity-filter", |p| plain(p, || Plugin::Filter(Box::new(LoraAffinityFilter)))),
-    ("saturation-filter", |p| Ok(Plugin::Filter(Box::new(SaturationFilter(params::<Saturation>(p)?))))),
-    ("queue-scorer", |p| plain(p, || Plugin::Scorer(Box::new(QueueScorer)))),
-    ("kv-cache-utilization-scorer", |p| plain(p, || Plugin::Scorer(Box::new(KvCacheScorer)))),
-    ("running-requests-scorer", |p| plain(p, || Plugin::Scorer(Box::new(RunningRequestsScorer)))),
-    ("lora-affinity-scorer", |p| plain(p, || Plugin::Scorer(Box::new(LoraAffinityScorer)))),
-    ("prefix-cache-scorer", |p| {
+    (LoraAffinityFilter::TYPE, |p| plain(p, || Plugin::Filter(Box::new(LoraAffinityFilter)))),
+    (SaturationFilter::TYPE, |p| Ok(Plugin::Filter(Box::new(SaturationFilter(params::<Saturation>(p)?))))),
+    (QueueScorer::TYPE, |p| plain(p, || Plugin::Scorer(Box::new(QueueScorer)))),
+    (KvCacheScorer::TYPE, |p| plain(p, || Plugin::Scorer(Box::new(KvCacheScorer)))),
+    (RunningRequestsScorer::TYPE, |p| plain(p, || Plugin::Scorer(Box::new(RunningRequestsScorer)))),
+    (LoraAffinityScorer::TYPE, |p| plain(p, || Plugin::Scorer(Box::new(LoraAffinityScorer)))),
+    (PrefixCacheScorer::TYPE, |p| {
         let p: prefix_cache::Params = params(p)?;
         p.validate()?;
         Ok(Plugin::Scorer(Box::new(PrefixCacheScorer::new(p))))
     }),
-    ("max-score-picker", |p| plain(p, || Plugin::Picker(Box::new(MaxScorePicker)))),
-    ("random-picker", |p| plain(p, || Plugin::Picker(Box::new(RandomPicker)))),
-    ("weighted-random-picker", |p| plain(p, || Plugin::Picker(Box::new(WeightedRandomPicker)))),
+    (MaxScorePicker::TYPE, |p| plain(p, || Plugin::Picker(Box::new(MaxScorePicker)))),
+    (RandomPicker::TYPE, |p| plain(p, || Plugin::Picker(Box::new(RandomPicker)))),
+    (WeightedRandomPicker::TYPE, |p| plain(p, || Plugin::Picker(Box::new(WeightedRandomPicker)))),
     ("single-profile-handler", |p| plain(p, || Plugin::ProfileHandler)),
 ];
 
@@ -121,15 +121,4 @@ pub fn preset(name: &str) -> Option<Value> {
         })),
         _ => None,
     }
-}
-
-/// The profile used when the configuration names none.
-pub fn default_profile() -> Profile {
-    // The preset is a constant document; `build` accepting it is a unit test.
-    super::config::build(None).unwrap_or_else(|_| Profile {
-        name: "default".into(),
-        filters: vec![],
-        scorers: vec![],
-        picker: Box::new(MaxScorePicker),
-    })
 }

@@ -20,15 +20,25 @@ pub enum Policy {
     /// replicas of `workers` workers each.
     /// With `peers`, the replicas list each other and share prefix assignments, and, with
     /// `share_scrapes`, the scraping.
-    Module { name: String, scheduler: serde_json::Value, proxies: usize, workers: usize, peers: bool, share_scrapes: bool },
+    /// `round_trip`: what each request waits before it reaches its server, beyond what
+    /// the module's own decision costs (zero for the module in the proxy).
+    Module {
+        name: String,
+        scheduler: serde_json::Value,
+        proxies: usize,
+        workers: usize,
+        peers: bool,
+        share_scrapes: bool,
+        round_trip: RoundTrip,
+    },
     /// Host-side, all-seeing: the server where this request's first token would come
     /// soonest, given its true prefix cache, prefill backlog, batch and adapters.
     Oracle,
 }
 
 impl Policy {
-    pub fn names() -> [&'static str; 6] {
-        ["round-robin", "random", "least-request", "default", "gie-default", "oracle"]
+    pub fn names() -> [&'static str; 7] {
+        ["round-robin", "random", "least-request", "default", "gie-default", "gie-epp", "oracle"]
     }
 
     pub fn by_name(name: &str) -> Option<Policy> {
@@ -37,6 +47,18 @@ impl Policy {
             "random" => Policy::Random,
             "least-request" => Policy::LeastRequest,
             "default" | "gie-default" => Policy::module(name, serde_json::json!(name)),
+            // GIE as GIE deploys it: one Endpoint Picker, with one prefix index and one
+            // view of what is in flight, serving every proxy, each request paying the
+            // ext_proc round trip on its way.
+            "gie-epp" => Policy::Module {
+                name: name.into(),
+                scheduler: serde_json::json!("gie-default"),
+                proxies: 1,
+                workers: 1,
+                peers: false,
+                share_scrapes: false,
+                round_trip: RoundTrip::extproc(),
+            },
             "oracle" => Policy::Oracle,
             _ => return None,
         })
@@ -44,7 +66,7 @@ impl Policy {
 
     /// The module with `scheduler`, as 4 workers × 2 proxies that are each other's peers.
     pub fn module(name: &str, scheduler: serde_json::Value) -> Policy {
-        Policy::Module { name: name.into(), scheduler, proxies: 2, workers: 4, peers: true, share_scrapes: true }
+        Policy::Module { name: name.into(), scheduler, proxies: 2, workers: 4, peers: true, share_scrapes: true, round_trip: RoundTrip::default() }
     }
 
     pub fn name(&self) -> &str {
@@ -57,6 +79,58 @@ impl Policy {
         }
     }
 }
+
+/// A request's wait before it reaches its server, by body size: linear between measured
+/// points (body bytes, µs), flat beyond them.
+#[derive(Debug, Clone, Default)]
+pub struct RoundTrip {
+    pub points: Vec<(f64, f64)>,
+}
+
+impl RoundTrip {
+    /// The ext_proc picker's added p50 latency over the module's (bench/overhead.json,
+    /// concurrency 1: the round trip itself, without a queue), when that file has it;
+    /// otherwise the figures measured on this machine kind.
+    pub fn extproc() -> RoundTrip {
+        let measured = std::fs::read("bench/overhead.json")
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["cases"].as_array().cloned())
+            .map(|cases| {
+                cases
+                    .iter()
+                    .filter(|c| c["concurrency"] == 1 && c["extproc_p50_added_us"].is_number())
+                    .filter_map(|c| {
+                        let extra = c["extproc_p50_added_us"].as_f64()? - c["p50_added_us"].as_f64().unwrap_or(0.0);
+                        Some((c["body_bytes"].as_f64()?, extra.max(0.0)))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|p| !p.is_empty());
+        let mut points = measured.unwrap_or_else(|| FALLBACK_EXTPROC.to_vec());
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        RoundTrip { points }
+    }
+
+    pub fn us_for(&self, body_bytes: usize) -> u64 {
+        let x = body_bytes as f64;
+        let p = &self.points;
+        let Some(first) = p.first() else { return 0 };
+        if x <= first.0 {
+            return first.1 as u64;
+        }
+        for w in p.windows(2) {
+            let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+            if x <= x1 {
+                return (y0 + (y1 - y0) * (x - x0) / (x1 - x0).max(1.0)) as u64;
+            }
+        }
+        p.last().map_or(0, |l| l.1 as u64)
+    }
+}
+
+/// (body bytes, µs) when bench/overhead.json has no ext_proc figures yet.
+const FALLBACK_EXTPROC: [(f64, f64); 3] = [(1_024.0, 400.0), (16_384.0, 600.0), (225_280.0, 2_500.0)];
 
 /// A proxy's own view for the host-side policies: its rotation and its active requests.
 #[derive(Debug, Default, Clone)]

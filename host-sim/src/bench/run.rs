@@ -42,6 +42,7 @@ pub struct RunResult {
 
 /// A routed request, until it finishes.
 struct Track {
+    arrival: Arrival,
     arrival_us: u64,
     priority: i32,
     first_us: Option<u64>,
@@ -55,11 +56,18 @@ pub fn addresses(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("10.0.{}.{}:8000", i / 256, i % 256)).collect()
 }
 
-/// Runs `arrivals` through `policy` on `servers`.
+/// What comes of a finished request: the next arrival it causes (a conversation's next
+/// turn), given the time (µs since the start) its answer finished.
+pub type FollowUp<'a> = &'a dyn Fn(&Arrival, u64) -> Option<Arrival>;
+
+/// Runs `arrivals`, and the arrivals they cause (`follow_up`, until `horizon_us` after the
+/// start), through `policy` on `servers`.
 pub fn run(
     wasm: &Path,
     servers: &[ServerParams],
     arrivals: &[Arrival],
+    follow_up: FollowUp,
+    horizon_us: u64,
     policy: &Policy,
     objectives: &serde_json::Value,
     seed: u64,
@@ -68,7 +76,7 @@ pub fn run(
     let fleet = Fleet::new(addrs.iter().zip(servers).map(|(a, p)| SimServer::new(a, p.clone())).collect());
     // Host-side policies keep a view per proxy, like Envoy's load balancers.
     let (proxies, workers, config) = match policy {
-        Policy::Module { scheduler, proxies, workers, peers, share_scrapes, .. } => {
+        Policy::Module { scheduler, proxies, workers, peers, share_scrapes, round_trip: _, .. } => {
             // Every replica lists them all, itself included, as one shared config would.
             let peers: Vec<String> = if *peers { (0..*proxies).map(World::proxy_address).collect() } else { vec![] };
             let plugin = json!({"endpoints": addrs, "scheduler": scheduler, "objectives": objectives, "max_fallbacks": 0, "peers": peers, "share_scrapes": share_scrapes,
@@ -88,6 +96,9 @@ pub fn run(
         world,
         start_us: 0,
         tracks: HashMap::new(),
+        delayed: Vec::new(),
+        finished: Vec::new(),
+        queued: arrivals.len() as u64,
         views: vec![ProxyView::default(); views],
         result: RunResult { policy: policy.name().into(), ..Default::default() },
         last_token_us: 0,
@@ -95,15 +106,43 @@ pub fn run(
     sim.start_us = sim.world.now_us();
     let mut rng = SmallRng::seed_from_u64(seed);
     let block_size = servers.first().map_or(16, |p| p.block_size);
-    for (k, a) in arrivals.iter().enumerate() {
-        sim.advance_to(sim.start_us + a.at_us);
+    let round_trip = match policy {
+        Policy::Module { round_trip, .. } => round_trip.clone(),
+        _ => Default::default(),
+    };
+    // Arrivals in time order, with the follow-ups finished requests add.
+    let mut queue: std::collections::BinaryHeap<Pending> =
+        arrivals.iter().cloned().zip(0..).map(|(a, i)| Pending(a, i)).collect();
+    let mut k = 0usize;
+    let deadline = sim.start_us + horizon_us + 3_600_000_000;
+    while sim.world.now_us() < deadline {
+        let Some(next_at) = queue.peek().map(|p| sim.start_us + p.0.at_us) else {
+            if sim.tracks.is_empty() {
+                break;
+            }
+            // Let what is in flight finish; its follow-ups join the queue.
+            let t = sim.world.now_us() + 50_000;
+            sim.advance_to(t);
+            sim.queue_follow_ups(&mut queue, follow_up, horizon_us);
+            continue;
+        };
+        if next_at > sim.world.now_us() {
+            let t = next_at.min(sim.world.now_us() + 2_000);
+            sim.advance_to(t);
+            sim.queue_follow_ups(&mut queue, follow_up, horizon_us);
+            continue;
+        }
+        let Some(Pending(a, _)) = queue.pop() else { break };
         let proxy = k % views;
         let adapter = (a.model != servers[0].model).then(|| a.model.clone());
         let req = Request::for_prompt(k as u64, &a.prompt, a.max_tokens, adapter, block_size);
         let (server, stream) = match policy {
-            Policy::Module { .. } => match sim.through_module(proxy, (k / views) % workers, a) {
+            Policy::Module { .. } => match sim.through_module(proxy, (k / views) % workers, &a) {
                 Some(routed) => routed,
-                None => continue,
+                None => {
+                    k += 1;
+                    continue;
+                }
             },
             _ => {
                 let view = &mut sim.views[proxy];
@@ -113,15 +152,16 @@ pub fn run(
         sim.views[proxy].active.resize(servers.len(), 0);
         sim.views[proxy].active[server] += 1;
         let now = sim.world.now_us();
-        sim.world.fleet.servers[server].submit(req, now);
-        let track = Track { arrival_us: now, priority: a.priority, first_us: None, server, proxy, stream };
+        // An ext_proc picker's round trip delays the request on its way to the server.
+        let wait = round_trip.us_for(a.prompt.len() + 200);
+        if wait == 0 {
+            sim.world.fleet.servers[server].submit(req, now);
+        } else {
+            sim.delayed.push((now + wait, server, req));
+        }
+        let track = Track { priority: a.priority, arrival: a, arrival_us: now, first_us: None, server, proxy, stream };
         sim.tracks.insert(k as u64, track);
-    }
-    // Let everything in flight finish (bounded, should a policy have wedged a server).
-    let deadline = sim.world.now_us() + 3_600_000_000;
-    while !sim.tracks.is_empty() && sim.world.now_us() < deadline {
-        let next = sim.world.now_us() + 50_000;
-        sim.advance_to(next);
+        k += 1;
     }
     let mut result = sim.result;
     result.errors += sim.tracks.len();
@@ -134,10 +174,37 @@ pub fn run(
     Ok(result)
 }
 
+/// An arrival in the queue, the earliest first, and at the same time the first queued
+/// (`.1`): the run stays in the workload's order.
+struct Pending(Arrival, u64);
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        (self.0.at_us, self.1) == (other.0.at_us, other.1)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.0.at_us, other.1).cmp(&(self.0.at_us, self.1))
+    }
+}
+
 struct Sim {
     world: World,
     start_us: u64,
     tracks: HashMap<u64, Track>,
+    /// Requests on their way to a server: (when they reach it, server, request).
+    delayed: Vec<(u64, usize, Request)>,
+    /// Requests that finished since the last look, for their follow-ups: (arrival, when).
+    finished: Vec<(Arrival, u64)>,
+    /// Arrivals queued so far, the order of those at the same time.
+    queued: u64,
     views: Vec<ProxyView>,
     result: RunResult,
     last_token_us: u64,
@@ -150,6 +217,11 @@ impl Sim {
         while self.world.now_us() < t_us {
             let next = (self.world.now_us() + 2_000).min(t_us);
             self.world.run_until(next * 1000);
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed).into_iter().partition(|(at, _, _)| *at <= next);
+            self.delayed = later;
+            for (at, server, req) in due {
+                self.world.fleet.servers[server].submit(req, at);
+            }
             for i in 0..self.world.fleet.servers.len() {
                 self.world.fleet.servers[i].advance_to(next);
                 let events = std::mem::take(&mut self.world.fleet.servers[i].events);
@@ -178,6 +250,9 @@ impl Sim {
                 }
                 self.result.e2e_ms.push(at_us.saturating_sub(t.arrival_us) as f64 / 1000.0);
                 self.result.output_tokens += u64::from(output_tokens);
+                if t.arrival.session.is_some() {
+                    self.finished.push((t.arrival.clone(), at_us.saturating_sub(self.start_us)));
+                }
                 self.last_token_us = self.last_token_us.max(at_us);
                 if let Some(view) = self.views.get_mut(t.proxy) {
                     if let Some(n) = view.active.get_mut(t.server) {
@@ -187,6 +262,17 @@ impl Sim {
                 if let Some(stream) = t.stream {
                     self.world.finish(t.proxy, &stream, 200);
                 }
+            }
+        }
+    }
+
+    /// Queues the arrivals that the requests finished since the last call cause, up to
+    /// `horizon_us` after the start.
+    fn queue_follow_ups(&mut self, queue: &mut std::collections::BinaryHeap<Pending>, follow_up: FollowUp, horizon_us: u64) {
+        for (a, at) in std::mem::take(&mut self.finished) {
+            if let Some(next) = follow_up(&a, at).filter(|n| n.at_us <= horizon_us) {
+                self.queued += 1;
+                queue.push(Pending(next, self.queued));
             }
         }
     }
@@ -230,7 +316,9 @@ pub fn sweep(wasm: &Path, workload: &Workload, policy: &Policy, seed: u64) -> Re
         .iter()
         .map(|&rate| {
             let arrivals = workload.arrivals(rate, seed);
-            let mut r = run(wasm, &workload.servers, &arrivals, policy, &workload.objectives, seed)?;
+            let follow_up = |a: &Arrival, at: u64| workload.follow_up(a, at, seed);
+            let horizon_us = (workload.duration_s * 2e6) as u64;
+            let mut r = run(wasm, &workload.servers, &arrivals, &follow_up, horizon_us, policy, &workload.objectives, seed)?;
             r.rate = rate;
             Ok(r)
         })

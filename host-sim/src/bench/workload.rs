@@ -21,6 +21,9 @@ pub struct Arrival {
     /// The objective header, and the priority it has in the module's configuration.
     pub objective: Option<&'static str>,
     pub priority: i32,
+    /// A conversation's (index, turn), for multi-turn workloads: its next turn is sent
+    /// after this one's answer and a think time.
+    pub session: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,9 @@ pub enum Kind {
     ShareGpt,
     MultiLora,
     Overload,
+    /// ShareGPT conversations replayed turn by turn: each turn's prompt is the history so
+    /// far and the new message, sent after the previous answer and a think time.
+    MultiTurn,
 }
 
 pub struct Workload {
@@ -46,15 +52,25 @@ pub struct Workload {
     pub objectives: serde_json::Value,
     /// ShareGPT conversations (prompt, answer tokens), for `sharegpt`.
     conversations: Vec<(String, u32)>,
+    /// Whole ShareGPT conversations (user message, answer, answer tokens), for `multi-turn`.
+    dialogues: Vec<Vec<(String, String, u32)>>,
 }
+
+/// Mean think time between an answer and the next turn (s).
+const THINK_S: f64 = 3.0;
+/// Turns replayed of one conversation, and the history a prompt may reach (tokens).
+const MAX_TURNS: usize = 10;
+/// Conversations shorter than this are left out: the workload is about the ones that return.
+const MIN_TURNS: usize = 4;
+const MAX_HISTORY_TOKENS: u32 = 8_000;
 
 /// The objectives of the `overload` workload.
 pub const INTERACTIVE: &str = "interactive";
 pub const BATCH: &str = "batch";
 
 impl Workload {
-    pub fn names() -> [&'static str; 4] {
-        ["shared-prefix", "sharegpt", "multi-lora", "overload"]
+    pub fn names() -> [&'static str; 6] {
+        ["shared-prefix", "sharegpt", "multi-lora", "overload", "multi-turn", "multi-turn-mixed"]
     }
 
     /// The workload `name`; `sharegpt` reads the dataset at `sharegpt`.
@@ -75,6 +91,7 @@ impl Workload {
                 duration_s,
                 objectives: serde_json::json!({}),
                 conversations: vec![],
+                dialogues: vec![],
             },
             "sharegpt" => {
                 let path = sharegpt.ok_or("sharegpt: no dataset path (./build.sh bench installs it)")?;
@@ -88,6 +105,32 @@ impl Workload {
                     duration_s,
                     objectives: serde_json::json!({}),
                     conversations: read_sharegpt(path, 20_000)?,
+                    dialogues: vec![],
+                }
+            }
+            // Conversations that return (llm-d's multi-turn benchmarks): 9 servers, and in
+            // the mixed fleet a third of them half as fast. Rates are new conversations a second.
+            "multi-turn" | "multi-turn-mixed" => {
+                let path = sharegpt.ok_or("multi-turn: no dataset path (./build.sh bench installs it)")?;
+                let mut servers = vec![h100.clone(); 9];
+                let (name, rates, main_rate) = if name == "multi-turn" {
+                    ("multi-turn", vec![10.0, 20.0, 40.0, 60.0], 40.0)
+                } else {
+                    for s in servers.iter_mut().take(3) {
+                        *s = half_as_fast(s);
+                    }
+                    ("multi-turn-mixed", vec![10.0, 20.0, 30.0, 40.0], 30.0)
+                };
+                Workload {
+                    kind: Kind::MultiTurn,
+                    name,
+                    servers,
+                    rates,
+                    main_rate,
+                    duration_s,
+                    objectives: serde_json::json!({}),
+                    conversations: vec![],
+                    dialogues: read_dialogues(path, 5_000)?,
                 }
             }
             // 15 adapters, skewed (5 × 12%, 5 × 6%, 5 × 2%), two adapter slots a server.
@@ -100,6 +143,7 @@ impl Workload {
                 duration_s,
                 objectives: serde_json::json!({}),
                 conversations: vec![],
+                dialogues: vec![],
             },
             // Half interactive (priority 0), half batch (sheddable), up to twice capacity.
             "overload" => Workload {
@@ -111,6 +155,7 @@ impl Workload {
                 duration_s,
                 objectives: serde_json::json!({INTERACTIVE: 0, BATCH: -1}),
                 conversations: vec![],
+                dialogues: vec![],
             },
             other => return Err(format!("unknown workload {other:?}; workloads: {}", Workload::names().join(", "))),
         };
@@ -132,7 +177,7 @@ impl Workload {
         };
         let adapters = adapters();
         // ShareGPT conversations in a seeded order, each once (as vLLM's benchmark samples).
-        let mut order: Vec<usize> = (0..self.conversations.len()).collect();
+        let mut order: Vec<usize> = (0..self.conversations.len().max(self.dialogues.len())).collect();
         rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
         let mut next_conversation = order.into_iter().cycle();
         loop {
@@ -148,6 +193,7 @@ impl Workload {
                 max_tokens: 64,
                 objective: None,
                 priority: 0,
+                session: None,
             };
             match self.kind {
                 Kind::SharedPrefix => {
@@ -168,6 +214,10 @@ impl Workload {
                     a.prompt = words(&mut rng, 300);
                     a.max_tokens = 128;
                 }
+                Kind::MultiTurn => {
+                    let c = next_conversation.next().unwrap_or(0);
+                    a = self.turn(c, 0, at_us);
+                }
                 Kind::Overload => {
                     let interactive = rng.gen_bool(0.5);
                     a.objective = Some(if interactive { INTERACTIVE } else { BATCH });
@@ -179,6 +229,52 @@ impl Workload {
             }
             out.push(a);
         }
+    }
+}
+
+impl Workload {
+    /// Turn `turn` of conversation `c`, sent at `at_us`: the history, then the message.
+    fn turn(&self, c: usize, turn: usize, at_us: u64) -> Arrival {
+        let dialogue = &self.dialogues[c % self.dialogues.len().max(1)];
+        let mut prompt = String::new();
+        for (user, answer, _) in &dialogue[..turn] {
+            prompt.push_str(&format!("User: {user}\nAssistant: {answer}\n"));
+        }
+        let (user, _, answer_tokens) = &dialogue[turn];
+        prompt.push_str(&format!("User: {user}"));
+        Arrival {
+            at_us,
+            model: BASE_MODEL.into(),
+            prompt,
+            max_tokens: *answer_tokens,
+            objective: None,
+            priority: 0,
+            session: Some((c, turn)),
+        }
+    }
+
+    /// The turn after `a`, whose answer came at `finished_us` (since the run's start):
+    /// after a think time, while the conversation has turns left.
+    pub fn follow_up(&self, a: &Arrival, finished_us: u64, seed: u64) -> Option<Arrival> {
+        let (c, turn) = a.session?;
+        let dialogue = self.dialogues.get(c % self.dialogues.len().max(1))?;
+        if turn + 1 >= dialogue.len() {
+            return None;
+        }
+        let mut rng = SmallRng::seed_from_u64(seed ^ ((c as u64) << 20) ^ turn as u64);
+        let think = Exp::new(1.0 / THINK_S).map_or(THINK_S, |d| d.sample(&mut rng));
+        Some(self.turn(c, turn + 1, finished_us + (think * 1e6) as u64))
+    }
+}
+
+/// The same server, half as fast: every step and every prefill token takes twice as long.
+fn half_as_fast(p: &ServerParams) -> ServerParams {
+    ServerParams {
+        step_base_us: p.step_base_us * 2,
+        step_per_seq_us: p.step_per_seq_us * 2,
+        prefill_per_token_us: p.prefill_per_token_us * 2.0,
+        decode_per_context_token_ns: p.decode_per_context_token_ns * 2.0,
+        ..p.clone()
     }
 }
 
@@ -205,6 +301,60 @@ fn words(rng: &mut SmallRng, tokens: usize) -> String {
 /// model answer: (prompt, answer length in tokens). The packaged file is cut off mid-way:
 /// entries are read one at a time and reading stops at the first incomplete one.
 fn read_sharegpt(path: &Path, max: usize) -> Result<Vec<(String, u32)>, String> {
+    let mut out = Vec::new();
+    for_each_entry(path, |turns| {
+        if let [(from_user, human), (from_model, gpt), ..] = turns {
+            if from_user == "human" && from_model == "gpt" && !human.is_empty() {
+                // vLLM's benchmark_serving filter: 4 tokens or more each, prompts up to 1,024
+                // tokens, prompt and answer together up to 2,048.
+                let prompt_tokens = model_sim::text::tokens_in(human);
+                let answer = model_sim::text::tokens_in(gpt);
+                if prompt_tokens >= 4 && answer >= 4 && prompt_tokens <= 1024 && prompt_tokens + answer <= 2048 {
+                    out.push((human.clone(), answer));
+                }
+            }
+        }
+        out.len() < max
+    })?;
+    if out.is_empty() {
+        return Err(format!("{}: no complete conversations", path.display()));
+    }
+    Ok(out)
+}
+
+/// Up to `max` ShareGPT conversations of two turns or more (user, then model, in turn),
+/// as many turns each as fit `MAX_TURNS` and `MAX_HISTORY_TOKENS`.
+fn read_dialogues(path: &Path, max: usize) -> Result<Vec<Vec<(String, String, u32)>>, String> {
+    let mut out = Vec::new();
+    for_each_entry(path, |turns| {
+        let mut dialogue = Vec::new();
+        let mut history = 0u32;
+        for pair in turns.chunks_exact(2).take(MAX_TURNS) {
+            let [(from_user, user), (from_model, answer)] = pair else { break };
+            if from_user != "human" || from_model != "gpt" || user.is_empty() || answer.is_empty() {
+                break;
+            }
+            let (u, a) = (model_sim::text::tokens_in(user), model_sim::text::tokens_in(answer).clamp(4, 1024));
+            if history + u + a > MAX_HISTORY_TOKENS {
+                break;
+            }
+            history += u + a;
+            dialogue.push((user.clone(), answer.clone(), a));
+        }
+        if dialogue.len() >= MIN_TURNS {
+            out.push(dialogue);
+        }
+        out.len() < max
+    })?;
+    if out.is_empty() {
+        return Err(format!("{}: no conversations of two turns or more", path.display()));
+    }
+    Ok(out)
+}
+
+/// Each complete entry of the ShareGPT file, as (from, value) turns, until `each` says
+/// stop. The packaged file is cut off mid-way: reading stops at the first incomplete one.
+fn for_each_entry(path: &Path, mut each: impl FnMut(&[(String, String)]) -> bool) -> Result<(), String> {
     #[derive(serde::Deserialize)]
     struct Entry {
         conversations: Vec<Turn>,
@@ -216,30 +366,18 @@ fn read_sharegpt(path: &Path, max: usize) -> Result<Vec<(String, u32)>, String> 
     }
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut at = bytes.iter().position(|&b| b == b'[').ok_or("sharegpt: not a JSON array")? + 1;
-    let mut out = Vec::new();
-    while out.len() < max {
+    loop {
         let mut stream = serde_json::Deserializer::from_slice(&bytes[at..]).into_iter::<Entry>();
-        let Some(Ok(entry)) = stream.next() else { break };
+        let Some(Ok(entry)) = stream.next() else { return Ok(()) };
         at += stream.byte_offset();
         while at < bytes.len() && (bytes[at].is_ascii_whitespace() || bytes[at] == b',') {
             at += 1;
         }
-        if let [human, gpt, ..] = entry.conversations.as_slice() {
-            if human.from == "human" && gpt.from == "gpt" && !human.value.is_empty() {
-                // vLLM's benchmark_serving filter: 4 tokens or more each, prompts up to 1,024
-                // tokens, prompt and answer together up to 2,048.
-                let prompt_tokens = model_sim::text::tokens_in(&human.value);
-                let answer = model_sim::text::tokens_in(&gpt.value);
-                if prompt_tokens >= 4 && answer >= 4 && prompt_tokens <= 1024 && prompt_tokens + answer <= 2048 {
-                    out.push((human.value.clone(), answer));
-                }
-            }
+        let turns: Vec<(String, String)> = entry.conversations.into_iter().map(|t| (t.from, t.value)).collect();
+        if !each(&turns) {
+            return Ok(());
         }
     }
-    if out.is_empty() {
-        return Err(format!("{}: no complete conversations", path.display()));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -15,11 +15,13 @@ use serde_json::Value;
 struct Args {
     #[arg(long, default_value = "dist/epp.wasm")]
     wasm: PathBuf,
-    /// Workloads, comma-separated: shared-prefix, sharegpt, multi-lora, overload.
-    #[arg(long, value_delimiter = ',', default_value = "shared-prefix,sharegpt,multi-lora,overload")]
+    /// Workloads, comma-separated: shared-prefix, sharegpt, multi-lora, overload,
+    /// multi-turn, multi-turn-mixed.
+    #[arg(long, value_delimiter = ',', default_value = "shared-prefix,sharegpt,multi-lora,overload,multi-turn,multi-turn-mixed")]
     workloads: Vec<String>,
-    /// Policies, comma-separated: round-robin, random, least-request, default, gie-default, oracle.
-    #[arg(long, value_delimiter = ',', default_value = "round-robin,random,least-request,default,gie-default,oracle")]
+    /// Policies, comma-separated: round-robin, random, least-request, default, gie-default,
+    /// gie-epp, oracle.
+    #[arg(long, value_delimiter = ',', default_value = "round-robin,random,least-request,default,gie-default,gie-epp,oracle")]
     policies: Vec<String>,
     /// An extra module policy: NAME=SCHEDULER, the scheduler a preset name or a JSON
     /// EndpointPickerConfig (inline, or @file.json). Repeatable.
@@ -80,7 +82,11 @@ fn run(args: Args) -> Result<(), String> {
         policies.push(Policy::module(name, scheduler));
     }
     for p in &mut policies {
-        if let Policy::Module { proxies, workers, peers, share_scrapes, .. } = p {
+        // gie-epp keeps its own topology: one picker for every proxy.
+        if let Policy::Module { name, proxies, workers, peers, share_scrapes, .. } = p {
+            if name == "gie-epp" {
+                continue;
+            }
             (*proxies, *workers) = (args.proxies.max(1), args.workers.max(1));
             *peers = !args.no_peers;
             *share_scrapes = !args.no_share_scrapes;

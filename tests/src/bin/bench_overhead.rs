@@ -1,8 +1,10 @@
 //! `./build.sh bench-overhead`: what picking inside the proxy costs on the data path.
 //!
-//! 1. Real Envoy, the same fast upstreams, with and without the module (without: Envoy's
-//!    round robin), chat bodies of 1 KB, 16 KB and 220 KB at concurrency 1 and 64, load from
-//!    `wrk`. Both variants of a case run back to back, so the ratio compares like with like.
+//! 1. Real Envoy, the same fast upstreams, five variants: Envoy alone (round robin), the
+//!    floor module, wasm-epp, and the ext_proc picker (bench/extproc: the same core in its
+//!    own process, as GIE's EPP) in GIE's full-duplex mode and in buffered mode. Chat
+//!    bodies of 1 KB, 16 KB and 220 KB at concurrency 1 and 64, load from `wrk`. The
+//!    variants of a case run back to back, so ratios compare like with like.
 //! 2. Deterministic cost in host-sim: wasm instructions (fuel) per decision against body
 //!    size and endpoint count, per scrape against real captured pages, and the singleton's
 //!    total for 256 endpoints every 50 ms.
@@ -14,12 +16,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use epp_tests::extproc::{BodyMode, ExtProc};
 use epp_tests::{paths, Envoy, EnvoyOptions, Sim};
 use host_sim::{Fleet, HttpRequest, ProxyConfig, SimServer, World};
 use model_sim::ServerParams;
 use serde_json::{json, Value};
 
-const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+use epp_tests::MODEL;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -91,30 +94,50 @@ enum Variant {
     Floor,
     /// Envoy with wasm-epp.
     Epp,
+    /// Envoy calling the ext_proc picker (bench/extproc): the same core in its own
+    /// process, as GIE's EPP runs.
+    ExtProc(BodyMode),
 }
+
+/// The variants of every case, in the order they run within a round.
+const VARIANTS: [Variant; 5] = [Variant::Base, Variant::Floor, Variant::Epp, Variant::ExtProc(BodyMode::Duplex), Variant::ExtProc(BodyMode::Buffered)];
 
 /// One wrk run of one variant: its numbers and Envoy's CPU time per request.
 fn run_variant(variant: Variant, endpoints: &[String], plugin: &Value, script: &Path, concurrency: u32, seconds: u32) -> Value {
-    let options = EnvoyOptions {
-        without_picker: variant == Variant::Base,
-        concurrency: 1,
-        plugin: plugin.clone(),
-        wasm: (variant == Variant::Floor).then(paths::floor_wasm),
-        ..Default::default()
+    let extproc = match variant {
+        Variant::ExtProc(mode) => Some(ExtProc::start(mode, endpoints, plugin)),
+        _ => None,
+    };
+    let options = match &extproc {
+        Some(p) => p.envoy_options(1),
+        None => EnvoyOptions {
+            without_picker: variant == Variant::Base,
+            concurrency: 1,
+            plugin: plugin.clone(),
+            wasm: (variant == Variant::Floor).then(paths::floor_wasm),
+            ..Default::default()
+        },
     };
     let envoy = Envoy::start(endpoints, options);
     if variant == Variant::Epp {
         envoy.wait_for_table();
     }
+    if extproc.is_some() {
+        std::thread::sleep(std::time::Duration::from_millis(300)); // its first scrapes
+    }
     let url = envoy.url("/v1/chat/completions");
     wrk(script, &url, concurrency, 1); // warm-up
-    let cpu_before = cpu_ticks(envoy.pid());
+    let server_cpu = || extproc.as_ref().map_or(0, |p| cpu_ticks(p.pid()));
+    let (cpu_before, server_before) = (cpu_ticks(envoy.pid()), server_cpu());
     let mut r = wrk(script, &url, concurrency, seconds);
     let cpu = cpu_ticks(envoy.pid()).saturating_sub(cpu_before);
+    let server = server_cpu().saturating_sub(server_before);
     let requests = r["requests"].as_f64().unwrap_or(0.0).max(1.0);
     r["rps"] = json!(requests / (r["duration_us"].as_f64().unwrap_or(1.0) / 1e6));
     // Clock ticks are 10 ms (USER_HZ 100 on Linux).
     r["envoy_cpu_us_per_request"] = json!(cpu as f64 * 10_000.0 / requests);
+    r["server_cpu_us_per_request"] = json!(server as f64 * 10_000.0 / requests);
+    r["total_cpu_us_per_request"] = json!((cpu + server) as f64 * 10_000.0 / requests);
     r
 }
 
@@ -144,10 +167,8 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
         let script = work.join(format!("post-{body_bytes}.lua"));
         write_script(&script, &work.join(format!("body-{body_bytes}.json")), &body);
         for concurrency in [1u32, 64] {
-            let runs: Vec<[Value; 3]> = (0..rounds)
-                .map(|_| [Variant::Base, Variant::Floor, Variant::Epp].map(|v| run_variant(v, &endpoints, plugin, &script, concurrency, seconds)))
-                .collect();
-            let med = |f: &dyn Fn(&[Value; 3]) -> f64| median(runs.iter().map(f).collect());
+            let runs: Vec<[Value; 5]> = (0..rounds).map(|_| VARIANTS.map(|v| run_variant(v, &endpoints, plugin, &script, concurrency, seconds))).collect();
+            let med = |f: &dyn Fn(&[Value; 5]) -> f64| median(runs.iter().map(f).collect());
             let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
             let round = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
             let case = json!({
@@ -167,6 +188,34 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
                     "base": round(med(&|r| num(&r[0], "envoy_cpu_us_per_request")), 1),
                     "floor": round(med(&|r| num(&r[1], "envoy_cpu_us_per_request")), 1),
                     "epp": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request")), 1),
+                    "extproc": round(med(&|r| num(&r[3], "envoy_cpu_us_per_request")), 1),
+                    "extproc_buffered": round(med(&|r| num(&r[4], "envoy_cpu_us_per_request")), 1),
+                },
+                // The module runs inside Envoy: its figures are Envoy's. The ext_proc
+                // figures are Envoy and the picker's process together (GIE's duplex mode;
+                // `_buffered`: request headers and the buffered body only).
+                "floor_cpu_us_per_request": round(med(&|r| num(&r[1], "envoy_cpu_us_per_request")), 1),
+                "epp_cpu_us_per_request": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request")), 1),
+                "epp_cpu_over_floor_us": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request") - num(&r[1], "envoy_cpu_us_per_request")), 1),
+                "extproc_rps": med(&|r| num(&r[3], "rps")).round(),
+                "extproc_p50_added_us": med(&|r| num(&r[3], "p50_us") - num(&r[0], "p50_us")),
+                "extproc_p99_added_us": med(&|r| num(&r[3], "p99_us") - num(&r[0], "p99_us")),
+                "extproc_cpu_us_per_request": round(med(&|r| num(&r[3], "total_cpu_us_per_request")), 1),
+                "extproc_server_cpu_us_per_request": round(med(&|r| num(&r[3], "server_cpu_us_per_request")), 1),
+                "extproc_buffered_rps": med(&|r| num(&r[4], "rps")).round(),
+                "extproc_buffered_p50_added_us": med(&|r| num(&r[4], "p50_us") - num(&r[0], "p50_us")),
+                "extproc_buffered_p99_added_us": med(&|r| num(&r[4], "p99_us") - num(&r[0], "p99_us")),
+                "extproc_buffered_cpu_us_per_request": round(med(&|r| num(&r[4], "total_cpu_us_per_request")), 1),
+                // wasm-epp against each ext_proc variant, within each round.
+                "epp_to_extproc": {
+                    "cpu": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[3], "total_cpu_us_per_request").max(1e-9)), 3),
+                    "p50_added": round(med(&|r| (num(&r[2], "p50_us") - num(&r[0], "p50_us")).max(1.0) / (num(&r[3], "p50_us") - num(&r[0], "p50_us")).max(1.0)), 3),
+                    "rps": round(med(&|r| num(&r[2], "rps") / num(&r[3], "rps").max(1e-9)), 3),
+                },
+                "epp_to_extproc_buffered": {
+                    "cpu": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[4], "total_cpu_us_per_request").max(1e-9)), 3),
+                    "p50_added": round(med(&|r| (num(&r[2], "p50_us") - num(&r[0], "p50_us")).max(1.0) / (num(&r[4], "p50_us") - num(&r[0], "p50_us")).max(1.0)), 3),
+                    "rps": round(med(&|r| num(&r[2], "rps") / num(&r[4], "rps").max(1e-9)), 3),
                 },
                 "errors": runs.iter().map(|r| r.iter().map(|v| v["errors"].as_u64().unwrap_or(0)).sum::<u64>()).sum::<u64>(),
             });

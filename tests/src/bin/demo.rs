@@ -11,7 +11,7 @@ use epp_tests::client::Streamed;
 use epp_tests::{Client, Envoy, EnvoyOptions, Sim};
 use serde_json::json;
 
-const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+use epp_tests::MODEL;
 const REQUESTS: usize = 240;
 const CONCURRENCY: usize = 16;
 

@@ -1,4 +1,4 @@
-use crate::prefix;
+use crate::rendezvous;
 use crate::scheduler::{Candidate, Filter, SchedulingRequest};
 use crate::table::{same_name, EndpointState};
 
@@ -18,9 +18,14 @@ pub struct LoraAffinityFilter;
 const ROOMY_QUEUE: u32 = 5;
 const ADAPTER_HOMES: usize = 2;
 
+impl LoraAffinityFilter {
+    /// The type name configurations use.
+    pub const TYPE: &'static str = "lora-affinity-filter";
+}
+
 impl Filter for LoraAffinityFilter {
     fn name(&self) -> &'static str {
-        "lora-affinity-filter"
+        Self::TYPE
     }
 
     fn keep(&self, request: &SchedulingRequest, candidates: &[Candidate]) -> Vec<bool> {
@@ -43,7 +48,7 @@ impl Filter for LoraAffinityFilter {
         if free.is_empty() {
             return all;
         }
-        let order = prefix::placement(prefix::name_hash(model), free.iter().map(|&i| candidates[i].address.as_str()));
+        let order = rendezvous::rank(rendezvous::name_hash(model), free.iter().map(|&i| candidates[i].address.as_str()));
         let mut homes = vec![false; candidates.len()];
         for &k in order.iter().take(ADAPTER_HOMES) {
             homes[free[k]] = true;
@@ -70,8 +75,7 @@ mod tests {
     use super::*;
     use crate::scheduler::testing::*;
     use crate::table::Metrics;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     fn lora(running: &[&str], max: u32) -> Metrics {
         Metrics {

@@ -38,9 +38,14 @@ impl Saturation {
 /// router's call, by priority, not a filter's).
 pub struct SaturationFilter(pub Saturation);
 
+impl SaturationFilter {
+    /// The type name configurations use.
+    pub const TYPE: &'static str = "saturation-filter";
+}
+
 impl Filter for SaturationFilter {
     fn name(&self) -> &'static str {
-        "saturation-filter"
+        Self::TYPE
     }
     fn keep(&self, _: &SchedulingRequest, candidates: &[Candidate]) -> Vec<bool> {
         let keep: Vec<bool> = candidates.iter().map(|c| !self.0.is_saturated(c)).collect();
@@ -56,8 +61,7 @@ impl Filter for SaturationFilter {
 mod tests {
     use super::*;
     use crate::scheduler::testing::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn gie_thresholds_and_pending_requests() {

@@ -5,9 +5,14 @@ use crate::scheduler::Picker;
 /// fallbacks.
 pub struct MaxScorePicker;
 
+impl MaxScorePicker {
+    /// The type name configurations use.
+    pub const TYPE: &'static str = "max-score-picker";
+}
+
 impl Picker for MaxScorePicker {
     fn name(&self) -> &'static str {
-        "max-score-picker"
+        Self::TYPE
     }
     fn pick(&self, totals: &[f64], want: usize, rng: &mut Rng) -> Vec<usize> {
         // Shuffled first, so the stable sort leaves equal totals in random order.

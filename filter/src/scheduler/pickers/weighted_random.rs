@@ -6,9 +6,14 @@ use crate::scheduler::Picker;
 /// would send a burst to one endpoint. All totals zero: uniform.
 pub struct WeightedRandomPicker;
 
+impl WeightedRandomPicker {
+    /// The type name configurations use.
+    pub const TYPE: &'static str = "weighted-random-picker";
+}
+
 impl Picker for WeightedRandomPicker {
     fn name(&self) -> &'static str {
-        "weighted-random-picker"
+        Self::TYPE
     }
     fn pick(&self, totals: &[f64], want: usize, rng: &mut Rng) -> Vec<usize> {
         let uniform = totals.iter().all(|t| t.is_nan() || *t <= 0.0);
@@ -31,8 +36,7 @@ impl Picker for WeightedRandomPicker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn proportional_to_score() {

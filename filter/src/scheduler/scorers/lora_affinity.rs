@@ -6,17 +6,23 @@ use crate::table::same_name;
 /// A base model needs no adapter slot: 1.0 where it is served.
 pub struct LoraAffinityScorer;
 
+impl LoraAffinityScorer {
+    /// The type name configurations use.
+    pub const TYPE: &'static str = "lora-affinity-scorer";
+}
+
 impl Scorer for LoraAffinityScorer {
     fn name(&self) -> &'static str {
-        "lora-affinity-scorer"
+        Self::TYPE
     }
-    fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>) {
+    fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], scores: &mut [f64]) {
         let Some(model) = request.model else {
-            out.extend(candidates.iter().map(|_| 1.0));
+            scores.fill(1.0);
             return;
         };
-        out.extend(candidates.iter().map(|e| {
+        for (s, e) in scores.iter_mut().zip(candidates) {
             let m = &e.metrics;
+            *s = 
             if e.serves_base(model) || m.running_adapters.iter().any(|a| same_name(a, model)) {
                 1.0
             } else if m.max_lora > 0 && (m.running_adapters.len() as u32) < m.max_lora {
@@ -25,8 +31,8 @@ impl Scorer for LoraAffinityScorer {
                 0.6
             } else {
                 0.0
-            }
-        }));
+            };
+        }
     }
 }
 
@@ -35,8 +41,7 @@ mod tests {
     use super::*;
     use crate::scheduler::testing::*;
     use crate::table::Metrics;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn gie_scores() {
@@ -53,12 +58,11 @@ mod tests {
             endpoint("d:1", lora(&["y", "z"], &[], 2)),
         ];
         let view = candidates(&eps);
-        let mut out = vec![];
+        let mut out: Vec<f64>;
         let req = SchedulingRequest { model: Some("x"), ..Default::default() };
-        LoraAffinityScorer.score(&req, &view, &mut out);
+        out = scored(&mut LoraAffinityScorer, &req, &view);
         assert_eq!(out, vec![1.0, 0.8, 0.6, 0.0]);
-        out.clear();
-        LoraAffinityScorer.score(&SchedulingRequest { model: Some("base"), ..Default::default() }, &view, &mut out);
+        out = scored(&mut LoraAffinityScorer, &SchedulingRequest { model: Some("base"), ..Default::default() }, &view);
         assert_eq!(out, vec![1.0; 4]);
     }
 }

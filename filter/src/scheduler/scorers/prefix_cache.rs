@@ -1,10 +1,14 @@
 use serde::Deserialize;
 
-use crate::affinity;
+use crate::prefix_record;
 use crate::prefix::{self, PrefixIndex};
+use crate::rendezvous;
 use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 
-/// Prefix-cache affinity: the share of the prompt's leading blocks an endpoint was sent
+/// The weight of a recorded share on an endpoint other than the prefix's assignment.
+const OTHER_THAN_ASSIGNED: f64 = 0.9;
+
+/// The share of the prompt's leading blocks an endpoint was sent
 /// before (GIE's prefix-cache scorer), so requests that share a long context go where its
 /// KV cache already is.
 ///
@@ -12,19 +16,16 @@ use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 /// Envoy worker, several Envoy replicas). So that they agree, a prefix's *anchor* (one of
 /// its block hashes) gives it one *placement* endpoint, scoring `placement` (unless the
 /// recorded share is higher):
-/// - the endpoint this proxy's workers first sent it to (`affinity`, in shared data), or
+/// - the endpoint this proxy's workers first sent it to (the prefix record, in shared
+///   data), or
 /// - if none yet, its *home*: the first of the candidates ranked by rendezvous hashing of
 ///   the anchor, the same in every VM of every proxy, without talking. At first sight the
 ///   home scores in proportion to the prompt's length (full from `fullPlacementBlocks`):
 ///   long prompts are the costly ones to misplace and the likely shared contexts, while
 ///   short one-off prompts stay spread by load.
 ///
-/// Load scorers still move requests off it when it is busy. (Measured and dropped:
-/// scoring the next endpoints in the rendezvous order; following the latest endpoint
-/// instead of the first; the full home score for every first sight: BENCHMARKS.md.)
-/// The weight of a recorded share on an endpoint other than the prefix's assignment.
-const OTHER_THAN_ASSIGNED: f64 = 0.9;
-
+/// Load scorers still move requests off it when it is busy. (The alternatives tried, with
+/// the figures that decided them, are in docs/experiments.md.)
 pub struct PrefixCacheScorer {
     params: Params,
     index: PrefixIndex,
@@ -145,7 +146,7 @@ impl PrefixCacheScorer {
 /// prefixes (`given`: endpoint id → count), if the first has more than the margin over it.
 fn least_given(rank: &[usize], candidates: &[Candidate], given: &[(u32, u32)], p: &Params) -> Option<usize> {
     let count = |i: usize| {
-        let id = affinity::endpoint_id(&candidates[i].address);
+        let id = prefix_record::endpoint_id(&candidates[i].address);
         given.iter().find(|(e, _)| *e == id).map_or(0, |&(_, n)| n)
     };
     let first = *rank.first()?;
@@ -153,16 +154,21 @@ fn least_given(rank: &[usize], candidates: &[Candidate], given: &[(u32, u32)], p
     Some(if count(first) > count(least).saturating_add(p.placement_margin) { least } else { first })
 }
 
+impl PrefixCacheScorer {
+    /// The type name configurations use.
+    pub const TYPE: &'static str = "prefix-cache-scorer";
+}
+
 impl Scorer for PrefixCacheScorer {
     fn name(&self) -> &'static str {
-        "prefix-cache-scorer"
+        Self::TYPE
     }
 
     fn prompt_bytes(&self) -> usize {
         self.params.hash_block_size.saturating_mul(self.params.max_prefix_blocks_to_match)
     }
 
-    fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>) {
+    fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], scores: &mut [f64]) {
         let p = &self.params;
         self.hashes = prefix::block_hashes(
             request.model.unwrap_or_default(),
@@ -173,26 +179,26 @@ impl Scorer for PrefixCacheScorer {
         let n = self.hashes.len();
         self.anchor = None;
         if n == 0 {
-            out.extend(candidates.iter().map(|_| 0.0));
             return;
         }
-        let start = out.len();
-        out.extend(candidates.iter().map(|c| self.index.matched(&c.address, &self.hashes) as f64 / n as f64));
+        for (s, c) in scores.iter_mut().zip(candidates) {
+            *s = self.index.matched(&c.address, &self.hashes) as f64 / n as f64;
+        }
         if p.placement == 0.0 {
             return; // GIE's scorer: what this VM recorded, nothing more
         }
         let anchor = self.hashes[p.placement_block.min(n) - 1];
-        let recorded_here = out[start..].iter().any(|&share| share > 0.0);
-        let assigned = request.shared.and_then(|s| affinity::recall(s, anchor));
+        let recorded_here = scores.iter().any(|&share| share > 0.0);
+        let assigned = request.store.and_then(|s| prefix_record::recall(s, anchor));
         // Only an anchor without an assignment needs one when the pick is made.
         self.anchor = assigned.is_none().then_some(anchor);
         let (placed, strength) = match assigned {
-            Some(id) => (candidates.iter().position(|c| affinity::endpoint_id(&c.address) == id), p.placement),
+            Some(id) => (candidates.iter().position(|c| prefix_record::endpoint_id(&c.address) == id), p.placement),
             None => {
-                let rank = prefix::placement(anchor, candidates.iter().map(|c| c.address.as_str()));
-                let home = match request.shared {
+                let rank = rendezvous::rank(anchor, candidates.iter().map(|c| c.address.as_str()));
+                let home = match request.store {
                     Some(store) if p.placement_choices > 1 => {
-                        least_given(&rank, candidates, &affinity::prefixes_given(store), p)
+                        least_given(&rank, candidates, &prefix_record::prefixes_given(store), p)
                     }
                     _ => rank.first().copied(),
                 };
@@ -207,23 +213,24 @@ impl Scorer for PrefixCacheScorer {
                 // Where this VM sent the prefix before counts a little less than where the
                 // proxy (and its peers) agreed it lives: after replicas settle a prefix
                 // they had placed apart, both follow the agreement.
-                for (j, share) in out[start..].iter_mut().enumerate() {
+                for (j, share) in scores.iter_mut().enumerate() {
                     if j != i {
                         *share *= OTHER_THAN_ASSIGNED;
                     }
                 }
             }
-            let s = &mut out[start + i];
-            *s = s.max(strength);
+            if let Some(s) = scores.get_mut(i) {
+                *s = s.max(strength);
+            }
         }
     }
 
     fn picked(&mut self, request: &SchedulingRequest, chosen: &Candidate) {
         let capacity = self.capacity(chosen);
         self.index.record(&chosen.address, &self.hashes, capacity);
-        if let (Some(anchor), Some(store)) = (self.anchor, request.shared) {
+        if let (Some(anchor), Some(store)) = (self.anchor, request.store) {
             let count = self.params.placement_choices > 1;
-            affinity::assign(store, anchor, affinity::endpoint_id(&chosen.address), count);
+            prefix_record::assign(store, anchor, prefix_record::endpoint_id(&chosen.address), count);
         }
     }
 }
@@ -232,8 +239,7 @@ impl Scorer for PrefixCacheScorer {
 mod tests {
     use super::*;
     use crate::scheduler::testing::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     fn scorer(placement: f64) -> PrefixCacheScorer {
         let params: Params = serde_json::from_value(serde_json::json!({"placement": placement})).unwrap();
@@ -250,15 +256,13 @@ mod tests {
         let view = candidates(&eps);
         let mut s = scorer(0.0);
         let context = vec![b'c'; 64 * 6];
-        let mut out = vec![];
-        s.score(&request(&context), &view, &mut out);
+        let mut out = scored(&mut s, &request(&context), &view);
         assert_eq!(out, vec![0.0, 0.0], "nothing recorded, no placement: GIE's zeros");
         s.picked(&request(&context), &view[1]);
         // Same six blocks and two more of a new question.
         let mut longer = context.clone();
         longer.extend([b'q'; 128]);
-        out.clear();
-        s.score(&request(&longer), &view, &mut out);
+        out = scored(&mut s, &request(&longer), &view);
         assert_eq!(out, vec![0.0, 0.75]);
     }
 
@@ -269,15 +273,13 @@ mod tests {
         let long = vec![b'z'; 64 * 200];
         let homes: Vec<usize> = (0..2)
             .map(|_| {
-                let mut out = vec![];
-                scorer(0.5).score(&request(&long), &view, &mut out);
+                let out = scored(&mut scorer(0.5), &request(&long), &view);
                 assert_eq!(out.iter().filter(|&&x| x == 0.5).count(), 1, "{out:?}");
                 out.iter().position(|&x| x == 0.5).unwrap()
             })
             .collect();
         assert_eq!(homes[0], homes[1], "independent VMs agree on the home");
-        let mut out = vec![];
-        scorer(0.5).score(&request(&long[..64 * 32]), &view, &mut out);
+        let out = scored(&mut scorer(0.5), &request(&long[..64 * 32]), &view);
         let top = out.iter().copied().fold(0.0, f64::max);
         assert_eq!(top, 0.5 * 32.0 / 128.0, "32 blocks of 128: a quarter of the placement");
     }
@@ -287,17 +289,15 @@ mod tests {
         let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
         let view = candidates(&eps);
         let prompt = vec![b'q'; 64 * 200];
-        let store = affinity::MemoryStore::default();
-        let req = SchedulingRequest { model: Some("m"), prompt: &prompt, shared: Some(&store), ..Default::default() };
+        let store = crate::store::MemoryStore::default();
+        let req = SchedulingRequest { model: Some("m"), prompt: &prompt, store: Some(&store), ..Default::default() };
         let mut first = scorer(0.5);
-        let mut out = vec![];
-        first.score(&req, &view, &mut out);
+        let mut out = scored(&mut first, &req, &view);
         let home = out.iter().position(|&x| x == 0.5).unwrap();
         let elsewhere = (home + 1) % 8;
         first.picked(&req, &view[elsewhere]); // load sent it away from home
         // Another worker of the proxy: nothing recorded itself, follows the assignment.
-        out.clear();
-        scorer(0.5).score(&req, &view, &mut out);
+        out = scored(&mut scorer(0.5), &req, &view);
         assert_eq!(out[elsewhere], 0.5, "{out:?}");
         assert_eq!(out[home], 0.0, "{out:?}");
     }
@@ -307,17 +307,15 @@ mod tests {
         let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
         let view = candidates(&eps);
         let prompt = vec![b'p'; 64 * 200];
-        let request = |store| SchedulingRequest { model: Some("m"), prompt: &prompt, shared: Some(store), ..Default::default() };
+        let request = |store| SchedulingRequest { model: Some("m"), prompt: &prompt, store: Some(store), ..Default::default() };
         let mut vm = scorer(1.0);
-        let mut out = vec![];
-        let before = affinity::MemoryStore::default();
-        vm.score(&request(&before), &view, &mut out);
+        let before = crate::store::MemoryStore::default();
+        scored(&mut vm, &request(&before), &view);
         vm.picked(&request(&before), &view[2]); // this VM sent it to 2
         // The proxy's record (say, settled with a peer's) puts the prefix on 5.
-        let settled = affinity::MemoryStore::default();
-        affinity::assign(&settled, vm.hashes[7], affinity::endpoint_id(&view[5].address), false);
-        out.clear();
-        vm.score(&request(&settled), &view, &mut out);
+        let settled = crate::store::MemoryStore::default();
+        prefix_record::assign(&settled, vm.hashes[7], prefix_record::endpoint_id(&view[5].address), false);
+        let out = scored(&mut vm, &request(&settled), &view);
         assert_eq!(out[5], 1.0, "{out:?}");
         assert_eq!(out[2], OTHER_THAN_ASSIGNED, "still a full hit there, but second: {out:?}");
     }
@@ -329,10 +327,9 @@ mod tests {
         let params = |choices: usize| -> Params {
             serde_json::from_value(serde_json::json!({"placement": 1.0, "placementChoices": choices})).unwrap()
         };
-        let home_of = |s: &mut PrefixCacheScorer, store: &affinity::MemoryStore, prompt: &[u8]| {
-            let req = SchedulingRequest { model: Some("m"), prompt, shared: Some(store), ..Default::default() };
-            let mut out = vec![];
-            s.score(&req, &view, &mut out);
+        let home_of = |s: &mut PrefixCacheScorer, store: &crate::store::MemoryStore, prompt: &[u8]| {
+            let req = SchedulingRequest { model: Some("m"), prompt, store: Some(store), ..Default::default() };
+            let out = scored(s, &req, &view);
             let home = out.iter().position(|&x| x == 1.0).unwrap();
             s.picked(&req, &view[home]);
             home
@@ -340,7 +337,7 @@ mod tests {
         // Prefixes one after another, each placed and sent home: with two choices no
         // endpoint gets more than one over another's count among its pair, so the spread
         // is tighter than rendezvous alone gives (6 against 8 homes here).
-        let spread_of = |choices: usize, store: &affinity::MemoryStore| {
+        let spread_of = |choices: usize, store: &crate::store::MemoryStore| {
             let mut scorer = PrefixCacheScorer::new(params(choices));
             let mut counts = [0usize; 8];
             for g in 0..96u32 {
@@ -349,20 +346,19 @@ mod tests {
             }
             counts.iter().max().unwrap() - counts.iter().min().unwrap()
         };
-        let store = affinity::MemoryStore::default();
-        let (alone, balanced) = (spread_of(1, &affinity::MemoryStore::default()), spread_of(2, &store));
+        let store = crate::store::MemoryStore::default();
+        let (alone, balanced) = (spread_of(1, &crate::store::MemoryStore::default()), spread_of(2, &store));
         assert!(balanced < alone, "spread of homes: {balanced} with two choices, {alone} with one");
-        assert_eq!(affinity::prefixes_given(&store).iter().map(|&(_, n)| n).sum::<u32>(), 96);
+        assert_eq!(prefix_record::prefixes_given(&store).iter().map(|&(_, n)| n).sum::<u32>(), 96);
         // One choice: always the rendezvous home, and nothing counted.
-        let plain_store = affinity::MemoryStore::default();
-        let req = SchedulingRequest { model: Some("m"), prompt: &[b'z'; 64 * 200], shared: Some(&plain_store), ..Default::default() };
+        let plain_store = crate::store::MemoryStore::default();
+        let req = SchedulingRequest { model: Some("m"), prompt: &[b'z'; 64 * 200], store: Some(&plain_store), ..Default::default() };
         let mut plain = PrefixCacheScorer::new(params(1));
-        let mut out = vec![];
-        plain.score(&req, &view, &mut out);
-        let rank = prefix::placement(plain.hashes[7], view.iter().map(|c| c.address.as_str()));
+        let out = scored(&mut plain, &req, &view);
+        let rank = rendezvous::rank(plain.hashes[7], view.iter().map(|c| c.address.as_str()));
         assert_eq!(out[rank[0]], 1.0);
         plain.picked(&req, &view[rank[0]]);
-        assert!(affinity::prefixes_given(&plain_store).is_empty());
+        assert!(prefix_record::prefixes_given(&plain_store).is_empty());
     }
 
     #[test]

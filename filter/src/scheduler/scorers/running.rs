@@ -2,19 +2,23 @@ use crate::scheduler::{less_is_better, Candidate, Scorer, SchedulingRequest};
 
 /// Fewer running requests scores higher: (max − r) / (max − min) over the candidates, where
 /// r counts the requests this proxy sent since the last scrape. An endpoint with requests
-/// waiting scores 0: its batch is full, however few it runs. (A server with a small batch,
-/// an older GPU say, runs few requests and would otherwise look the emptiest: in the demo
-/// it drew requests into its queue, p90 TTFT 283 ms; with this rule 137–172 ms.)
+/// waiting scores 0: its batch is full, however few it runs. A server with a small batch
+/// (an older GPU, say) runs few requests and would otherwise look the emptiest, and draw
+/// requests into its queue.
 pub struct RunningRequestsScorer;
+
+impl RunningRequestsScorer {
+    /// The type name configurations use.
+    pub const TYPE: &'static str = "running-requests-scorer";
+}
 
 impl Scorer for RunningRequestsScorer {
     fn name(&self) -> &'static str {
-        "running-requests-scorer"
+        Self::TYPE
     }
-    fn score(&mut self, _: &SchedulingRequest, candidates: &[Candidate], out: &mut Vec<f64>) {
-        let start = out.len();
-        less_is_better(candidates.iter().map(|c| f64::from(c.running())), out);
-        for (score, c) in out[start..].iter_mut().zip(candidates) {
+    fn score(&mut self, _: &SchedulingRequest, candidates: &[Candidate], scores: &mut [f64]) {
+        less_is_better(candidates.iter().map(|c| f64::from(c.running())), scores);
+        for (score, c) in scores.iter_mut().zip(candidates) {
             if c.metrics.waiting > 0 {
                 *score = 0.0;
             }
@@ -26,8 +30,7 @@ impl Scorer for RunningRequestsScorer {
 mod tests {
     use super::*;
     use crate::scheduler::testing::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::test;
 
     #[test]
     fn fewer_running_scores_higher_unless_requests_wait() {
@@ -36,8 +39,7 @@ mod tests {
             endpoint("idle:1", load(0, 0, 0.0)),
             endpoint("small-and-full:1", load(3, 4, 0.9)),
         ];
-        let mut out = vec![];
-        RunningRequestsScorer.score(&SchedulingRequest::default(), &candidates(&eps), &mut out);
+        let out = scored(&mut RunningRequestsScorer, &SchedulingRequest::default(), &candidates(&eps));
         assert_eq!(out[1], 1.0, "{out:?}");
         assert!((out[0] - 0.0).abs() < 1e-9, "the most running: {out:?}");
         assert_eq!(out[2], 0.0, "four running but three waiting: full, {out:?}");

@@ -122,9 +122,9 @@ fn the_record_is_served_only_to_peers() {
     assert_eq!(status, 200);
     let body = epp::peer::Record::decode(&body).expect("a peer record");
     let magic = b"wasm-epp affinity v1\n";
-    let affinity = &body.affinity;
-    assert!(affinity.starts_with(magic) && affinity.len() > magic.len(), "{} bytes", affinity.len());
-    assert_eq!((affinity.len() - magic.len()) % 12, 0);
+    let prefixes = &body.prefixes;
+    assert!(prefixes.starts_with(magic) && prefixes.len() > magic.len(), "{} bytes", prefixes.len());
+    assert_eq!((prefixes.len() - magic.len()) % 12, 0);
     assert!(!body.rows.is_empty() && body.rows.iter().all(|r| r.scraped_by == body.replica), "its own share of the scrapes");
     // With the token the replicas exchanged: both hold the same record.
     w.advance_ms(500);
@@ -133,7 +133,7 @@ fn the_record_is_served_only_to_peers() {
         w.finish(1, &o, 200);
         epp::peer::Record::decode(&o.local_response.expect("answered").body).expect("a peer record")
     };
-    assert_eq!(other.affinity, body.affinity, "the other replica adopted the prefix");
+    assert_eq!(other.prefixes, body.prefixes, "the other replica adopted the prefix");
     assert_ne!(other.replica, body.replica);
 }
 

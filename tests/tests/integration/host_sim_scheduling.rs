@@ -28,9 +28,9 @@ fn error_code(o: &host_sim::RequestOutcome) -> Value {
 fn hit_rate(policy: &str, proxies: usize, workers: usize) -> f64 {
     let workload = Workload::by_name("shared-prefix", None, true).expect("workload");
     let arrivals = workload.arrivals(60.0, 11);
-    let Some(Policy::Module { name, scheduler, .. }) = Policy::by_name(policy) else { panic!("{policy}") };
-    let policy = Policy::Module { name, scheduler, proxies, workers, peers: true, share_scrapes: true };
-    let r = bench::run(&epp_tests::paths::epp_wasm(), &workload.servers, &arrivals, &policy, &workload.objectives, 11)
+    let Some(Policy::Module { name, scheduler, round_trip, .. }) = Policy::by_name(policy) else { panic!("{policy}") };
+    let policy = Policy::Module { name, scheduler, proxies, workers, peers: true, share_scrapes: true, round_trip };
+    let r = bench::run(&epp_tests::paths::epp_wasm(), &workload.servers, &arrivals, &|_, _| None, 0, &policy, &workload.objectives, 11)
         .expect("run");
     assert!(r.traps.is_empty(), "{:?}", r.traps);
     assert_eq!(r.errors, 0);
@@ -70,7 +70,7 @@ fn requests_sent_between_scrapes_count_across_workers() {
     let counts = |w: &World| {
         let state = w.proxies[0].state.borrow();
         let bytes = state.shared_data.get("wasm-epp/v1/in-flight").map(|(b, _)| b.clone()).unwrap_or_default();
-        epp::shared::decode_u32s(&bytes)
+        epp::store::decode_u32s(&bytes)
     };
     let gauges = |w: &World| {
         (0..3).map(|i| w.proxies[0].metric(&format!("wasm_epp.in_flight.{}", addr(i).replace(['.', ':'], "_")))).collect::<Vec<_>>()

@@ -6,7 +6,7 @@ use std::thread;
 use std::time::Duration;
 
 use epp_tests::client::chat;
-use epp_tests::scenario::{addrs, assert_openai_error, load_directly, start, MODEL};
+use epp_tests::real_envoy::{addrs, assert_openai_error, load_directly, start, MODEL};
 use epp_tests::{wait_for, Envoy, EnvoyOptions, Sim};
 use serde_json::json;
 
@@ -180,7 +180,7 @@ fn replicas_share_assignments(ports: [u16; 2], peers: serde_json::Value, extra_c
     // (status, bytes of prefix assignments in the replica's peer record)
     let record_bytes = |envoy: &Envoy, token: &str| {
         let (status, body) = envoy.client().get_bytes(&envoy.url("/.wasm-epp/v2/peer"), &[("x-wasm-epp-peer-token", token)]);
-        (status, epp::peer::Record::decode(&body).map_or(0, |r| r.affinity.len()))
+        (status, epp::peer::Record::decode(&body).map_or(0, |r| r.prefixes.len()))
     };
     // Without the token the path is not ours: routed to a model server, which has no such page.
     assert_eq!(record_bytes(&b, "wrong").0, 404);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use host_sim::abi::serialize_map;
-use host_sim::proxy::ProxyState;
+use host_sim::state::ProxyState;
 use host_sim::vm::{HostState, Phase, StreamState, Vm};
 use host_sim::{Fleet, HttpRequest, ProxyConfig, SimServer, World};
 use serde_json::json;

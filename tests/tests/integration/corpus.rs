@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use epp_tests::client::chat;
-use epp_tests::scenario::{addrs, MODEL};
+use epp_tests::real_envoy::{addrs, MODEL};
 use epp_tests::{Envoy, EnvoyOptions, Sim};
 use serde_json::json;
 

@@ -331,14 +331,14 @@ fn replays_exactly_from_the_seed() {
 
 #[test]
 fn a_panicking_module_is_reported_with_the_callback_and_the_message() {
-    let wasm = epp_tests::paths::repo_root().join("dist/test/epp-panic.wasm");
+    let wasm = epp_tests::paths::repo_root().join("dist/test/panics.wasm");
     assert!(wasm.exists(), "{} is built by ./build.sh test", wasm.display());
     let fleet = Fleet::new(servers(2, ServerParams::default()));
     let config = json!({"endpoints": fleet.addresses()}).to_string();
     let mut w = World::new(&wasm, fleet, 1, ProxyConfig { plugin_config: config, ..Default::default() }).expect("world");
     w.advance_ms(200);
     let o = w.request(0, 0, &chat(MODEL));
-    let trap = o.trap.expect("the injected panic traps");
+    let trap = o.trap.expect("the fixture's panic traps");
     assert!(trap.contains("proxy_on_request_body") && trap.contains("injected panic"), "{trap}");
     let again = w.request(0, 0, &chat(MODEL));
     assert!(again.trap.is_some_and(|t| t.contains("VM failed earlier")), "a failed VM stays failed");

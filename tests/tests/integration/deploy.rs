@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 
-use epp_tests::scenario::{addrs, served_by, MODEL};
+use epp_tests::real_envoy::{addrs, served_by, MODEL};
 use epp_tests::{paths, wait_for, Envoy, EnvoyOptions, Sim};
 
 /// The reference registry (Debian's `docker-registry`) on a loopback port, for one test.
@@ -486,7 +486,7 @@ fn routes_by_load(config: &Value, listener: &str, sims: &[Sim], expect_fallbacks
     let envoy = Envoy::start_raw(&config.to_string(), listener);
     envoy.wait_for_table();
     let busy = &sims[0];
-    let _load = epp_tests::scenario::load_directly(busy, MODEL, 20, 300);
+    let _load = epp_tests::real_envoy::load_directly(busy, MODEL, 20, 300);
     wait_for("the load to show", Duration::from_secs(5), || (busy.metric("vllm:num_requests_waiting") >= 10.0).then_some(()));
     std::thread::sleep(Duration::from_millis(500));
     let mut seen = std::collections::BTreeMap::new();

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use epp_tests::client::chat;
-use epp_tests::scenario::{addrs, assert_openai_error, load_directly, served_by, start, MODEL};
+use epp_tests::real_envoy::{addrs, assert_openai_error, load_directly, served_by, start, MODEL};
 use epp_tests::{wait_for, Client, Envoy, EnvoyOptions, Sim};
 use serde_json::json;
 
@@ -646,4 +646,34 @@ fn a_short_soak_with_faults_loses_nothing_and_holds_memory() {
     assert!(report.valid_sent > 1000, "{report:?}");
     assert_eq!((report.valid_lost, report.invalid_misanswered, report.traps), (0, 0, 0), "{report:?}");
     assert!(report.rss_growth_second_half_mib <= 16, "{report:?}");
+}
+
+/// The benchmarks' ext_proc picker (the architecture of GIE's EPP) decides as the module
+/// does, in both body modes: traffic avoids a loaded server, a bad body gets the module's
+/// answer and reaches no server.
+#[test]
+fn the_extproc_picker_routes_by_load_and_refuses_bad_bodies_in_both_body_modes() {
+    use epp_tests::extproc::{BodyMode, ExtProc};
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&["--max-num-seqs", "4"])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let load = load_directly(&sims[0], MODEL, 20, 400);
+    wait_for("the load to land", Duration::from_secs(5), || (sims[0].metric("vllm:num_requests_waiting") >= 10.0).then_some(()));
+    for mode in [BodyMode::Duplex, BodyMode::Buffered] {
+        let picker = ExtProc::start(mode, &addrs(&refs), &json!({}));
+        let envoy = Envoy::start(&addrs(&refs), picker.envoy_options(2));
+        thread::sleep(Duration::from_millis(300));
+        let served = served_by(&envoy, MODEL, 20);
+        assert_eq!(served.get(&sims[0].addr), None, "{mode:?}: none to the loaded server: {served:?}");
+        assert!(served.len() == 2, "{mode:?}: the idle servers share it: {served:?}");
+        let big = chat(MODEL, &"x".repeat(200_000), 1);
+        assert_eq!(envoy.post("/v1/chat/completions", &big).status, 200, "{mode:?}: a 200 KB body");
+        let before = envoy.stat("cluster.llm_pool.upstream_rq_total");
+        let r = envoy.client().send(&envoy.url("/v1/chat/completions"), &[("content-type", "application/json")], Some(b"{\"model\": "));
+        assert_openai_error(&r, 400, "invalid_json");
+        assert_openai_error(&envoy.post("/v1/chat/completions", &chat("gpt-9", "x", 1)), 404, "model_not_found");
+        assert_eq!(envoy.stat("cluster.llm_pool.upstream_rq_total"), before, "{mode:?}: refused requests reached no server");
+    }
+    for h in load {
+        assert_eq!(h.join().map(|r| r.status).unwrap_or(0), 200);
+    }
 }

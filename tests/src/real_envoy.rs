@@ -6,7 +6,7 @@ use std::thread;
 use crate::client::chat;
 use crate::{Client, Envoy, EnvoyOptions, Reply, Sim};
 
-pub const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+pub use crate::MODEL;
 
 pub fn addrs(sims: &[&Sim]) -> Vec<String> {
     sims.iter().map(|s| s.addr.clone()).collect()

@@ -4,8 +4,8 @@
 //! record, a group of requests that load sent somewhere other than its home would
 //! scatter, one endpoint per worker. So the first endpoint a prefix's *anchor* (one of
 //! its block hashes) goes to is its assignment for every worker of the proxy, until the
-//! record forgets it. (Following the latest endpoint instead split groups over two
-//! endpoints and lost hit rate: BENCHMARKS.md.)
+//! record forgets it. (Following the latest endpoint instead splits a group over two
+//! endpoints.)
 //!
 //! The record lives in proxy-wasm shared data (one store per `vm_id`, so per proxy), in a
 //! fixed number of small keys, since the ABI cannot delete one: the anchor picks the key,
@@ -15,7 +15,7 @@ use core::hash::BuildHasher;
 
 use foldhash::quality::FixedState;
 
-pub use crate::shared::{MemoryStore, SharedStore};
+use crate::store::SharedStore;
 
 const SHARDS: u64 = 256;
 const PER_SHARD: usize = 16;
@@ -34,7 +34,7 @@ const PROTECTED: u32 = 1 << 31;
 const MAX_PROTECTED: usize = PER_SHARD / 2;
 
 fn key(anchor: u64) -> String {
-    format!("{}{}", crate::names::keys::AFFINITY_PREFIX, anchor % SHARDS)
+    format!("{}{}", crate::names::keys::PREFIX_RECORD_SHARDS, anchor % SHARDS)
 }
 
 /// A shard holds its protected entries first (most recently promoted first), then the
@@ -74,10 +74,10 @@ fn protected_len(entries: &[Entry]) -> usize {
 
 /// How many prefixes this proxy assigned to each endpoint, ever: (endpoint id, count)
 /// pairs. Read only when a new prefix is placed and balance is asked for.
-const GIVEN_KEY: &str = crate::names::keys::AFFINITY_GIVEN;
+const GIVEN_KEY: &str = crate::names::keys::PREFIX_RECORD_GIVEN;
 
 fn decode_given(bytes: &[u8]) -> Vec<(u32, u32)> {
-    crate::shared::decode_u32s(bytes).chunks_exact(2).map(|p| (p[0], p[1])).collect()
+    crate::store::decode_u32s(bytes).chunks_exact(2).map(|p| (p[0], p[1])).collect()
 }
 
 pub fn prefixes_given(store: &dyn SharedStore) -> Vec<(u32, u32)> {
@@ -89,7 +89,7 @@ fn count_given(store: &dyn SharedStore, endpoints: &[u32]) {
     if endpoints.is_empty() {
         return;
     }
-    crate::shared::update(store, GIVEN_KEY, 8, None, |bytes| {
+    crate::store::update(store, GIVEN_KEY, 8, None, |bytes| {
         let mut pairs = decode_given(bytes);
         for &endpoint in endpoints {
             match pairs.iter_mut().find(|(id, _)| *id == endpoint) {
@@ -98,7 +98,7 @@ fn count_given(store: &dyn SharedStore, endpoints: &[u32]) {
             }
         }
         let words: Vec<u32> = pairs.iter().flat_map(|&(id, n)| [id, n]).collect();
-        Some(crate::shared::encode_u32s(&words))
+        Some(crate::store::encode_u32s(&words))
     });
 }
 
@@ -109,7 +109,7 @@ pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
     let (bytes, cas) = store.get(&key(anchor))?;
     let found = decode(&bytes).into_iter().find(|e| e.anchor == anchor)?;
     if !found.protected {
-        crate::shared::update(store, &key(anchor), 3, Some((bytes, cas)), |bytes| {
+        crate::store::update(store, &key(anchor), 3, Some((bytes, cas)), |bytes| {
             let mut entries = decode(bytes);
             let at = entries.iter().position(|e| e.anchor == anchor && !e.protected)?;
             let mut e = entries.remove(at);
@@ -131,7 +131,7 @@ pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
 pub fn assign(store: &dyn SharedStore, anchor: u64, endpoint: u32, count: bool) {
     let mut new = false;
     // After a few lost races, losing one assignment is fine.
-    crate::shared::update(store, &key(anchor), 3, None, |bytes| {
+    crate::store::update(store, &key(anchor), 3, None, |bytes| {
         let mut entries = decode(bytes);
         if entries.iter().any(|e| e.anchor == anchor) {
             return None;
@@ -192,7 +192,7 @@ pub fn adopt(store: &dyn SharedStore, record: &[u8]) -> Result<Adopted, &'static
     for (shard, theirs) in by_shard {
         let mut done = Adopted::default();
         let mut kept: Vec<u32> = Vec::new();
-        let written = crate::shared::update(store, &key(shard), 3, None, |bytes| {
+        let written = crate::store::update(store, &key(shard), 3, None, |bytes| {
             done = Adopted::default();
             kept.clear();
             let mut ours = decode(bytes);
@@ -235,8 +235,8 @@ pub fn adopt(store: &dyn SharedStore, record: &[u8]) -> Result<Adopted, &'static
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
+    use crate::store::MemoryStore;
+    use crate::test;
 
     #[test]
     fn prefixes_used_again_outlive_a_flood_of_one_off_prompts() {
