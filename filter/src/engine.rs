@@ -16,6 +16,97 @@ pub enum Engine {
     TritonTrtllm,
 }
 
+/// What a series tells the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Waiting,
+    Running,
+    /// KV-cache usage, a fraction.
+    KvUsage,
+    /// The same under a deprecated name: read only when no current series is there.
+    KvUsageDeprecated,
+    /// vLLM's `cache_config_info`: `block_size` and `num_gpu_blocks` labels.
+    CacheConfig,
+    /// vLLM's `lora_requests_info`: `max_lora` and the running and waiting adapters.
+    LoraInfo,
+    /// vLLM's `lora_adapter_loaded{adapter_name}`.
+    LoraLoaded,
+    /// Triton's request counts by `request_type` (waiting, scheduled).
+    RequestsByType,
+    /// Triton's KV-cache blocks by `kv_cache_block_type` (fraction, used, max, tokens_per).
+    KvBlocks,
+}
+
+/// An engine's metric names, as data (GIE's mapping registry has the same shape): adding
+/// an engine is adding a table.
+struct Spec {
+    name: &'static str,
+    series: &'static [(&'static str, Signal)],
+    /// Its load series carry the served model in `model_name` (or `name`).
+    models_in_labels: bool,
+}
+
+const VLLM: Spec = Spec {
+    name: "vllm",
+    series: &[
+        ("vllm:num_requests_waiting", Signal::Waiting),
+        ("vllm:num_requests_running", Signal::Running),
+        ("vllm:kv_cache_usage_perc", Signal::KvUsage),
+        // vLLM V1 still exports it beside kv_cache_usage_perc: one of them counts.
+        ("vllm:gpu_cache_usage_perc", Signal::KvUsageDeprecated),
+        ("vllm:cache_config_info", Signal::CacheConfig),
+        ("vllm:lora_requests_info", Signal::LoraInfo),
+        ("vllm:lora_adapter_loaded", Signal::LoraLoaded),
+    ],
+    models_in_labels: true,
+};
+
+const SGLANG: Spec = Spec {
+    name: "sglang",
+    series: &[
+        ("sglang:num_queue_reqs", Signal::Waiting),
+        ("sglang:num_requests_waiting", Signal::Waiting),
+        ("sglang:num_running_reqs", Signal::Running),
+        ("sglang:num_requests_running", Signal::Running),
+        ("sglang:token_usage", Signal::KvUsage),
+    ],
+    models_in_labels: true,
+};
+
+const TRTLLM_SERVE: Spec = Spec {
+    name: "trtllm-serve",
+    series: &[
+        ("trtllm_num_requests_waiting", Signal::Waiting),
+        ("trtllm_num_requests_running", Signal::Running),
+        ("trtllm_kv_cache_utilization", Signal::KvUsage),
+    ],
+    models_in_labels: true,
+};
+
+const TRITON_TRTLLM: Spec = Spec {
+    name: "triton-trtllm",
+    series: &[
+        ("nv_trt_llm_request_metrics", Signal::RequestsByType),
+        ("nv_trt_llm_kv_cache_block_metrics", Signal::KvBlocks),
+    ],
+    models_in_labels: false,
+};
+
+impl Engine {
+    fn spec(self) -> &'static Spec {
+        match self {
+            Engine::Vllm => &VLLM,
+            Engine::Sglang => &SGLANG,
+            Engine::TrtllmServe => &TRTLLM_SERVE,
+            Engine::TritonTrtllm => &TRITON_TRTLLM,
+        }
+    }
+
+    fn signal(self, series: &str) -> Option<Signal> {
+        self.spec().series.iter().find(|(name, _)| *name == series).map(|&(_, signal)| signal)
+    }
+}
+
 /// What one `/metrics` page says about its server.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reading {
@@ -68,10 +159,9 @@ pub fn read(engine: Engine, page: &str) -> Result<Reading, String> {
     let mut acc = Acc::default();
     let mut out = Reading::default();
     let mut samples = 0usize;
-    // vLLM V1 still exports the deprecated gpu_cache_usage_perc beside kv_cache_usage_perc:
-    // count only one of them.
-    let mut vllm_kv_new = (0.0f64, 0u32);
-    let mut vllm_kv_old = (0.0f64, 0u32);
+    // A deprecated KV-cache series counts only where no current one is there.
+    let mut deprecated_kv = (0.0f64, 0u32);
+    let spec = engine.spec();
     for item in prom::parse_only(page, |name| reads(engine, name)) {
         let s = match item {
             Ok(s) => s,
@@ -81,19 +171,16 @@ pub fn read(engine: Engine, page: &str) -> Result<Reading, String> {
             }
         };
         samples += 1;
-        match (engine, s.name) {
-            (Engine::Vllm, "vllm:num_requests_waiting") => Acc::add(&mut acc.waiting, s.value),
-            (Engine::Vllm, "vllm:num_requests_running") => Acc::add(&mut acc.running, s.value),
-            (Engine::Vllm, "vllm:kv_cache_usage_perc") if s.value.is_finite() => {
-                vllm_kv_new = (vllm_kv_new.0 + s.value.clamp(0.0, 1.0), vllm_kv_new.1 + 1)
+        match engine.signal(s.name) {
+            Some(Signal::Waiting) => Acc::add(&mut acc.waiting, s.value),
+            Some(Signal::Running) => Acc::add(&mut acc.running, s.value),
+            Some(Signal::KvUsage) => acc.kv(s.value),
+            Some(Signal::KvUsageDeprecated) if s.value.is_finite() => {
+                deprecated_kv = (deprecated_kv.0 + s.value.clamp(0.0, 1.0), deprecated_kv.1 + 1)
             }
-            (Engine::Vllm, "vllm:gpu_cache_usage_perc") if s.value.is_finite() => {
-                vllm_kv_old = (vllm_kv_old.0 + s.value.clamp(0.0, 1.0), vllm_kv_old.1 + 1)
-            }
-            (Engine::Vllm, "vllm:cache_config_info") => {
-                read_cache_config(&s, &mut out.metrics);
-            }
-            (Engine::Vllm, "vllm:lora_requests_info") => {
+            Some(Signal::KvUsageDeprecated) | None => {}
+            Some(Signal::CacheConfig) => read_cache_config(&s, &mut out.metrics),
+            Some(Signal::LoraInfo) => {
                 // vLLM keeps one series per adapter set it has seen; the value is the time it
                 // was last current (V0 sometimes writes 1.0), so the largest value wins.
                 if !acc.saw_lora_info || s.value >= acc.lora_stamp {
@@ -105,33 +192,17 @@ pub fn read(engine: Engine, page: &str) -> Result<Reading, String> {
                     m.waiting_adapters = split_list(s.label("waiting_lora_adapters").as_deref());
                 }
             }
-            (Engine::Vllm, "vllm:lora_adapter_loaded") => {
+            Some(Signal::LoraLoaded) => {
                 if let (Some(name), true) = (s.label("adapter_name"), s.value > 0.0) {
                     push_unique(&mut out.metrics.loaded_adapters, &name);
                 }
             }
-            (Engine::Sglang, "sglang:num_queue_reqs" | "sglang:num_requests_waiting") => {
-                Acc::add(&mut acc.waiting, s.value)
-            }
-            (Engine::Sglang, "sglang:num_running_reqs" | "sglang:num_requests_running") => {
-                Acc::add(&mut acc.running, s.value)
-            }
-            (Engine::Sglang, "sglang:token_usage") => acc.kv(s.value),
-            (Engine::TrtllmServe, "trtllm_num_requests_waiting") => {
-                Acc::add(&mut acc.waiting, s.value)
-            }
-            (Engine::TrtllmServe, "trtllm_num_requests_running") => {
-                Acc::add(&mut acc.running, s.value)
-            }
-            (Engine::TrtllmServe, "trtllm_kv_cache_utilization") => acc.kv(s.value),
-            (Engine::TritonTrtllm, "nv_trt_llm_request_metrics") => {
-                match s.label("request_type").as_deref() {
-                    Some("waiting") => Acc::add(&mut acc.waiting, s.value),
-                    Some("scheduled") => Acc::add(&mut acc.running, s.value),
-                    _ => {}
-                }
-            }
-            (Engine::TritonTrtllm, "nv_trt_llm_kv_cache_block_metrics") => {
+            Some(Signal::RequestsByType) => match s.label("request_type").as_deref() {
+                Some("waiting") => Acc::add(&mut acc.waiting, s.value),
+                Some("scheduled") => Acc::add(&mut acc.running, s.value),
+                _ => {}
+            },
+            Some(Signal::KvBlocks) => {
                 let v = s.value;
                 match s.label("kv_cache_block_type").as_deref() {
                     Some("fraction") => acc.kv(v),
@@ -144,11 +215,8 @@ pub fn read(engine: Engine, page: &str) -> Result<Reading, String> {
                     _ => {}
                 }
             }
-            _ => {}
         }
-        if matches!(engine, Engine::Vllm | Engine::Sglang | Engine::TrtllmServe)
-            && is_load_series(s.name)
-        {
+        if spec.models_in_labels && is_load_series(s.name) {
             let model = s.label("model_name").or_else(|| s.label("name"));
             if let Some(model) = model.filter(|m| !m.is_empty() && m != "undefined") {
                 if !push_unique(&mut out.models, &model) {
@@ -157,12 +225,8 @@ pub fn read(engine: Engine, page: &str) -> Result<Reading, String> {
             }
         }
     }
-    // Prefer the current vLLM name; fall back to the deprecated one.
-    for (sum, n) in [vllm_kv_new, vllm_kv_old] {
-        if n > 0 && acc.kv_series == 0 {
-            acc.kv_sum = sum;
-            acc.kv_series = n;
-        }
+    if acc.kv_series == 0 && deprecated_kv.1 > 0 {
+        (acc.kv_sum, acc.kv_series) = deprecated_kv;
     }
     // Older Triton pages have no `fraction`; used/max says the same.
     if acc.kv_series == 0 {
@@ -189,32 +253,12 @@ pub fn read(engine: Engine, page: &str) -> Result<Reading, String> {
 }
 
 pub fn engine_name(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Vllm => "vllm",
-        Engine::Sglang => "sglang",
-        Engine::TrtllmServe => "trtllm-serve",
-        Engine::TritonTrtllm => "triton-trtllm",
-    }
+    engine.spec().name
 }
 
 /// The series `read` looks at for `engine`; the parser skips the others unread.
 fn reads(engine: Engine, name: &str) -> bool {
-    is_load_series(name)
-        || match engine {
-            Engine::Vllm => matches!(
-                name,
-                "vllm:kv_cache_usage_perc"
-                    | "vllm:gpu_cache_usage_perc"
-                    | "vllm:cache_config_info"
-                    | "vllm:lora_requests_info"
-                    | "vllm:lora_adapter_loaded"
-            ),
-            Engine::Sglang => name == "sglang:token_usage",
-            Engine::TrtllmServe => name == "trtllm_kv_cache_utilization",
-            Engine::TritonTrtllm => {
-                matches!(name, "nv_trt_llm_request_metrics" | "nv_trt_llm_kv_cache_block_metrics")
-            }
-        }
+    is_load_series(name) || engine.signal(name).is_some()
 }
 
 fn is_load_series(name: &str) -> bool {

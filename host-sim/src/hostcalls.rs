@@ -4,8 +4,7 @@
 use wasmtime::{format_err, Caller, Extern, Linker, Result};
 
 use crate::abi::{self, HeaderMap, Status};
-use crate::state::{LocalResponse, PendingCall};
-use crate::vm::{HostState, Phase, ROOT_CONTEXT};
+use crate::state::{HostState, LocalResponse, PendingCall, Phase, ROOT_CONTEXT};
 
 fn memory(caller: &mut Caller<'_, HostState>) -> Result<wasmtime::Memory> {
     match caller.get_export("memory") {

@@ -44,9 +44,9 @@ impl Default for ProxyConfig {
             buffer_limit_bytes: 16 << 20,
             clusters: vec![
                 "wasm_epp_metrics".into(),
-                crate::world::POOL_CLUSTER.into(),
-                crate::world::PEER_CLUSTER.into(),
-                crate::world::ADMIN_CLUSTER.into(),
+                crate::state::POOL_CLUSTER.into(),
+                crate::state::PEER_CLUSTER.into(),
+                crate::state::ADMIN_CLUSTER.into(),
             ],
             seed: 1,
             singleton: true,

@@ -1,8 +1,9 @@
-//! What the host keeps for one simulated proxy, below its VMs: the shared data and queues
-//! every VM of the proxy sees, the calls they dispatched, and the names of the clusters
-//! the host answers for. The VMs (`vm`) and the proxy around them (`proxy`) both use it.
+//! What the host keeps, below the VMs: per proxy, the shared data and queues every VM of
+//! it sees, the calls they dispatched, and the names of the clusters the host answers
+//! for; per VM, its `HostState` (streams, phase, logs), which the host functions
+//! (`hostcalls`) read and write.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
@@ -153,3 +154,118 @@ impl ProxyState {
     }
 }
 
+/// What one HTTP stream has, as the host holds it.
+#[derive(Debug, Default, Clone)]
+pub struct StreamState {
+    pub request_headers: HeaderMap,
+    pub request_body: Vec<u8>,
+    pub request_trailers: HeaderMap,
+    pub response_headers: Option<HeaderMap>,
+    pub response_body: Vec<u8>,
+    pub local_response: Option<LocalResponse>,
+    /// `proxy_continue_stream` / `proxy_close_stream` were called.
+    pub resumed: bool,
+    pub closed: bool,
+}
+
+/// The answer to an HTTP call while `proxy_on_http_call_response` runs.
+#[derive(Debug, Default, Clone)]
+pub struct CallAnswer {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A VM's host-side state (wasmtime `Store` data).
+pub struct HostState {
+    pub proxy: Rc<RefCell<ProxyState>>,
+    pub vm_index: usize,
+    pub root_id: String,
+    pub plugin_name: String,
+    pub vm_id: String,
+    pub plugin_config: Vec<u8>,
+    pub vm_config: Vec<u8>,
+    pub properties: HashMap<String, Vec<u8>>,
+    pub log_level: u32,
+    pub tick_period_ms: u64,
+    pub next_tick_ns: Option<u64>,
+    pub logs: Vec<(u32, String)>,
+    pub streams: HashMap<u32, StreamState>,
+    pub call_answer: Option<CallAnswer>,
+    /// The context the current callback is for (changed by `proxy_set_effective_context`).
+    pub current_context: u32,
+    /// Which buffers and maps the current callback may touch.
+    pub phase: Phase,
+    /// Calls the host refused for being unimplemented or out of phase, for the report.
+    pub host_errors: Vec<String>,
+    rng: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    VmStart,
+    Configure,
+    Root,
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    StreamEnd,
+    HttpCallResponse,
+}
+
+pub const ROOT_CONTEXT: u32 = 1;
+
+impl HostState {
+    pub fn new(proxy: Rc<RefCell<ProxyState>>, vm_index: usize, root_id: &str, plugin_name: &str, vm_id: &str, plugin_config: &[u8], seed: u64) -> Self {
+        HostState {
+            proxy,
+            vm_index,
+            root_id: root_id.to_string(),
+            plugin_name: plugin_name.to_string(),
+            vm_id: vm_id.to_string(),
+            plugin_config: plugin_config.to_vec(),
+            vm_config: Vec::new(),
+            properties: HashMap::new(),
+            log_level: 2,
+            tick_period_ms: 0,
+            next_tick_ns: None,
+            logs: Vec::new(),
+            streams: HashMap::new(),
+            call_answer: None,
+            current_context: ROOT_CONTEXT,
+            phase: Phase::Root,
+            host_errors: Vec::new(),
+            // Spread the seed (splitmix64) so neighbouring seeds give unrelated streams, and
+            // keep xorshift's state non-zero.
+            rng: {
+                let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) | 1
+            },
+        }
+    }
+
+    pub(crate) fn cover(&self, name: &'static str) {
+        *self.proxy.borrow_mut().coverage.entry(name).or_insert(0) += 1;
+    }
+
+    pub(crate) fn stream(&mut self) -> Option<&mut StreamState> {
+        let ctx = self.current_context;
+        self.streams.get_mut(&ctx)
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.proxy.borrow().clock.get()
+    }
+
+    pub(crate) fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+}

@@ -656,14 +656,18 @@ fn the_extproc_picker_routes_by_load_and_refuses_bad_bodies_in_both_body_modes()
     use epp_tests::extproc::{BodyMode, ExtProc};
     let sims: Vec<Sim> = (0..3).map(|_| Sim::start(&["--max-num-seqs", "4"])).collect();
     let refs: Vec<&Sim> = sims.iter().collect();
-    let load = load_directly(&sims[0], MODEL, 20, 400);
-    wait_for("the load to land", Duration::from_secs(5), || (sims[0].metric("vllm:num_requests_waiting") >= 10.0).then_some(()));
+    let load = load_directly(&sims[0], MODEL, 20, 1500);
+    let loaded = || sims[0].metric("vllm:num_requests_waiting") >= 10.0;
+    wait_for("the load to land", Duration::from_secs(5), || loaded().then_some(()));
     for mode in [BodyMode::Duplex, BodyMode::Buffered] {
         let picker = ExtProc::start(mode, &addrs(&refs), &json!({}));
         let envoy = Envoy::start(&addrs(&refs), picker.envoy_options(2));
-        thread::sleep(Duration::from_millis(300));
-        let served = served_by(&envoy, MODEL, 20);
-        assert_eq!(served.get(&sims[0].addr), None, "{mode:?}: none to the loaded server: {served:?}");
+        // Until its first scrapes the picker fails open, as the module does.
+        let served = wait_for("the ext_proc picker to route by load", Duration::from_secs(10), || {
+            let served = served_by(&envoy, MODEL, 20);
+            (!served.contains_key(&sims[0].addr)).then_some(served)
+        });
+        assert!(loaded(), "{mode:?}: the server was still loaded");
         assert!(served.len() == 2, "{mode:?}: the idle servers share it: {served:?}");
         let big = chat(MODEL, &"x".repeat(200_000), 1);
         assert_eq!(envoy.post("/v1/chat/completions", &big).status, 200, "{mode:?}: a 200 KB body");
