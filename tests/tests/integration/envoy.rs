@@ -660,7 +660,9 @@ fn the_extproc_picker_routes_by_load_and_refuses_bad_bodies_in_both_body_modes()
     let loaded = || sims[0].metric("vllm:num_requests_waiting") >= 10.0;
     wait_for("the load to land", Duration::from_secs(5), || loaded().then_some(()));
     for mode in [BodyMode::Duplex, BodyMode::Buffered] {
-        let picker = ExtProc::start(mode, &addrs(&refs), &json!({}));
+        // GIE's profile: no prefix placement, which would send a long first-seen prompt
+        // to its rendezvous home even while that server is the loaded one.
+        let picker = ExtProc::start(mode, &addrs(&refs), &json!({"scheduler": "gie-default"}));
         let envoy = Envoy::start(&addrs(&refs), picker.envoy_options(2));
         // Until its first scrapes the picker fails open, as the module does.
         let served = wait_for("the ext_proc picker to route by load", Duration::from_secs(10), || {
@@ -670,7 +672,8 @@ fn the_extproc_picker_routes_by_load_and_refuses_bad_bodies_in_both_body_modes()
         assert!(loaded(), "{mode:?}: the server was still loaded");
         assert!(served.len() == 2, "{mode:?}: the idle servers share it: {served:?}");
         let big = chat(MODEL, &"x".repeat(200_000), 1);
-        assert_eq!(envoy.post("/v1/chat/completions", &big).status, 200, "{mode:?}: a 200 KB body");
+        let r = envoy.post("/v1/chat/completions", &big);
+        assert_eq!(r.status, 200, "{mode:?}: a 200 KB body: {}\n{}", r.body, envoy.log());
         let before = envoy.stat("cluster.llm_pool.upstream_rq_total");
         let r = envoy.client().send(&envoy.url("/v1/chat/completions"), &[("content-type", "application/json")], Some(b"{\"model\": "));
         assert_openai_error(&r, 400, "invalid_json");
