@@ -31,7 +31,8 @@ pub struct SoakReport {
     pub traps: usize,
 }
 
-fn rss_mib(pid: u32) -> u64 {
+/// A process's resident memory, in MiB.
+pub fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) >> 10
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use epp_tests::client::chat;
 use epp_tests::real_envoy::{addrs, assert_openai_error, load_directly, served_by, start, MODEL};
+use epp_tests::soak::rss_mib;
 use epp_tests::{wait_for, Client, Envoy, EnvoyOptions, Sim};
 use serde_json::json;
 
@@ -545,11 +546,6 @@ fn a_scraper_root_id_on_the_http_filter_passes_requests_and_says_what_to_change(
     assert!((1..=2).contains(&told), "said once per worker VM ({told}):\n{log}");
 }
 
-/// Envoy's resident memory, in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) >> 10
-}
 
 #[test]
 fn a_page_of_ten_thousand_models_neither_stalls_envoy_nor_opens_the_model_filter() {
