@@ -89,11 +89,12 @@ enum Verdict {
     Answer(Rejection),
 }
 
-/// A request for a decision, and where its verdict goes.
+/// A request for a decision, and where its verdict goes (with the body handed back: it
+/// crosses to the decision thread and back without a copy).
 struct Job {
     head: Head,
     body: Vec<u8>,
-    reply: oneshot::Sender<Verdict>,
+    reply: oneshot::Sender<(Verdict, Vec<u8>)>,
 }
 
 /// The decision thread: it owns the router (its plugins' state is single-threaded, as in
@@ -101,7 +102,7 @@ struct Job {
 fn decide_forever(mut router: Router, shared: Arc<Mutex<Shared>>, jobs: std::sync::mpsc::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         let verdict = decide(&mut router, &shared, &job.head, &job.body);
-        let _ = job.reply.send(verdict);
+        let _ = job.reply.send((verdict, job.body));
     }
 }
 
@@ -207,19 +208,20 @@ fn immediate(r: &Rejection) -> ProcessingResponse {
     }))
 }
 
-fn streamed(body: &[u8], end_of_stream: bool) -> processing_response::Response {
-    processing_response::Response::RequestBody(BodyResponse {
+/// A body answer that streams `body` on (a request's, or a response's echoed).
+fn streamed(body: Vec<u8>, end_of_stream: bool) -> BodyResponse {
+    BodyResponse {
         response: Some(CommonResponse {
             body_mutation: Some(BodyMutation {
                 mutation: Some(body_mutation::Mutation::StreamedResponse(StreamedBodyResponse {
-                    body: body.to_vec(),
+                    body,
                     end_of_stream,
                     ..Default::default()
                 })),
             }),
             ..Default::default()
         }),
-    })
+    }
 }
 
 #[derive(Clone)]
@@ -297,19 +299,7 @@ impl ExtProcStream {
                 if b.end_of_stream {
                     self.end();
                 }
-                let echo = BodyResponse {
-                    response: Some(CommonResponse {
-                        body_mutation: Some(BodyMutation {
-                            mutation: Some(body_mutation::Mutation::StreamedResponse(StreamedBodyResponse {
-                                body: b.body,
-                                end_of_stream: b.end_of_stream,
-                                ..Default::default()
-                            })),
-                        }),
-                        ..Default::default()
-                    }),
-                };
-                vec![reply(Out::ResponseBody(echo))]
+                vec![reply(Out::ResponseBody(streamed(b.body, b.end_of_stream)))]
             }
             In::ResponseTrailers(_) => {
                 self.end();
@@ -324,13 +314,16 @@ impl ExtProcStream {
         use processing_response::Response as Out;
         self.decided = true;
         let (reply_to, verdict) = oneshot::channel();
-        let job = Job { head: std::mem::take(&mut self.head), body: self.body.clone(), reply: reply_to };
+        let job = Job { head: std::mem::take(&mut self.head), body: std::mem::take(&mut self.body), reply: reply_to };
         if self.service.jobs.send(job).is_err() {
             return vec![immediate(&Rejection::unavailable("The picker stopped."))];
         }
         let (headers, new_body, slot) = match verdict.await {
-            Ok(Verdict::Route { headers, body, slot }) => (headers, body, slot),
-            Ok(Verdict::Answer(r)) => return vec![immediate(&r)],
+            Ok((Verdict::Route { headers, body, slot }, original)) => {
+                self.body = original;
+                (headers, body, slot)
+            }
+            Ok((Verdict::Answer(r), _)) => return vec![immediate(&r)],
             Err(_) => return vec![immediate(&Rejection::unavailable("The picker stopped."))],
         };
         self.counted = slot;
@@ -349,7 +342,7 @@ impl ExtProcStream {
         let mut out = vec![reply(Out::RequestHeaders(HeadersResponse { response: Some(common) }))];
         let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[]] } else { body.chunks(CHUNK).collect() };
         let last = chunks.len() - 1;
-        out.extend(chunks.iter().enumerate().map(|(i, c)| reply(streamed(c, i == last))));
+        out.extend(chunks.iter().enumerate().map(|(i, c)| reply(Out::RequestBody(streamed(c.to_vec(), i == last)))));
         out
     }
 

@@ -217,10 +217,13 @@ impl Sim {
         while self.world.now_us() < t_us {
             let next = (self.world.now_us() + 2_000).min(t_us);
             self.world.run_until(next * 1000);
-            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed).into_iter().partition(|(at, _, _)| *at <= next);
-            self.delayed = later;
-            for (at, server, req) in due {
-                self.world.fleet.servers[server].submit(req, at);
+            // Only gie-epp delays requests: the other policies pay nothing for it here.
+            if !self.delayed.is_empty() {
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed).into_iter().partition(|(at, _, _)| *at <= next);
+                self.delayed = later;
+                for (at, server, req) in due {
+                    self.world.fleet.servers[server].submit(req, at);
+                }
             }
             for i in 0..self.world.fleet.servers.len() {
                 self.world.fleet.servers[i].advance_to(next);
