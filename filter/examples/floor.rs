@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
@@ -25,7 +25,6 @@ proxy_wasm::main! {{
 struct FloorRoot {
     steps: usize,
     endpoints: Rc<Vec<String>>,
-    counter: Option<u32>,
     next: Rc<Cell<usize>>,
 }
 
@@ -38,7 +37,6 @@ impl RootContext for FloorRoot {
         self.steps = doc["steps"].as_u64().unwrap_or(0) as usize;
         let endpoints = doc["endpoints"].as_array().map(|a| a.iter().filter_map(|e| Some(e.as_str()?.to_string())).collect());
         self.endpoints = Rc::new(endpoints.unwrap_or_default());
-        self.counter = hostcalls::define_metric(MetricType::Counter, "floor.routed").ok();
         true
     }
 
@@ -46,9 +44,8 @@ impl RootContext for FloorRoot {
         Some(Box::new(Floor {
             steps: self.steps,
             endpoints: self.endpoints.clone(),
-            counter: self.counter,
             next: self.next.clone(),
-            path: String::new(),
+            headers: 0,
         }))
     }
 
@@ -60,9 +57,9 @@ impl RootContext for FloorRoot {
 struct Floor {
     steps: usize,
     endpoints: Rc<Vec<String>>,
-    counter: Option<u32>,
     next: Rc<Cell<usize>>,
-    path: String,
+    /// The serialized request headers' size (read as the picker reads them).
+    headers: usize,
 }
 
 impl Context for Floor {}
@@ -77,17 +74,28 @@ struct ModelOnly {
 
 const IN_FLIGHT: &str = "floor/in-flight";
 
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+/// The request's headers serialized, as the picker's `host::request_headers` reads them.
+fn request_headers() -> Vec<u8> {
+    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: as in the picker: the host hands over a buffer from this module's allocator.
+    unsafe {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0 || data.is_null() {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
 impl HttpContext for Floor {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        // 1: the request headers.
+        // 1: the request headers, all in one call (the picker reads its few from them).
         if self.steps >= 1 {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-gateway-destination-endpoint", None);
-            self.path = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok().flatten().unwrap_or_default();
-            let _ = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-gateway-inference-objective");
-            let _ = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-gateway-destination-endpoint-subset");
-            if !end_of_stream {
-                let _ = hostcalls::get_map_value(MapType::HttpRequestHeaders, "content-encoding");
-            }
+            self.headers = request_headers().len();
         }
         if end_of_stream {
             Action::Continue
@@ -101,8 +109,8 @@ impl HttpContext for Floor {
             return Action::Pause;
         }
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
-        // 6: the body parsed as the picker parses it.
-        if self.steps >= 6 {
+        // 5: the body parsed as the picker parses it.
+        if self.steps >= 5 {
             let _ = serde_json::from_slice::<ModelOnly>(&body);
         }
         // 2: the clock and two shared-data reads; 3: a CAS write.
@@ -118,14 +126,8 @@ impl HttpContext for Floor {
                 let _ = hostcalls::set_shared_data(IN_FLIGHT, Some(&counts), cas);
             }
         }
-        // 4: a counter.
-        if self.steps >= 4 {
-            if let Some(id) = self.counter {
-                let _ = hostcalls::increment_metric(id, 1);
-            }
-        }
-        // 5: the destination header, which Envoy's override_host policy then reads.
-        if self.steps >= 5 && !self.endpoints.is_empty() {
+        // 4: the destination header, which Envoy's override_host policy then reads.
+        if self.steps >= 4 && !self.endpoints.is_empty() {
             let i = self.next.get();
             self.next.set(i.wrapping_add(1));
             let n = self.endpoints.len();

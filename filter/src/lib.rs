@@ -9,6 +9,7 @@ pub mod config;
 pub mod discovery;
 pub mod engine;
 pub mod errors;
+pub mod header_map;
 pub mod in_flight;
 pub mod lease;
 pub mod models;

@@ -17,6 +17,10 @@ pub mod headers {
     pub const PEER_TOKEN: &str = "x-wasm-epp-peer-token";
     /// A peer asking for rows alone (`rows`), not the prefix assignments.
     pub const PEER_WANT: &str = "x-wasm-epp-peer-want";
+    /// Read: the OpenAI paths need a `model`; `ready_path` and `peer_path` are answered here.
+    pub const PATH: &str = ":path";
+    /// Read: the readiness probe and a peer's request are GETs.
+    pub const METHOD: &str = ":method";
     /// A compressed body is refused (415).
     pub const CONTENT_ENCODING: &str = "content-encoding";
     /// Rewritten with the body by a model rewrite.

@@ -72,18 +72,19 @@ struct ModelOnly {
 
 /// What the picker reads of a request body.
 #[derive(Debug, Default, PartialEq)]
-pub struct Body {
+pub struct Body<'a> {
     pub model: Option<String>,
-    /// The start of the prompt: chat messages' text in order, a line each, or the
-    /// completion prompt, as the JSON string literals spell it (escapes and all: the same
-    /// text always gives the same bytes); at most the bytes asked for.
-    pub prompt: Vec<u8>,
+    /// The start of the prompt as the client wrote it: the raw JSON of `messages` (GIE
+    /// hashes the JSON of the messages too) or of the completion `prompt`, at most the
+    /// bytes asked for. Nothing is decoded or copied: the same conversation always gives
+    /// the same bytes, and a longer one starts with them.
+    pub prompt: &'a [u8],
 }
 
 /// The model and up to `prompt_bytes` of the prompt (0: the prompt is not read at all).
 /// On an OpenAI path the body must be a JSON object with a string `model`; elsewhere a
 /// body without one is routed by load alone (`model: None`).
-pub fn parse(path: &str, body: &[u8], prompt_bytes: usize) -> Result<Body, Rejection> {
+pub fn parse<'a>(path: &str, body: &'a [u8], prompt_bytes: usize) -> Result<Body<'a>, Rejection> {
     let strict = is_openai_path(path);
     // serde would also read a struct from a JSON array; a request body must be an object.
     let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
@@ -98,8 +99,8 @@ pub fn parse(path: &str, body: &[u8], prompt_bytes: usize) -> Result<Body, Rejec
     if strict && simdutf8::basic::from_utf8(body).is_err() {
         return Err(Rejection::bad_request("invalid_json", "The request body is not valid UTF-8."));
     }
-    // serde validates the whole body and keeps only `model`; the prompt is read from the
-    // raw bytes afterwards, as far as needed, with no copy of the rest.
+    // serde validates the whole body and keeps only `model`; the prompt is a window of
+    // the raw bytes, found afterwards.
     let parsed = serde_json::from_slice::<ModelOnly>(body).map(|m| m.model);
     let model = match parsed {
         Ok(Some(Value::String(m))) if !m.is_empty() => Some(m),
@@ -117,118 +118,22 @@ pub fn parse(path: &str, body: &[u8], prompt_bytes: usize) -> Result<Body, Rejec
             ))
         }
     };
-    let prompt = if prompt_bytes > 0 { prompt_prefix(body, prompt_bytes) } else { Vec::new() };
+    let prompt = if prompt_bytes > 0 { prompt_window(body, prompt_bytes) } else { &[] };
     Ok(Body { model, prompt })
 }
 
-/// Up to `limit` bytes of the prompt of a valid JSON body: the `content` strings of
-/// `messages` (or the `text` of content parts) in order, a newline between messages, or
-/// the completion `prompt` (a string or a list of strings). Reads no further than it
-/// must: a 200 KB prompt costs the `limit` bytes it gives, not another pass.
-fn prompt_prefix(body: &[u8], limit: usize) -> Vec<u8> {
-    let mut p = Prefix { body, limit, out: Vec::new() };
+/// The raw JSON of a valid body's `messages` value (or, without one, its `prompt`), at
+/// most `limit` bytes of it: its end is looked for no further, so a 200 KB prompt costs
+/// the `limit` bytes it gives.
+fn prompt_window(body: &[u8], limit: usize) -> &[u8] {
     let top = skip_ws(body, 0);
-    if let Some(messages) = member_start(body, top, b"messages") {
-        for (i, message) in elements(body, messages).enumerate() {
-            if i > 0 && !p.push(b"\n") {
-                break;
-            }
-            let Some(content) = member_start(body, message, b"content") else { continue };
-            let more = match body.get(content) {
-                Some(b'"') => p.literal(content),
-                Some(b'[') => elements(body, content).all(|part| match body.get(part) {
-                    Some(b'"') => p.literal(part),
-                    Some(b'{') => match member_start(body, part, b"text") {
-                        Some(t) if body.get(t) == Some(&b'"') => p.literal(t),
-                        _ => true,
-                    },
-                    _ => true,
-                }),
-                _ => true,
-            };
-            if !more {
-                break;
-            }
-        }
-    } else if let Some(prompt) = member_start(body, top, b"prompt") {
-        match body.get(prompt) {
-            Some(b'"') => {
-                p.literal(prompt);
-            }
-            Some(b'[') => {
-                let _ = elements(body, prompt).filter(|&at| body.get(at) == Some(&b'"')).all(|at| p.literal(at));
-            }
-            _ => {}
-        }
-    }
-    p.out
-}
-
-/// The prompt gathered so far, up to `limit` bytes.
-struct Prefix<'a> {
-    body: &'a [u8],
-    limit: usize,
-    out: Vec<u8>,
-}
-
-impl Prefix<'_> {
-    /// Appends what fits of `bytes`; false once the limit is reached.
-    fn push(&mut self, bytes: &[u8]) -> bool {
-        let room = self.limit.saturating_sub(self.out.len());
-        self.out.extend_from_slice(&bytes[..bytes.len().min(room)]);
-        self.out.len() < self.limit
-    }
-
-    /// Appends the text of the string literal at `at`.
-    fn literal(&mut self, at: usize) -> bool {
-        let room = self.limit.saturating_sub(self.out.len());
-        let body = self.body;
-        self.push(literal_prefix(body, at, room))
-    }
-}
-
-/// The text of the string literal at `at` (quotes off, escapes as written), at most `room`
-/// bytes of it, found without scanning past them.
-fn literal_prefix(b: &[u8], at: usize, room: usize) -> &[u8] {
-    let start = at + 1;
-    let window = b.get(start..b.len().min(start.saturating_add(room))).unwrap_or_default();
-    match closing_quote(window, 0) {
-        Some(quote) => &window[..quote],
-        None => window,
-    }
-}
-
-/// The starts of an array's elements, the array starting at `at`; each next one is found
-/// only when asked for.
-fn elements(b: &[u8], at: usize) -> impl Iterator<Item = usize> + '_ {
-    // Where to look for the next element: inside the array, or past the element last
-    // given (its end is found only now, when the caller wants the one after it).
-    enum Next {
-        First(usize),
-        After(usize),
-        Done,
-    }
-    let mut next = if b.get(at) == Some(&b'[') { Next::First(at + 1) } else { Next::Done };
-    std::iter::from_fn(move || {
-        let from = match next {
-            Next::First(i) => i,
-            Next::After(previous) => {
-                let j = skip_ws(b, value_end(b, previous)?);
-                if b.get(j) != Some(&b',') {
-                    return None;
-                }
-                j + 1
-            }
-            Next::Done => return None,
-        };
-        let i = skip_ws(b, from);
-        if b.get(i).is_none_or(|&c| c == b']') {
-            next = Next::Done;
-            return None;
-        }
-        next = Next::After(i);
-        Some(i)
-    })
+    let Some(at) = member_start(body, top, b"messages").or_else(|| member_start(body, top, b"prompt")) else {
+        return &[];
+    };
+    let cut = body.len().min(at.saturating_add(limit));
+    let window = body.get(..cut).unwrap_or_default();
+    let end = value_end(window, at).unwrap_or(cut);
+    body.get(at..end).unwrap_or_default()
 }
 
 /// Where member `key`'s value starts in the object starting at `at`; values of earlier
@@ -427,17 +332,32 @@ mod tests {
 
     #[test]
     fn reads_the_prompt_as_far_as_asked() {
-        let chat = br#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi \"there\""},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
+        let chat = br#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi \"there\""}],"stream":true}"#;
         let b = parse("/v1/chat/completions", chat, 1000).unwrap();
         assert_eq!(b.model.as_deref(), Some("m"));
-        assert_eq!(String::from_utf8(b.prompt).unwrap(), String::from("be brief\n") + r#"hi \"there\""#, "raw literals");
-        assert_eq!(parse("/v1/chat/completions", chat, 5).unwrap().prompt, b"be br");
+        let raw = br#"[{"role":"system","content":"be brief"},{"role":"user","content":"hi \"there\""}]"#;
+        assert_eq!(b.prompt, raw, "the raw JSON of `messages`");
+        assert_eq!(parse("/v1/chat/completions", chat, 5).unwrap().prompt, br#"[{"ro"#);
         assert!(parse("/v1/chat/completions", chat, 0).unwrap().prompt.is_empty());
         let completion = br#"{"prompt":["a","b"],"model":"m"}"#;
-        assert_eq!(parse("/v1/completions", completion, 100).unwrap().prompt, b"ab");
-        // Shapes we do not know still route by model.
-        let odd = br#"{"model":"m","messages":"not a list"}"#;
-        assert_eq!(parse("/v1/chat/completions", odd, 100).unwrap(), Body { model: Some("m".into()), prompt: vec![] });
+        assert_eq!(parse("/v1/completions", completion, 100).unwrap().prompt, br#"["a","b"]"#);
+        assert_eq!(parse("/v1/completions", br#"{"prompt":"a b","model":"m"}"#, 100).unwrap().prompt, br#""a b""#);
+        // No prompt at all: nothing to hash, still routed by model.
+        let none = br#"{"model":"m","input":"x"}"#;
+        assert_eq!(parse("/v1/embeddings", none, 100).unwrap(), Body { model: Some("m".into()), prompt: &[] });
+    }
+
+    #[test]
+    fn a_longer_conversation_starts_with_the_shorter_ones_prompt() {
+        let turn = |n: usize| {
+            let messages: Vec<Value> = (0..n).map(|i| serde_json::json!({"role": "user", "content": format!("message {i}")})).collect();
+            serde_json::to_vec(&serde_json::json!({"model": "m", "messages": messages, "max_tokens": 5})).unwrap()
+        };
+        let (two, three) = (turn(2), turn(3));
+        let (p2, p3) = (parse("/v1/chat/completions", &two, 4096).unwrap().prompt, parse("/v1/chat/completions", &three, 4096).unwrap().prompt);
+        // Up to the end of the second message, the bytes are the same.
+        let shared = p2.iter().zip(p3).take_while(|(a, b)| a == b).count();
+        assert_eq!(&p2[..shared], br#"[{"content":"message 0","role":"user"},{"content":"message 1","role":"user"}"#);
     }
 
     #[test]
@@ -457,15 +377,14 @@ mod tests {
     #[test]
     fn the_raw_scanner_survives_any_bytes() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\"b"},"c"]},{"content":"d"}],"prompt":["x"]}"#;
-        assert_eq!(prompt_prefix(body, 100), br#"a\"bc
-d"#.to_vec());
+        assert_eq!(prompt_window(body, 14), br#"[{"role":"user"#);
         for cut in 0..body.len() {
-            let _ = prompt_prefix(&body[..cut], 100);
+            let _ = prompt_window(&body[..cut], 100);
             let _ = model_value_span(&body[..cut]);
         }
         let junk: [&[u8]; 6] = [br#"{"messages":[{"content":"\"}]"#, br#"{""#, br#"{"a""#, b"[[[[", br#"{"messages":[,,,]}"#, br#""\"#];
         for j in junk {
-            let _ = prompt_prefix(j, 100);
+            let _ = prompt_window(j, 100);
         }
     }
 }

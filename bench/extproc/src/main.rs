@@ -120,7 +120,7 @@ fn decide(router: &mut Router, shared: &Mutex<Shared>, head: &Head, body: &[u8])
     let trusted_subset = if router.config.trust_subset_header { head.subset.as_deref() } else { None };
     let incoming = Incoming {
         model: parsed.model.as_deref(),
-        prompt: &parsed.prompt,
+        prompt: parsed.prompt,
         objective: head.objective.as_deref(),
         subset: trusted_subset,
         store: None,

@@ -40,8 +40,32 @@ pub fn buffer(kind: BufferType, max: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(kind, 0, max).ok().flatten()
 }
 
+/// One header's value as text (bytes that are not UTF-8 become U+FFFD). Not the SDK's
+/// `get_map_value`, which panics on such a value: a client can send one.
 pub fn header(map: MapType, name: &str) -> Option<String> {
-    hostcalls::get_map_value(map, name).ok().flatten()
+    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+}
+
+/// Every request header in one host call, serialized as the ABI gives them
+/// (`crate::header_map` reads them in place). Empty if the host will not say.
+pub fn request_headers() -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated with this module's
+    // `proxy_on_memory_allocate` (the SDK's, which is the global allocator), so the
+    // buffer is ours to own as a Vec.
+    unsafe {
+        if proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) != 0 || data.is_null() {
+            return Vec::new();
+        }
+        Vec::from_raw_parts(data, size, size)
+    }
 }
 
 pub fn set_request_header(name: &str, value: Option<&str>) {

@@ -4,9 +4,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType};
 
 use super::host;
+use crate::header_map::HeaderMap;
+use crate::names;
 use crate::prefix_record;
 use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::errors::Rejection;
@@ -45,6 +47,8 @@ struct WorkerState {
 
 struct Stats {
     routed: Option<u32>,
+    /// Routed since the last tick: given to Envoy then, not with a host call a request.
+    routed_unflushed: u64,
     fail_open: Option<u32>,
     rejected: Option<u32>,
     telemetry: Telemetry,
@@ -60,6 +64,7 @@ impl PickerRoot {
         let seed = host::now_ms() ^ host::random_u64();
         let stats = Stats {
             routed: host::counter("wasm_epp.routed"),
+            routed_unflushed: 0,
             fail_open: host::counter("wasm_epp.fail_open"),
             rejected: host::counter("wasm_epp.rejected"),
             telemetry: Telemetry::new(stats::pool_label(&config)),
@@ -86,6 +91,9 @@ impl PickerRoot {
         worker.stats.telemetry.set(stats::TABLE_AGE_MS, &[], age.unwrap_or(0));
         worker.stats.telemetry.set(stats::READY, &[], u64::from(ready));
         worker.stats.telemetry.flush();
+        if let (Some(id), n @ 1..) = (worker.stats.routed, std::mem::take(&mut worker.stats.routed_unflushed)) {
+            host::add(id, n);
+        }
     }
 
     pub fn new_stream(&self) -> PickerStream {
@@ -214,7 +222,7 @@ impl PickerStream {
                     let header = router.config.destination_header.as_str();
                     host::set_request_header(header, Some(&endpoints.join(",")));
                 }
-                host::increment(stats.routed);
+                stats.routed_unflushed += 1;
                 if fail_open {
                     host::increment(stats.fail_open);
                 }
@@ -279,32 +287,39 @@ impl Context for PickerStream {}
 
 impl HttpContext for PickerStream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        // Every header in one host call; the few the picker needs are read from it.
+        let bytes = host::request_headers();
+        let headers = HeaderMap::parse(&bytes);
         // The destination is ours to set: a client's copy is never honoured.
-        host::set_request_header(&self.worker.borrow().router.config.destination_header, None);
-        self.path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        let destination = self.worker.borrow().router.config.destination_header.clone();
+        if headers.contains(&destination) {
+            host::set_request_header(&destination, None);
+        }
+        self.path = headers.text(names::headers::PATH).unwrap_or_default();
         // Headers that steer the picker stop here: model servers never see them. A
         // client's subset hint counts only where the configuration trusts whoever sets it.
-        self.objective = host::header(MapType::HttpRequestHeaders, OBJECTIVE_HEADER);
+        self.objective = headers.text(OBJECTIVE_HEADER);
         if self.objective.is_some() {
             host::set_request_header(OBJECTIVE_HEADER, None);
         }
-        self.subset = host::header(MapType::HttpRequestHeaders, SUBSET_HEADER);
+        self.subset = headers.text(SUBSET_HEADER);
         if self.subset.is_some() {
             host::set_request_header(SUBSET_HEADER, None);
             if !self.worker.borrow().router.config.trust_subset_header {
                 self.subset = None;
             }
         }
-        if self.is_ready_probe() {
+        let get = headers.get(names::headers::METHOD) == Some(b"GET");
+        if get && self.is_ready_probe() {
             self.decided = true;
             return self.answer_readiness();
         }
-        if self.is_peer_request() {
+        if self.is_peer_request(get, &headers) {
             self.decided = true;
             let mut worker = self.worker.borrow_mut();
             worker.refresh_table(host::now_ms());
             let shares = worker.router.config.shares_scrapes();
-            let rows_only = host::header(MapType::HttpRequestHeaders, peer::WANT_HEADER).as_deref() == Some(peer::WANT_ROWS);
+            let rows_only = headers.get(peer::WANT_HEADER) == Some(peer::WANT_ROWS.as_bytes());
             return serve_peer(worker.table.as_ref().map(|(_, t)| t), shares, rows_only);
         }
         if end_of_stream {
@@ -312,7 +327,7 @@ impl HttpContext for PickerStream {
         }
         // Answered once the body is in: a reply while the client still uploads races it
         // (HTTP/2 clients may lose the answer to the stream's reset).
-        self.refused = request::check_encoding(host::header(MapType::HttpRequestHeaders, crate::names::headers::CONTENT_ENCODING).as_deref()).err();
+        self.refused = request::check_encoding(headers.text(names::headers::CONTENT_ENCODING).as_deref()).err();
         // Hold the headers until the body names the model.
         Action::Pause
     }
@@ -356,11 +371,12 @@ impl HttpContext for PickerStream {
 }
 
 impl PickerStream {
-    /// A GET of `ready_path`: the probe of whether this picker schedules.
+    /// A GET of `ready_path` (the caller checked the method): the probe of whether this
+    /// picker schedules.
     fn is_ready_probe(&self) -> bool {
         let worker = self.worker.borrow();
         let path = &worker.router.config.ready_path;
-        !path.is_empty() && self.path == *path && host::header(MapType::HttpRequestHeaders, ":method").as_deref() == Some("GET")
+        !path.is_empty() && self.path == *path
     }
 
     /// 200 while the picker schedules from a fresh table, 503 while it would fail open.
@@ -380,15 +396,14 @@ impl PickerStream {
 
     /// A peer replica asking for this proxy's prefix assignments. A request to the path
     /// without the right token is routed as usual, its token removed.
-    fn is_peer_request(&self) -> bool {
+    fn is_peer_request(&self, get: bool, headers: &HeaderMap) -> bool {
         let worker = self.worker.borrow();
         let config = &worker.router.config;
         if !config.has_peers() || self.path != config.peer_path {
             return false;
         }
-        let token = host::header(MapType::HttpRequestHeaders, PEER_TOKEN_HEADER);
-        let get = host::header(MapType::HttpRequestHeaders, ":method").as_deref() == Some("GET");
-        let authorised = config.peer_token.is_empty() || token.as_deref() == Some(config.peer_token.as_str());
+        let token = headers.get(PEER_TOKEN_HEADER);
+        let authorised = config.peer_token.is_empty() || token == Some(config.peer_token.as_bytes());
         if get && authorised {
             return true;
         }
@@ -406,7 +421,7 @@ impl PickerStream {
         let body = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
         let prompt_bytes = self.worker.borrow().router.prompt_bytes();
         match request::parse(&self.path, &body, prompt_bytes) {
-            Ok(parsed) => self.decide(parsed.model.as_deref(), &parsed.prompt, &body),
+            Ok(parsed) => self.decide(parsed.model.as_deref(), parsed.prompt, &body),
             Err(r) => {
                 self.decided = true;
                 reject(&mut self.worker.borrow_mut().stats, &r, "unknown")

@@ -273,11 +273,10 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
 }
 
 /// The floor's chores, in the order filter/examples/floor.rs adds them (`{"steps": N}`).
-const FLOOR_STEPS: [&str; 6] = [
-    "request headers: strip the destination, read :path and two optional headers",
+const FLOOR_STEPS: [&str; 5] = [
+    "request headers: all of them in one host call",
     "the clock, and two shared-data reads (in-flight counts, a prefix record)",
     "a shared-data write (in-flight counts, CAS)",
-    "a counter increment",
     "set the destination header (choice,fallback)",
     "parse the body as the picker does (serde, keeping only `model`)",
 ];

@@ -260,3 +260,56 @@ fn every_bad_input_gets_its_exact_answer_and_reaches_no_model_server() {
     eprintln!("{tried} bad requests ({} cases × 3 wires) answered exactly, none forwarded; 20 clients gone mid-body", cases.len());
     assert!(cases.len() >= 80, "{} cases", cases.len());
 }
+
+/// Envoy passes header values with bytes that are not UTF-8 (obs-text, `\xe9`): every
+/// header the picker reads, so spelt, must neither trap the VM nor lose the request.
+#[test]
+fn header_values_that_are_not_utf8_neither_trap_nor_lose_the_request() {
+    let sims: Vec<Sim> = (0..2).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let plugin = json!({"peers": ["127.0.0.1:1"], "peer_token": "a-peer-token-of-16-bytes", "trust_subset_header": true});
+    let envoy = Envoy::start(&addrs(&refs), EnvoyOptions { plugin, ..Default::default() });
+    envoy.wait_for_table();
+    let body = chat(MODEL, "hi", 1).to_string();
+    let raw = |method: &str, path: &[u8], header: &[u8]| {
+        let mut s = TcpStream::connect(&envoy.listener).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut req = format!("{method} ").into_bytes();
+        req.extend_from_slice(path);
+        req.extend_from_slice(b" HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\nconnection: close\r\n");
+        req.extend_from_slice(header);
+        req.extend_from_slice(format!("\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        let _ = s.write_all(&req);
+        let text = String::from_utf8_lossy(&read_response(&mut s)).into_owned();
+        text.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0)
+    };
+    let headers: [&[u8]; 7] = [
+        b"x-gateway-inference-objective: caf\xe9",
+        b"x-gateway-destination-endpoint-subset: 10.0.0.1:80\xff",
+        b"content-encoding: gz\xe9p",
+        b"x-gateway-destination-endpoint: 10.0.0.\xe9:80",
+        b"x-wasm-epp-peer-token: s\xe9cret",
+        b"x-wasm-epp-peer-want: r\xf6ws",
+        b"user-agent: \xc0\xc1\xf5\xff",
+    ];
+    let chat_path = b"/v1/chat/completions";
+    let peer_path = b"/.wasm-epp/v2/peer";
+    let mut sent = vec![];
+    for header in headers {
+        sent.push(("POST", &chat_path[..], header));
+        sent.push(("GET", &peer_path[..], header));
+    }
+    sent.push(("GET", peer_path, b"x-wasm-epp-peer-token: a-peer-token-of-16-bytes\r\nx-wasm-epp-peer-want: r\xf6ws"));
+    sent.push(("POST", b"/v1/chat/completions?q=\xe9", b"x-ok: 1"));
+    sent.push(("GET", b"/.wasm-epp/v2/peer\xe9", b"x-ok: 1"));
+    for (method, path, header) in sent {
+        let name = format!("{method} {} {}", String::from_utf8_lossy(path), String::from_utf8_lossy(header));
+        let status = raw(method, path, header);
+        eprintln!("{name}: {status}");
+        // A value the picker cannot read counts as a value it does not know: served, or
+        // refused with a 4xx (an unknown encoding is 415, a subset of nothing 503).
+        assert!(matches!(status, 200 | 400 | 403 | 404 | 415 | 503), "{name}: {status}");
+        assert_eq!(raw("POST", chat_path, b"x-ok: 1"), 200, "the request after {name}");
+    }
+    assert!(!envoy.log().contains("panicked") && !envoy.log().contains("wasm trap"), "{}", envoy.log());
+}
