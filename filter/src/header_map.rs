@@ -33,10 +33,10 @@ impl<'a> HeaderMap<'a> {
         HeaderMap { pairs }
     }
 
-    /// The first value of `name` (header names are lowercase in Envoy's maps), as bytes:
-    /// a client may send any.
+    /// The first value of `name`, as bytes (a client may send any). Names match in any
+    /// case, as HTTP's do: Envoy's maps hold them in lower case, other hosts need not.
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        self.pairs.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| *v)
+        self.pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| *v)
     }
 
     /// The first value of `name` as text; bytes that are not UTF-8 become U+FFFD, which no
@@ -78,6 +78,7 @@ mod tests {
         assert_eq!(map.get("x-a"), Some(&b"1"[..]));
         assert_eq!(map.get("x-empty"), Some(&b""[..]));
         assert!(map.contains("x-empty") && !map.contains("x-b"));
+        assert_eq!(map.get("X-A"), Some(&b"1"[..]), "names in any case");
     }
 
     #[test]

@@ -291,9 +291,12 @@ impl HttpContext for PickerStream {
         let bytes = host::request_headers();
         let headers = HeaderMap::parse(&bytes);
         // The destination is ours to set: a client's copy is never honoured.
-        let destination = self.worker.borrow().router.config.destination_header.clone();
-        if headers.contains(&destination) {
-            host::set_request_header(&destination, None);
+        {
+            let worker = self.worker.borrow();
+            let destination = worker.router.config.destination_header.as_str();
+            if headers.contains(destination) {
+                host::set_request_header(destination, None);
+            }
         }
         self.path = headers.text(names::headers::PATH).unwrap_or_default();
         // Headers that steer the picker stop here: model servers never see them. A
