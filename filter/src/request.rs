@@ -2,7 +2,10 @@
 
 use std::ops::Range;
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::errors::Rejection;
@@ -63,11 +66,78 @@ pub fn check_encoding(content_encoding: Option<&str>) -> Result<(), Rejection> {
     }
 }
 
-/// Only `model` is kept: serde skips every other field without building values for it,
-/// so a 200 KB prompt costs one scan, not a tree of allocations.
-#[derive(Deserialize)]
-struct ModelOnly {
+/// What serde's validating pass keeps of a body: `model`, and where the prompt's raw JSON
+/// is. Every other field is skipped without building values for it, so a 200 KB prompt
+/// costs one scan, not a tree of allocations.
+struct Kept<'a> {
     model: Option<Value>,
+    messages: Option<&'a RawValue>,
+    prompt: Option<&'a RawValue>,
+}
+
+/// The top-level keys the picker reads (serde unescapes them: `"\u006dodel"` is `model`).
+enum Key {
+    Model,
+    Messages,
+    Prompt,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "model" => Key::Model,
+                    "messages" => Key::Messages,
+                    "prompt" => Key::Prompt,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kept<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Kept<'de>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Kept<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kept<'de>, A::Error> {
+                let mut kept = Kept { model: None, messages: None, prompt: None };
+                let mut model_seen = false;
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        // Two models would let the picker route by one while the server
+                        // serves the other.
+                        Key::Model if model_seen => return Err(de::Error::duplicate_field("model")),
+                        Key::Model => {
+                            model_seen = true;
+                            kept.model = map.next_value()?;
+                        }
+                        // A repeated prompt key keeps its first value (what is hashed
+                        // decides no more than a cache guess).
+                        Key::Messages if kept.messages.is_none() => kept.messages = map.next_value()?,
+                        Key::Prompt if kept.prompt.is_none() => kept.prompt = map.next_value()?,
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(kept)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// What the picker reads of a request body.
@@ -96,13 +166,19 @@ pub fn parse<'a>(path: &str, body: &'a [u8], prompt_bytes: usize) -> Result<Body
     }
     // serde skips the fields it does not keep without checking their UTF-8, which every
     // JSON reader behind the picker would refuse: check it first (fuzzing found this).
-    if strict && simdutf8::basic::from_utf8(body).is_err() {
+    // Checked once, with SIMD: serde reading a `str` checks no byte again.
+    let text = simdutf8::basic::from_utf8(body);
+    if strict && text.is_err() {
         return Err(Rejection::bad_request("invalid_json", "The request body is not valid UTF-8."));
     }
-    // serde validates the whole body and keeps only `model`; the prompt is a window of
-    // the raw bytes, found afterwards.
-    let parsed = serde_json::from_slice::<ModelOnly>(body).map(|m| m.model);
-    let model = match parsed {
+    // One pass: serde validates the whole body, keeps `model`, and gives the span of the
+    // prompt's raw JSON.
+    let kept = match text {
+        Ok(text) => serde_json::from_str::<Kept>(text),
+        Err(_) => serde_json::from_slice::<Kept>(body),
+    };
+    let raw_prompt = kept.as_ref().ok().and_then(|k| k.messages.or(k.prompt)).map(|raw| raw.get().as_bytes());
+    let model = match kept.map(|k| k.model) {
         Ok(Some(Value::String(m))) if !m.is_empty() => Some(m),
         _ if !strict => None,
         Ok(None) => {
@@ -118,22 +194,9 @@ pub fn parse<'a>(path: &str, body: &'a [u8], prompt_bytes: usize) -> Result<Body
             ))
         }
     };
-    let prompt = if prompt_bytes > 0 { prompt_window(body, prompt_bytes) } else { &[] };
+    // The raw JSON of `messages` (or, without one, the completion `prompt`), as far as asked.
+    let prompt = raw_prompt.map_or(&[][..], |raw| &raw[..raw.len().min(prompt_bytes)]);
     Ok(Body { model, prompt })
-}
-
-/// The raw JSON of a valid body's `messages` value (or, without one, its `prompt`), at
-/// most `limit` bytes of it: its end is looked for no further, so a 200 KB prompt costs
-/// the `limit` bytes it gives.
-fn prompt_window(body: &[u8], limit: usize) -> &[u8] {
-    let top = skip_ws(body, 0);
-    let Some(at) = member_start(body, top, b"messages").or_else(|| member_start(body, top, b"prompt")) else {
-        return &[];
-    };
-    let cut = body.len().min(at.saturating_add(limit));
-    let window = body.get(..cut).unwrap_or_default();
-    let end = value_end(window, at).unwrap_or(cut);
-    body.get(at..end).unwrap_or_default()
 }
 
 /// Where member `key`'s value starts in the object starting at `at`; values of earlier
@@ -377,14 +440,14 @@ mod tests {
     #[test]
     fn the_raw_scanner_survives_any_bytes() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\"b"},"c"]},{"content":"d"}],"prompt":["x"]}"#;
-        assert_eq!(prompt_window(body, 14), br#"[{"role":"user"#);
+        assert_eq!(parse("/v1/chat/completions", body, 14).unwrap().prompt, br#"[{"role":"user"#);
         for cut in 0..body.len() {
-            let _ = prompt_window(&body[..cut], 100);
+            let _ = parse("/v1/chat/completions", &body[..cut], 100);
             let _ = model_value_span(&body[..cut]);
         }
         let junk: [&[u8]; 6] = [br#"{"messages":[{"content":"\"}]"#, br#"{""#, br#"{"a""#, b"[[[[", br#"{"messages":[,,,]}"#, br#""\"#];
         for j in junk {
-            let _ = prompt_window(j, 100);
+            let _ = parse("/v1/chat/completions", j, 100);
         }
     }
 }
