@@ -115,8 +115,15 @@ enum Variant {
 /// The variants of every case, in the order they run within a round.
 const VARIANTS: [Variant; 5] = [Variant::Base, Variant::Floor, Variant::Epp, Variant::ExtProc(BodyMode::Duplex), Variant::ExtProc(BodyMode::Buffered)];
 
-/// One wrk run of one variant: its numbers and Envoy's CPU time per request.
-fn run_variant(variant: Variant, endpoints: &[String], plugin: &Value, script: &Path, concurrency: u32, seconds: u32) -> Value {
+/// A variant up and warmed: Envoy (and the ext_proc picker, for those variants), ready
+/// for the measured run.
+struct Running {
+    envoy: Envoy,
+    extproc: Option<ExtProc>,
+    url: String,
+}
+
+fn start_variant(variant: Variant, endpoints: &[String], plugin: &Value, script: &Path, concurrency: u32) -> Running {
     let extproc = match variant {
         Variant::ExtProc(mode) => Some(ExtProc::start(mode, endpoints, plugin)),
         _ => None,
@@ -144,6 +151,27 @@ fn run_variant(variant: Variant, endpoints: &[String], plugin: &Value, script: &
     }
     let url = envoy.url("/v1/chat/completions");
     wrk(script, &url, concurrency, 1); // warm-up
+    Running { envoy, extproc, url }
+}
+
+/// The two instant upstreams every section measures against, and their addresses.
+fn instant_upstreams() -> ([Sim; 2], Vec<String>) {
+    let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
+    let endpoints = upstreams.iter().map(|s| s.addr.clone()).collect();
+    (upstreams, endpoints)
+}
+
+/// A chat body of about `bytes` bytes and the wrk script that posts it, under `work`.
+fn body_and_script(work: &Path, section: &str, bytes: usize) -> (String, PathBuf) {
+    let body = chat_body(bytes);
+    let script = work.join(format!("post-{section}{bytes}.lua"));
+    write_script(&script, &work.join(format!("body-{section}{bytes}.json")), &body);
+    (body, script)
+}
+
+/// One wrk run of one variant: its numbers and Envoy's CPU time per request.
+fn run_variant(variant: Variant, endpoints: &[String], plugin: &Value, script: &Path, concurrency: u32, seconds: u32) -> Value {
+    let Running { envoy, extproc, url } = start_variant(variant, endpoints, plugin, script, concurrency);
     let server_cpu = || extproc.as_ref().map_or(0, |p| cpu_ticks(p.pid()));
     let (cpu_before, server_before) = (cpu_ticks(envoy.pid()), server_cpu());
     let mut r = wrk(script, &url, concurrency, seconds);
@@ -176,13 +204,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// this one drift by ±15% within minutes, so a case's figures are the medians over rounds
 /// of numbers taken minutes apart at most, and each ratio is taken within a round.
 fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Vec<Value> {
-    let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
-    let endpoints: Vec<String> = upstreams.iter().map(|s| s.addr.clone()).collect();
+    let (_upstreams, endpoints) = instant_upstreams();
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024, 220 * 1024] {
-        let body = chat_body(body_bytes);
-        let script = work.join(format!("post-{body_bytes}.lua"));
-        write_script(&script, &work.join(format!("body-{body_bytes}.json")), &body);
+        let (body, script) = body_and_script(work, "", body_bytes);
         for concurrency in [1u32, 64] {
             let runs: Vec<[Value; 5]> = (0..rounds).map(|round| run_round(round, &endpoints, plugin, &script, concurrency, seconds)).collect();
             let med = |f: &dyn Fn(&[Value; 5]) -> f64| median(runs.iter().map(f).collect());
@@ -273,13 +298,10 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
     }
     variants.push(("wasm-epp, random picker only".into(), Variant::Epp, random_only));
     variants.push(("wasm-epp".into(), Variant::Epp, json!({})));
-    let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
-    let endpoints: Vec<String> = upstreams.iter().map(|s| s.addr.clone()).collect();
+    let (_upstreams, endpoints) = instant_upstreams();
     let mut by_body = Vec::new();
     for body_bytes in [1024usize, 16 * 1024] {
-        let body = chat_body(body_bytes);
-        let script = work.join(format!("post-steps-{body_bytes}.lua"));
-        write_script(&script, &work.join(format!("body-steps-{body_bytes}.json")), &body);
+        let (body, script) = body_and_script(work, "steps-", body_bytes);
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for _ in 0..rounds {
             for (i, (_, variant, plugin)) in variants.iter().enumerate() {
@@ -308,24 +330,14 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
 /// costs (docs/experiments.md, 2026-12-02); the time inside the module's calls is the
 /// module's, and the floor's shows what any body-reading filter pays there.
 fn perf_section(work: &Path, rounds: usize) -> Value {
-    let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
-    let endpoints: Vec<String> = upstreams.iter().map(|s| s.addr.clone()).collect();
+    let (_upstreams, endpoints) = instant_upstreams();
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024] {
-        let body = chat_body(body_bytes);
-        let script = work.join(format!("post-perf-{body_bytes}.lua"));
-        write_script(&script, &work.join(format!("body-perf-{body_bytes}.json")), &body);
+        let (body, script) = body_and_script(work, "perf-", body_bytes);
         let mut rows: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 2];
         for round in 0..rounds {
             for (i, variant) in [Variant::Floor, Variant::Epp].into_iter().enumerate() {
-                let options = EnvoyOptions { concurrency: 1, wasm: (variant == Variant::Floor).then(paths::floor_wasm), ..Default::default() };
-                let envoy = Envoy::start(&endpoints, options);
-                pin(envoy.pid(), "0");
-                if variant == Variant::Epp {
-                    envoy.wait_for_table();
-                }
-                let url = envoy.url("/v1/chat/completions");
-                wrk(&script, &url, 64, 1);
+                let Running { envoy, url, .. } = start_variant(variant, &endpoints, &json!({}), &script, 64);
                 let recording = epp_tests::perf::Recording::start(envoy.pid(), &work.join(format!("perf-{round}-{i}.data")));
                 let r = wrk(&script, &url, 64, 3);
                 if let Some(split) = recording.and_then(|r| r.stop()) {
