@@ -21,6 +21,10 @@ pub struct Request {
     /// The chained hashes of the prompt's full KV blocks (`text::prompt_blocks`): what
     /// prefix caching matches. Empty: nothing of it can be found in the cache.
     pub prompt_blocks: Vec<u64>,
+    /// The chained hashes of the full blocks the answer completes after the prompt's
+    /// (`text::answer_blocks`), cached when the request finishes. Empty: the answer's
+    /// text is unknown, and no later prompt could match it.
+    pub answer_blocks: Vec<u64>,
 }
 
 impl Request {
@@ -28,7 +32,14 @@ impl Request {
     /// tokens a block would.
     pub fn for_prompt(id: u64, prompt: &str, max_tokens: u32, adapter: Option<String>, block_size: u32) -> Self {
         let (prompt_tokens, prompt_blocks) = crate::text::prompt_blocks(prompt, block_size);
-        Request { id, prompt_tokens, max_tokens, adapter, prompt_blocks }
+        Request { id, prompt_tokens, max_tokens, adapter, prompt_blocks, answer_blocks: Vec::new() }
+    }
+
+    /// The same request, its answer's text known (what the server will generate, as the
+    /// next prompt will repeat it): its blocks stay cached after the request finishes.
+    pub fn answering(mut self, prompt: &str, answer: &str, block_size: u32) -> Self {
+        self.answer_blocks = crate::text::answer_blocks(prompt, answer, block_size);
+        self
     }
 }
 
@@ -263,7 +274,13 @@ impl Engine {
             if preempted.contains(&i) {
                 requeue.push(s);
             } else if s.generated >= s.req.max_tokens.max(1) {
-                self.kv.release(std::mem::take(&mut s.kv));
+                // The answer's blocks that are full are cached, as the prompt's are.
+                // (Not for a prompt capped to the cache's size: their chain has no start.)
+                let full = (s.req.prompt_tokens + s.generated) / self.params.block_size.max(1);
+                let capped = self.blocks_for(s.req.prompt_tokens + 1) > self.params.num_blocks;
+                let answered = if capped { 0 } else { full as usize - s.req.prompt_blocks.len().min(full as usize) };
+                let answered = answered.min(s.req.answer_blocks.len());
+                self.kv.release_answered(std::mem::take(&mut s.kv), &s.req.answer_blocks[..answered]);
                 self.stats.finished += 1;
                 self.stats.prompt_tokens += u64::from(s.req.prompt_tokens);
                 self.stats.e2e_s.observe((end_us - s.arrival_us) as f64 / 1e6);
@@ -410,6 +427,31 @@ mod tests {
         assert_eq!(finished, 4);
         assert!(e.stats.preemptions > 0);
         assert_eq!(e.kv_usage(), 0.0);
+    }
+
+    #[test]
+    fn the_next_turn_finds_this_ones_answer_cached() {
+        let p = ServerParams { block_size: 4, ..Default::default() };
+        let prompt = "User: which city is the capital of france, and why";
+        let answer = "\nAssistant: paris is, for it has been the seat of the kings and the state";
+        let next = format!("{prompt}{answer}\nUser: and spain");
+        let answer_tokens = crate::text::tokens_in(answer);
+        let cached_after = |with_answer: bool| {
+            let mut e = Engine::new(p.clone());
+            let mut turn = Request::for_prompt(1, prompt, answer_tokens, None, 4);
+            if with_answer {
+                turn = turn.answering(prompt, answer, 4);
+            }
+            let prompt_tokens = turn.prompt_tokens;
+            e.submit(turn, 0);
+            run(&mut e);
+            let next = Request::for_prompt(2, &next, 8, None, 4);
+            (e.cached_tokens(&next.prompt_blocks), prompt_tokens)
+        };
+        let (cached, prompt_tokens) = cached_after(true);
+        assert_eq!(cached, (prompt_tokens + answer_tokens) / 4 * 4, "the prompt and the answer, block by block");
+        let (cached, _) = cached_after(false);
+        assert_eq!(cached, prompt_tokens / 4 * 4, "the prompt's full blocks only");
     }
 
     #[test]

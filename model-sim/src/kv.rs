@@ -116,6 +116,24 @@ impl KvCache {
         }
     }
 
+    /// Gives a finished sequence's blocks back, and caches the blocks its answer filled
+    /// (`answer`: their hashes, chained after the prompt's), as vLLM V1 does: a later
+    /// prompt that repeats the prompt and the answer finds both.
+    pub fn release_answered(&mut self, mut holding: Holding, answer: &[u64]) {
+        self.clock += 1;
+        for &h in answer.iter().take(holding.private as usize) {
+            holding.private -= 1;
+            self.private -= 1;
+            if !self.cached.contains_key(&h) {
+                self.cached.insert(h, Cached { refs: 0, last_use: self.clock });
+                self.evictable.insert((self.clock, h));
+            }
+        }
+        // The prompt's blocks are released after (a later clock): the answer's, the
+        // chain's tail, are evicted first, as vLLM frees a request's blocks tail first.
+        self.release(holding);
+    }
+
     fn reference(&mut self, h: u64) {
         if let Some(c) = self.cached.get_mut(&h) {
             if c.refs == 0 {
@@ -156,6 +174,21 @@ mod tests {
         let (b, hits) = kv.allocate_prompt(&[1, 2, 9], 4).unwrap();
         assert_eq!(hits, 2, "the first two blocks match, the third differs");
         assert_eq!(b.blocks(), 4);
+    }
+
+    #[test]
+    fn an_answers_full_blocks_are_cached_after_its_prompts() {
+        let mut kv = KvCache::new(10);
+        // Two full prompt blocks and a partial one, then a block the answer grew.
+        let (mut a, _) = kv.allocate_prompt(&[1, 2], 3).unwrap();
+        assert!(kv.grow(&mut a));
+        kv.release_answered(a, &[3, 4]);
+        assert_eq!(kv.usage(), 0.0, "the answer's blocks are idle, so free");
+        assert_eq!(kv.cached_prefix(&[1, 2, 3, 4, 5]), 4);
+        // The answer's blocks, the chain's tail, are evicted before the prompt's.
+        let (b, _) = kv.allocate_prompt(&[7, 8, 9, 10, 11, 12, 13, 14], 8).unwrap();
+        assert_eq!(kv.cached_prefix(&[1, 2, 3, 4]), 2);
+        kv.release(b);
     }
 
     #[test]

@@ -50,6 +50,17 @@ pub fn prompt_blocks(text: &str, block_size: u32) -> (u32, Vec<u64>) {
     ((count as u32).max(1), hashes)
 }
 
+/// The chained hashes of the full blocks an answer completes: the blocks of `prompt`
+/// followed by `answer` that lie past the prompt's own full blocks. vLLM V1 caches a
+/// sequence's generated blocks too, so a conversation's next turn, whose prompt repeats
+/// this one and its answer, finds them.
+pub fn answer_blocks(prompt: &str, answer: &str, block_size: u32) -> Vec<u64> {
+    let prompt_full = tokens(prompt).count() / block_size.max(1) as usize;
+    let (_, mut blocks) = prompt_blocks(&format!("{prompt}{answer}"), block_size);
+    blocks.drain(..prompt_full.min(blocks.len()));
+    blocks
+}
+
 /// The prompt an OpenAI-style body asks to complete, as the simulator sees it: chat
 /// messages' contents in order, one a line, or the completion `prompt`.
 pub fn prompt_of(body: &serde_json::Value) -> String {

@@ -21,8 +21,8 @@ pub struct SchedulingRequest<'a> {
     /// The model (base or adapter) to serve, after any rewrite; `None` for bodiless or
     /// non-model requests.
     pub model: Option<&'a str>,
-    /// The start of the prompt (chat messages rendered in order, or the completion
-    /// prompt), as many bytes as the profile's plugins asked for.
+    /// The start of the prompt (the raw JSON of the chat `messages`, or of the completion
+    /// `prompt`), as many bytes as the profile's plugins asked for.
     pub prompt: &'a [u8],
     /// The objective's priority: negative is sheddable.
     pub priority: i32,

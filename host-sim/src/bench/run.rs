@@ -135,7 +135,10 @@ pub fn run(
         let Some(Pending(a, _)) = queue.pop() else { break };
         let proxy = k % views;
         let adapter = (a.model != servers[0].model).then(|| a.model.clone());
-        let req = Request::for_prompt(k as u64, &a.prompt, a.max_tokens, adapter, block_size);
+        let mut req = Request::for_prompt(k as u64, &a.prompt, a.max_tokens, adapter, block_size);
+        if let Some(answer) = &a.answer {
+            req = req.answering(&a.prompt, answer, block_size);
+        }
         let (server, stream) = match policy {
             Policy::Module { .. } => match sim.through_module(proxy, (k / views) % workers, &a) {
                 Some(routed) => routed,
@@ -283,7 +286,13 @@ impl Sim {
     /// The module's decision for `a`: the server and the open stream, or `None` if the
     /// module answered itself (429 counted as shed, anything else as an error).
     fn through_module(&mut self, proxy: usize, worker: usize, a: &Arrival) -> Option<(usize, Option<RequestOutcome>)> {
-        let body = json!({"model": a.model, "max_tokens": a.max_tokens, "messages": [{"role": "user", "content": a.prompt}]});
+        let messages: Vec<serde_json::Value> = if a.messages.is_empty() {
+            vec![json!({"role": "user", "content": a.prompt})]
+        } else {
+            let roles = ["user", "assistant"].into_iter().cycle();
+            a.messages.iter().zip(roles).map(|(content, role)| json!({"role": role, "content": content})).collect()
+        };
+        let body = json!({"model": a.model, "max_tokens": a.max_tokens, "messages": messages});
         let mut req = HttpRequest::post_json("/v1/chat/completions", &body);
         if let Some(objective) = a.objective {
             req.headers.push(("x-gateway-inference-objective".into(), objective.into()));

@@ -24,6 +24,13 @@ pub struct Arrival {
     /// A conversation's (index, turn), for multi-turn workloads: its next turn is sent
     /// after this one's answer and a think time.
     pub session: Option<(usize, usize)>,
+    /// The text the server answers with, where a later prompt repeats it (a turn's
+    /// answer, in the history of the next): the server caches its blocks.
+    pub answer: Option<String>,
+    /// The chat messages the client sends, user and assistant in turn and the user's last
+    /// (a conversation's history), which the server renders as `prompt`. Empty: one user
+    /// message, `prompt`.
+    pub messages: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +201,8 @@ impl Workload {
                 objective: None,
                 priority: 0,
                 session: None,
+                answer: None,
+                messages: Vec::new(),
             };
             match self.kind {
                 Kind::SharedPrefix => {
@@ -236,12 +245,16 @@ impl Workload {
     /// Turn `turn` of conversation `c`, sent at `at_us`: the history, then the message.
     fn turn(&self, c: usize, turn: usize, at_us: u64) -> Arrival {
         let dialogue = &self.dialogues[c % self.dialogues.len().max(1)];
+        // The server's chat template: `User: …` and `Assistant: …`, a line each.
         let mut prompt = String::new();
+        let mut messages = Vec::with_capacity(2 * turn + 1);
         for (user, answer, _) in &dialogue[..turn] {
             prompt.push_str(&format!("User: {user}\nAssistant: {answer}\n"));
+            messages.extend([user.clone(), answer.clone()]);
         }
-        let (user, _, answer_tokens) = &dialogue[turn];
+        let (user, answer, answer_tokens) = &dialogue[turn];
         prompt.push_str(&format!("User: {user}"));
+        messages.push(user.clone());
         Arrival {
             at_us,
             model: BASE_MODEL.into(),
@@ -250,6 +263,9 @@ impl Workload {
             objective: None,
             priority: 0,
             session: Some((c, turn)),
+            // The next turn's history goes on with `\nAssistant: {answer}`.
+            answer: Some(format!("\nAssistant: {answer}")),
+            messages,
         }
     }
 
@@ -383,6 +399,30 @@ fn for_each_entry(path: &Path, mut each: impl FnMut(&[(String, String)]) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turns_prompt_repeats_the_last_one_and_its_answer() {
+        let dialogue = |n: usize| (0..n).map(|i| (format!("question {i}"), format!("answer {i}"), 4)).collect();
+        let w = Workload {
+            kind: Kind::MultiTurn,
+            name: "multi-turn",
+            servers: Vec::new(),
+            rates: Vec::new(),
+            main_rate: 1.0,
+            duration_s: 1.0,
+            objectives: serde_json::Value::Null,
+            conversations: Vec::new(),
+            dialogues: vec![dialogue(3)],
+        };
+        let first = w.turn(0, 0, 0);
+        let second = w.follow_up(&first, 1_000, 7).unwrap();
+        let answered = format!("{}{}", first.prompt, first.answer.as_deref().unwrap());
+        assert!(second.prompt.starts_with(&answered), "{:?} then {:?}", answered, second.prompt);
+        assert_eq!(second.messages, ["question 0", "answer 0", "question 1"]);
+        assert!(second.at_us > 1_000, "after a think time");
+        let third = w.follow_up(&second, 2_000, 7).unwrap();
+        assert!(w.follow_up(&third, 3_000, 7).is_none(), "three turns, no fourth");
+    }
 
     #[test]
     fn words_are_one_token_each() {

@@ -54,8 +54,10 @@ pub struct Params {
     /// blocks on, and proportionally less below: one-off short prompts stay spread by load.
     #[serde(default = "defaults::full_placement_blocks")]
     pub full_placement_blocks: usize,
-    /// Which block (1-based, or the last if the prompt is shorter) names the home: deep
-    /// enough to tell groups apart, shallow enough that their requests share it.
+    /// Which block (1-based) names the home: deep enough to tell groups apart, shallow
+    /// enough that their requests share it. No later than the last block of a chat's
+    /// first user message, so every turn of a conversation has the same one, or the
+    /// prompt's last.
     #[serde(default = "defaults::placement_block")]
     pub placement_block: usize,
     /// How many endpoints of the rendezvous order a new prefix may start on: the one of
@@ -187,7 +189,12 @@ impl Scorer for PrefixCacheScorer {
         if p.placement == 0.0 {
             return; // GIE's scorer: what this VM recorded, nothing more
         }
-        let anchor = self.hashes[p.placement_block.min(n) - 1];
+        // A conversation keeps its anchor from turn to turn: a block within its first user
+        // message, which every turn repeats (the end of the prompt does not stay).
+        let within = p.placement_block.saturating_mul(p.hash_block_size);
+        let stable = prefix::first_user_message_end(request.prompt, within)
+            .map_or(p.placement_block, |end| (end / p.hash_block_size).max(1));
+        let anchor = self.hashes[p.placement_block.min(stable).min(n) - 1];
         let recorded_here = scores.iter().any(|&share| share > 0.0);
         let assigned = request.store.and_then(|s| prefix_record::recall(s, anchor));
         // Only an anchor without an assignment needs one when the pick is made.
@@ -300,6 +307,33 @@ mod tests {
         out = scored(&mut scorer(0.5), &req, &view);
         assert_eq!(out[elsewhere], 0.5, "{out:?}");
         assert_eq!(out[home], 0.0, "{out:?}");
+    }
+
+    #[test]
+    fn a_conversations_next_turn_follows_where_its_first_went() {
+        let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
+        let view = candidates(&eps);
+        let turns = |n: usize| -> Vec<u8> {
+            let mut messages = vec![serde_json::json!({"role": "system", "content": "be brief"})];
+            for i in 0..n {
+                messages.push(serde_json::json!({"role": "user", "content": format!("question {i}: what about the {i} rivers?")}));
+                messages.push(serde_json::json!({"role": "assistant", "content": "an answer ".repeat(60)}));
+            }
+            messages.pop();
+            serde_json::to_vec(&messages).unwrap()
+        };
+        let (first, third) = (turns(1), turns(2));
+        assert!(first.len() < 64 * 8 && third.len() > 64 * 8, "the first turn ends before the 8th block");
+        let store = crate::store::MemoryStore::default();
+        let request = |prompt| SchedulingRequest { model: Some("m"), prompt, store: Some(&store), ..Default::default() };
+        let mut one = scorer(1.0);
+        scored(&mut one, &request(&first), &view);
+        one.picked(&request(&first), &view[6]); // load sent it to 6
+        // The next turn, on another worker: nothing recorded there, but the conversation's
+        // anchor (in its first user message) is the same, and so is its assignment.
+        let out = scored(&mut scorer(1.0), &request(&third), &view);
+        assert_eq!(out[6], 1.0, "{out:?}");
+        assert_eq!(out.iter().filter(|&&x| x > 0.0).count(), 1, "{out:?}");
     }
 
     #[test]
