@@ -251,7 +251,7 @@ impl Config {
             p => ConfigError(format!("`{p}`: {}", e.inner())),
         })?;
         let mut config = config;
-        let plan = crate::scheduler::config::plan(config.scheduler.as_ref()).map_err(|e| ConfigError(format!("`scheduler`: {e}")))?;
+        let plan = crate::scheduler::config::plan(config.scheduler.as_ref(), config.has_peers()).map_err(|e| ConfigError(format!("`scheduler`: {e}")))?;
         config.notes = plan.notes;
         if let Some(thresholds) = plan.saturation {
             config.saturation = thresholds;

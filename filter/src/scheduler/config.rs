@@ -54,9 +54,10 @@ struct PluginRef {
     weight: Option<f64>,
 }
 
-/// The profile a `scheduler` value describes (`None`: the `default` preset).
+/// The profile a `scheduler` value describes (`None`: the `default` preset), for a proxy
+/// without peers.
 pub fn build(spec: Option<&Value>) -> Result<Profile, String> {
-    plan(spec).map(|p| p.profile)
+    plan(spec, false).map(|p| p.profile)
 }
 
 /// A `scheduler` value, built: the profile, and, from a GIE EndpointPickerConfig, what it
@@ -67,10 +68,11 @@ pub struct Plan {
     pub saturation: Option<Saturation>,
 }
 
-pub fn plan(spec: Option<&Value>) -> Result<Plan, String> {
+/// `peers`: the proxy settles prefix records with other replicas (a preset may use it).
+pub fn plan(spec: Option<&Value>, peers: bool) -> Result<Plan, String> {
     let doc = match spec {
-        None => registry::preset("default"),
-        Some(Value::String(name)) => Some(registry::preset(name).ok_or_else(|| {
+        None => registry::preset("default", peers),
+        Some(Value::String(name)) => Some(registry::preset(name, peers).ok_or_else(|| {
             format!("unknown preset {name:?}; presets: {}", registry::PRESETS.join(", "))
         })?),
         Some(v) => Some(v.clone()),
@@ -150,6 +152,19 @@ mod tests {
         assert_eq!(cols, vec![("queue-scorer", 2.0), ("kv-cache-utilization-scorer", 2.0), ("prefix-cache-scorer", 3.0)]);
         assert_eq!(gie.picker.name(), "max-score-picker");
         assert_eq!(build(None).unwrap().name, "default");
+    }
+
+    #[test]
+    fn the_default_preset_places_on_two_choices_only_with_peers() {
+        let choices = |peers: bool| {
+            let doc = registry::preset("default", peers).unwrap();
+            let prefix = doc["plugins"].as_array().unwrap().iter().find(|p| p["type"] == "prefix-cache-scorer").cloned();
+            prefix.unwrap()["parameters"]["placementChoices"].as_u64()
+        };
+        assert_eq!((choices(false), choices(true)), (Some(1), Some(2)));
+        assert!(plan(None, true).is_ok());
+        let gie = registry::preset("gie-default", true).unwrap();
+        assert_eq!(gie, registry::preset("gie-default", false).unwrap(), "GIE's profile is GIE's, peers or not");
     }
 
     #[test]

@@ -75,7 +75,9 @@ fn params<T: DeserializeOwned>(v: &Value) -> Result<T, String> {
 /// The presets, as the configurations they stand for.
 pub const PRESETS: &[&str] = &["default", "gie-default"];
 
-pub fn preset(name: &str) -> Option<Value> {
+/// `peers`: this proxy settles where prefixes live with other replicas (`peers` or
+/// `peer_cluster` is set), which the default preset's placement takes into account.
+pub fn preset(name: &str, peers: bool) -> Option<Value> {
     match name {
         // GIE's default EndpointPickerConfig, exactly: queue 2, KV cache 2, prefix 3,
         // highest score wins.
@@ -98,13 +100,15 @@ pub fn preset(name: &str) -> Option<Value> {
         // placement, so that every worker and replica sends a recurring prefix to one home;
         // running requests and a lighter queue weight, which spread long generations
         // better. Load scorers also count what this proxy sent since the last scrape (in
-        // every profile).
+        // every profile). With peers, a new prefix starts on the less used of its two
+        // rendezvous homes: replicas that settle their records agree on it, where
+        // replicas that do not would each count apart and split it (BENCHMARKS.md).
         "default" => Some(json!({
             "plugins": [
                 {"type": "lora-affinity-filter"},
                 {"type": "queue-scorer"},
                 {"type": "kv-cache-utilization-scorer"},
-                {"type": "prefix-cache-scorer", "parameters": {"placement": 1.0}},
+                {"type": "prefix-cache-scorer", "parameters": {"placement": 1.0, "placementChoices": if peers { 2 } else { 1 }}},
                 {"type": "lora-affinity-scorer"},
                 {"type": "running-requests-scorer"},
                 {"type": "max-score-picker"}
