@@ -276,10 +276,9 @@ impl Engine {
             } else if s.generated >= s.req.max_tokens.max(1) {
                 // The answer's blocks that are full are cached, as the prompt's are.
                 // (Not for a prompt capped to the cache's size: their chain has no start.)
-                let full = (s.req.prompt_tokens + s.generated) / self.params.block_size.max(1);
+                let full = ((s.req.prompt_tokens + s.generated) / self.params.block_size.max(1)) as usize;
                 let capped = self.blocks_for(s.req.prompt_tokens + 1) > self.params.num_blocks;
-                let answered = if capped { 0 } else { full as usize - s.req.prompt_blocks.len().min(full as usize) };
-                let answered = answered.min(s.req.answer_blocks.len());
+                let answered = if capped { 0 } else { full.saturating_sub(s.req.prompt_blocks.len()).min(s.req.answer_blocks.len()) };
                 self.kv.release_answered(std::mem::take(&mut s.kv), &s.req.answer_blocks[..answered]);
                 self.stats.finished += 1;
                 self.stats.prompt_tokens += u64::from(s.req.prompt_tokens);
