@@ -29,41 +29,6 @@ pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: 
         .collect()
 }
 
-/// Where a chat prompt's first user message ends (the byte after it), if within `within`
-/// bytes of `prompt`, the raw JSON of `messages`. Every later turn of the conversation
-/// repeats the prompt up to there, while the end of each turn's prompt changes, so a
-/// block before it names the conversation in every turn. System and developer messages
-/// before it are passed over: many conversations share them. `None` for a completion's
-/// prompt, or a first user message that runs on past `within`.
-pub fn first_user_message_end(prompt: &[u8], within: usize) -> Option<usize> {
-    #[derive(serde::Deserialize)]
-    struct Message<'a> {
-        #[serde(borrow, default)]
-        role: Option<std::borrow::Cow<'a, str>>,
-    }
-    let head = &prompt[..prompt.len().min(within)];
-    let skip_space = |at: usize| at + head[at.min(head.len())..].iter().take_while(|b| b.is_ascii_whitespace()).count();
-    let mut at = skip_space(0);
-    if head.get(at) != Some(&b'[') {
-        return None;
-    }
-    at += 1;
-    loop {
-        at = skip_space(at);
-        let mut messages = serde_json::Deserializer::from_slice(head.get(at..)?).into_iter::<Message>();
-        let message = messages.next()?.ok()?;
-        at += messages.byte_offset();
-        if !matches!(message.role.as_deref(), Some("system" | "developer")) {
-            return Some(at);
-        }
-        at = skip_space(at);
-        if head.get(at) != Some(&b',') {
-            return None;
-        }
-        at += 1;
-    }
-}
-
 /// Block hashes are already uniform: a set of them need not hash them again (on wasm32
 /// every 64-bit multiply of a general hasher is emulated).
 #[derive(Default)]
@@ -161,23 +126,6 @@ impl PrefixIndex {
 mod tests {
     use super::*;
     use crate::test;
-
-    #[test]
-    fn a_conversations_first_user_message_ends_where_every_turn_agrees() {
-        let first = br#"[{"role":"user","content":"hello"}]"#;
-        let second = br#"[{"role":"user","content":"hello"},{"role":"assistant","content":"hi"},{"role":"user","content":"more"}]"#;
-        let end = first_user_message_end(first, 1000);
-        assert_eq!(end, Some(first.len() - 1), "just after the first message's brace");
-        assert_eq!(first_user_message_end(second, 1000), end, "the next turn agrees");
-        let system = br#" [ {"role": "system", "content": "be brief"} , {"content":"x\"}", "role":"user"} ]"#;
-        assert_eq!(first_user_message_end(system, 1000), Some(system.len() - 2), "past the system message");
-        assert_eq!(first_user_message_end(system, 60), None, "the user message runs past the limit");
-        assert_eq!(first_user_message_end(br#""a completion prompt""#, 1000), None);
-        for bad in [&b"["[..], b"[1", b"[{\"role\":", b"", b"[{\"role\":\"system\"}}"] {
-            assert_eq!(first_user_message_end(bad, 1000), None, "{:?}", String::from_utf8_lossy(bad));
-        }
-        assert_eq!(first_user_message_end(b"[{}]", 1000), Some(3), "a message without a role is the user's");
-    }
 
     #[test]
     fn chained_and_seeded_by_model() {

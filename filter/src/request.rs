@@ -212,13 +212,8 @@ fn member_start(b: &[u8], at: usize, key: &[u8]) -> Option<usize> {
             return None;
         }
         let key_end = string_end(b, i)?;
-        let name = b.get(i + 1..key_end - 1)?;
         // A key spelled with escapes (`"\u006dodel"`) is the same key to every JSON reader.
-        let same = if name.contains(&b'\\') {
-            b.get(i..key_end).and_then(|quoted| serde_json::from_slice::<String>(quoted).ok()).is_some_and(|k| k.as_bytes() == key)
-        } else {
-            name == key
-        };
+        let same = string_value(b, i).is_some_and(|k| k.as_bytes() == key);
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return None;
@@ -232,6 +227,44 @@ fn member_start(b: &[u8], at: usize, key: &[u8]) -> Option<usize> {
             Some(b',') => i += 1,
             _ => return None,
         }
+    }
+}
+
+/// Where a chat prompt's first user message ends (the byte after it), if within `within`
+/// bytes of `prompt`, the raw JSON of `messages`. Every later turn of the conversation
+/// repeats the prompt up to there, while the end of each turn's prompt changes, so a
+/// block before it names the conversation in every turn. System and developer messages
+/// before it are passed over: many conversations share them. `None` for a completion's
+/// prompt, or a first user message that runs on past `within`.
+pub fn first_user_message_end(prompt: &[u8], within: usize) -> Option<usize> {
+    let head = prompt.get(..prompt.len().min(within))?;
+    let mut at = skip_ws(head, 0);
+    if head.get(at) != Some(&b'[') {
+        return None;
+    }
+    loop {
+        at = skip_ws(head, at + 1);
+        let end = value_end(head, at)?;
+        let role = member_start(head, at, b"role").and_then(|r| string_value(head, r));
+        if !matches!(role.as_deref(), Some("system" | "developer")) {
+            // A message is an object; anything else names no conversation.
+            return (head.get(at) == Some(&b'{')).then_some(end);
+        }
+        at = skip_ws(head, end);
+        if head.get(at) != Some(&b',') {
+            return None;
+        }
+    }
+}
+
+/// The string value starting at `at` (escapes read as every JSON reader reads them).
+fn string_value(b: &[u8], at: usize) -> Option<std::borrow::Cow<'_, str>> {
+    let quoted = b.get(at..string_end(b, at)?)?;
+    let inner = quoted.get(1..quoted.len() - 1)?;
+    if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(quoted).ok().map(std::borrow::Cow::Owned)
+    } else {
+        std::str::from_utf8(inner).ok().map(std::borrow::Cow::Borrowed)
     }
 }
 
@@ -435,6 +468,23 @@ mod tests {
         assert_eq!(with_model(br#"{"messages":[]}"#, "a"), None);
         assert_eq!(with_model(br#"{"model":7}"#, "a"), None);
         assert_eq!(with_model(br#"{"a":[1,{"b":"}"}],"model":"m"}"#, "z").unwrap(), br#"{"a":[1,{"b":"}"}],"model":"z"}"#);
+    }
+
+    #[test]
+    fn a_conversations_first_user_message_ends_where_every_turn_agrees() {
+        let first = br#"[{"role":"user","content":"hello"}]"#;
+        let second = br#"[{"role":"user","content":"hello"},{"role":"assistant","content":"hi"},{"role":"user","content":"more"}]"#;
+        let end = first_user_message_end(first, 1000);
+        assert_eq!(end, Some(first.len() - 1), "just after the first message's brace");
+        assert_eq!(first_user_message_end(second, 1000), end, "the next turn agrees");
+        let system = br#" [ {"role": "system", "content": "be brief"} , {"content":"x\"}", "role":"user"} ]"#;
+        assert_eq!(first_user_message_end(system, 1000), Some(system.len() - 2), "past the system message");
+        assert_eq!(first_user_message_end(system, 60), None, "the user message runs past the limit");
+        assert_eq!(first_user_message_end(br#""a completion prompt""#, 1000), None);
+        for bad in [&b"["[..], b"[1", b"[{\"role\":", b"", b"[{\"role\":\"system\"}}"] {
+            assert_eq!(first_user_message_end(bad, 1000), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(first_user_message_end(b"[{}]", 1000), Some(3), "a message without a role is the user's");
     }
 
     #[test]

@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     // reads a struct from an array too).
     let prompt = got.as_ref().map_or(&[][..], |b| b.prompt);
     for bytes in [prompt, data] {
-        if let Some(end) = epp::prefix::first_user_message_end(bytes, 512) {
+        if let Some(end) = epp::request::first_user_message_end(bytes, 512) {
             assert!(end <= bytes.len().min(512) && matches!(bytes[end - 1], b'}' | b']'), "{end} in {bytes:?}");
         }
     }

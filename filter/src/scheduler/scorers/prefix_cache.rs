@@ -192,7 +192,7 @@ impl Scorer for PrefixCacheScorer {
         // A conversation keeps its anchor from turn to turn: a block within its first user
         // message, which every turn repeats (the end of the prompt does not stay).
         let within = p.placement_block.saturating_mul(p.hash_block_size);
-        let stable = prefix::first_user_message_end(request.prompt, within)
+        let stable = crate::request::first_user_message_end(request.prompt, within)
             .map_or(p.placement_block, |end| (end / p.hash_block_size).max(1));
         let anchor = self.hashes[p.placement_block.min(stable).min(n) - 1];
         let recorded_here = scores.iter().any(|&share| share > 0.0);
