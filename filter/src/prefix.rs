@@ -75,6 +75,16 @@ impl Recent {
     }
 }
 
+/// What `PrefixIndex::matched` found for one endpoint.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Match {
+    /// Leading blocks it was sent (up to the first miss).
+    pub blocks: usize,
+    /// Of those, the leading ones in its current generation: recording the prompt there
+    /// next need not touch them again.
+    pub current: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct PrefixIndex {
     /// Each endpoint's blocks, and when it was last sent one (a count of records).
@@ -88,11 +98,11 @@ pub const MAX_ENDPOINTS: usize = 1024;
 
 impl PrefixIndex {
     /// How many leading blocks of `hashes` were sent to `address` (stops at the first miss).
-    pub fn matched(&self, address: &str, hashes: &[u64]) -> usize {
-        match self.endpoints.get(address) {
-            Some((r, _)) => hashes.iter().take_while(|h| r.contains(h)).count(),
-            None => 0,
-        }
+    pub fn matched(&self, address: &str, hashes: &[u64]) -> Match {
+        let Some((r, _)) = self.endpoints.get(address) else { return Match::default() };
+        let current = hashes.iter().take_while(|&h| r.current.contains(h)).count();
+        let older = hashes[current..].iter().take_while(|h| r.contains(h)).count();
+        Match { blocks: current + older, current }
     }
 
     /// Endpoints with blocks remembered.
@@ -101,7 +111,10 @@ impl PrefixIndex {
     }
 
     /// `address` was sent a prompt with these blocks; it keeps about `capacity` of them.
-    pub fn record(&mut self, address: &str, hashes: &[u64], capacity: usize) {
+    /// `matched` is what `matched` found for it since the index last changed: the blocks
+    /// already in its current generation are left as they are (the decision's own lookups
+    /// told where they are, and inserting them again would change nothing).
+    pub fn record(&mut self, address: &str, hashes: &[u64], matched: Match, capacity: usize) {
         self.records += 1;
         if !self.endpoints.contains_key(address) {
             if self.endpoints.len() >= MAX_ENDPOINTS {
@@ -115,7 +128,7 @@ impl PrefixIndex {
         let records = self.records;
         if let Some((r, at)) = self.endpoints.get_mut(address) {
             *at = records;
-            for &h in hashes {
+            for &h in hashes.get(matched.current..).unwrap_or_default() {
                 r.insert(h, capacity);
             }
         }
@@ -144,28 +157,46 @@ mod tests {
     #[test]
     fn matches_the_leading_run_and_forgets_the_oldest() {
         let mut index = PrefixIndex::default();
-        index.record("a", &[1, 2, 3], 100);
-        assert_eq!(index.matched("a", &[1, 2, 3, 4]), 3);
-        assert_eq!(index.matched("a", &[9, 2, 3]), 0, "a prefix match stops at the first miss");
-        assert_eq!(index.matched("b", &[1]), 0);
+        index.record("a", &[1, 2, 3], Match::default(), 100);
+        assert_eq!(index.matched("a", &[1, 2, 3, 4]).blocks, 3);
+        assert_eq!(index.matched("a", &[9, 2, 3]).blocks, 0, "a prefix match stops at the first miss");
+        assert_eq!(index.matched("b", &[1]).blocks, 0);
         // Capacity 4: generations of 2; old blocks go once two newer generations filled.
         let mut small = PrefixIndex::default();
-        small.record("a", &[1, 2], 4);
-        small.record("a", &[3, 4], 4);
-        small.record("a", &[5, 6], 4);
-        assert_eq!(small.matched("a", &[1]), 0);
-        assert_eq!(small.matched("a", &[5, 6]), 2);
+        small.record("a", &[1, 2], Match::default(), 4);
+        small.record("a", &[3, 4], Match::default(), 4);
+        small.record("a", &[5, 6], Match::default(), 4);
+        assert_eq!(small.matched("a", &[1]).blocks, 0);
+        assert_eq!(small.matched("a", &[5, 6]).blocks, 2);
+    }
+
+    #[test]
+    fn recording_after_a_match_leaves_the_index_as_recording_everything() {
+        // Prompts of shared prefixes, recorded again and again in a small index (its
+        // generations turn over often): the blocks the match found in the current
+        // generation are skipped, and every later match is the same as without skipping.
+        let prompts: Vec<Vec<u64>> = (0..40u64).map(|i| (0..(i % 7 + 1)).map(|b| b * 10 + i % 3).collect()).collect();
+        let (mut skipping, mut full) = (PrefixIndex::default(), PrefixIndex::default());
+        for p in prompts.iter().cycle().take(400) {
+            let found = skipping.matched("a", p);
+            assert_eq!(found, full.matched("a", p));
+            skipping.record("a", p, found, 9);
+            full.record("a", p, Match::default(), 9);
+            for q in &prompts {
+                assert_eq!(skipping.matched("a", q), full.matched("a", q));
+            }
+        }
     }
 
     #[test]
     fn endpoints_that_left_are_forgotten_past_the_limit() {
         let mut index = PrefixIndex::default();
         for i in 0..MAX_ENDPOINTS + 10 {
-            index.record(&format!("10.0.{}.{}:8000", i / 256, i % 256), &[1], 10);
+            index.record(&format!("10.0.{}.{}:8000", i / 256, i % 256), &[1], Match::default(), 10);
         }
         assert_eq!(index.endpoints(), MAX_ENDPOINTS);
-        assert_eq!(index.matched("10.0.0.0:8000", &[1]), 0, "the oldest went first");
-        assert_eq!(index.matched("10.0.4.9:8000", &[1]), 1);
+        assert_eq!(index.matched("10.0.0.0:8000", &[1]).blocks, 0, "the oldest went first");
+        assert_eq!(index.matched("10.0.4.9:8000", &[1]).blocks, 1);
     }
 
 }

@@ -110,7 +110,7 @@ impl Router {
             .filter(|(_, e)| serves(e))
             .inspect(|_| any_serving = true)
             .filter(|(_, e)| e.is_usable(now_ms, stale_after))
-            .map(|(_, e)| Candidate { endpoint: e, pending: pending(e, in_flight(e.slot as usize)) })
+            .map(|(_, e)| Candidate { endpoint: e, pending: pending(e, in_flight(e.slot as usize), table.replicas) })
             .collect();
         if !any_allowed {
             return Outcome::Reject(Rejection::unavailable(format!(
@@ -214,10 +214,14 @@ impl Router {
     }
 }
 
-/// Requests sent since the scrape and not finished. The difference, not the gauge itself:
-/// a count that drifted (a VM restarted mid-request) cancels out.
-fn pending(e: &EndpointState, in_flight_now: i64) -> u32 {
-    (in_flight_now - e.in_flight_at_scrape).clamp(0, i64::from(u32::MAX)) as u32
+/// Requests sent since the scrape and not finished, by every replica in front of the pool.
+/// This proxy counts its own: the difference, not the gauge itself, so that a count that
+/// drifted (a VM restarted mid-request) cancels out. The other `replicas` send about as
+/// many to the same endpoints meanwhile: the load balancer in front feeds them alike, and
+/// they read the same metrics and pick alike (BENCHMARKS.md, overload).
+fn pending(e: &EndpointState, in_flight_now: i64, replicas: u32) -> u32 {
+    let own = (in_flight_now - e.in_flight_at_scrape).clamp(0, i64::from(u32::MAX)) as u32;
+    own.saturating_mul(replicas.max(1))
 }
 
 /// The subset header's addresses (`ip:port`, comma-separated, spaces allowed).
@@ -279,7 +283,7 @@ mod tests {
     }
 
     fn table(endpoints: Vec<EndpointState>) -> Table {
-        Table { published_ms: 1000, generation: 1, endpoints: slotted(endpoints) }
+        Table { published_ms: 1000, generation: 1, replicas: 1, endpoints: slotted(endpoints) }
     }
 
     /// Slots in row order, as a scraper of a listed pool gives them.
@@ -497,5 +501,22 @@ mod tests {
             *sent.entry(route(o)[0].clone()).or_default() += 1;
         }
         assert_eq!(sent.values().copied().collect::<std::collections::BTreeSet<i64>>(), [4].into());
+    }
+
+    #[test]
+    fn the_other_replicas_sends_since_the_scrape_count_like_this_ones() {
+        // a was idle at the scrape and this proxy has sent it one request since; b has two
+        // waiting. Alone, this proxy's a is the lighter; with two more replicas sending
+        // alike, three are on their way to a.
+        let pick = |replicas: u32| {
+            let mut t = table(vec![endpoint("a:1", load(0, 0, 0.0)), endpoint("b:1", load(2, 2, 0.0))]);
+            t.replicas = replicas;
+            let o = router(2).decide(Some(&t), &Incoming { model: Some("base"), ..Default::default() }, NOW, &|slot| {
+                i64::from(slot == 0)
+            });
+            route(o)[0].clone()
+        };
+        assert_eq!(pick(1), "a:1");
+        assert_eq!(pick(3), "b:1");
     }
 }

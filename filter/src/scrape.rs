@@ -68,7 +68,7 @@ pub struct Scraper {
     next_discovery_ms: u64,
     /// The last discovery failure, so that a lasting one is logged once.
     discovery_error: Option<String>,
-    /// Replicas that share their scrapes (`share_scrapes`): who scrapes what.
+    /// The peers heard (with `peers`), and with `share_scrapes` who scrapes what.
     share: Option<Share>,
     /// What the glue should log, once each.
     notes: Vec<String>,
@@ -95,7 +95,8 @@ impl Scraper {
         std::mem::take(&mut self.notes)
     }
 
-    /// Scrapes only this replica's share from now on, and takes the rest from peers.
+    /// This replica's id among its peers. With `share_scrapes` it scrapes only its share
+    /// from now on, and takes the rest from peers.
     pub fn share_as(&mut self, replica: u64) {
         let silence = (4 * self.config.peer_round_ms()).max(1000);
         self.share = Some(Share::new(replica, silence));
@@ -112,6 +113,9 @@ impl Scraper {
     pub fn adopt(&mut self, record: &peer::Record, now_ms: u64, in_flight: &dyn Fn(usize) -> i64) {
         let Some(share) = &mut self.share else { return };
         share.heard(record.replica, now_ms);
+        if !self.config.shares_scrapes() {
+            return;
+        }
         let share = share.clone();
         for row in &record.rows {
             let owner = share.owner(&row.address, now_ms);
@@ -145,14 +149,14 @@ impl Scraper {
     /// Leave the metrics of `t` to its owner: another replica scrapes it, and its rows
     /// are coming.
     fn left_to_peer(&self, t: &Target, now_ms: u64) -> bool {
-        let Some(share) = &self.share else { return false };
+        let Some(share) = self.share.as_ref().filter(|_| self.config.shares_scrapes()) else { return false };
         share.owner(&t.state.address, now_ms) != share.me
             && t.state.scraped_by != 0
             && t.state.scraped_by != share.me
             && now_ms.saturating_sub(t.state.checked_ms) <= self.shared_row_lifetime_ms()
     }
 
-    /// The replicas alive as this one hears them (1 without sharing).
+    /// The replicas alive as this one hears them (1 without peers).
     pub fn replicas_alive(&self, now_ms: u64) -> usize {
         self.share.as_ref().map_or(1, |s| s.alive(now_ms))
     }
@@ -416,6 +420,7 @@ impl Scraper {
         Table {
             published_ms: now_ms,
             generation: self.generation,
+            replicas: u32::try_from(self.replicas_alive(now_ms)).unwrap_or(u32::MAX),
             endpoints: self.targets.iter().filter(|t| !t.gone).map(|t| t.state.clone()).collect(),
         }
     }
@@ -612,6 +617,22 @@ mod tests {
         let mut next = scraper();
         next.resume(&before);
         assert_eq!(next.publish(30).endpoints, before.endpoints);
+    }
+
+    #[test]
+    fn replicas_that_scrape_apart_still_count_each_other() {
+        let config = serde_json::json!({"endpoints": ["10.0.0.1:8000"], "peers": ["10.1.0.2:10000"], "models_path": "",
+            "peer_token": "0123456789abcdef", "share_scrapes": false});
+        let mut a = Scraper::new(Config::parse(config.to_string().as_bytes()).unwrap());
+        a.share_as(1);
+        assert_eq!(a.publish(0).replicas, 1, "no peer heard yet");
+        let mut row = a.publish(0).endpoints[0].clone();
+        (row.scraped_by, row.checked_ms, row.metrics.waiting) = (2, 5, 7);
+        a.adopt(&peer::Record { replica: 2, rows: vec![row], prefixes: vec![] }, 10, &|_| 0);
+        let t = a.publish(10);
+        assert_eq!(t.replicas, 2);
+        assert_eq!(t.endpoints[0].metrics.waiting, 0, "its own scrapes, not the peer's rows");
+        assert_eq!(a.publish(60_000).replicas, 1, "a peer silent for a minute is gone");
     }
 
     #[test]

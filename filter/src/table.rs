@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The shared-data key of the table. The version in the key lets two module versions
 /// that share a `vm_id` during a rollout keep their own tables.
 pub const TABLE_KEY: &str = crate::names::keys::TABLE;
-const FORMAT: u8 = 3;
+const FORMAT: u8 = 4;
 /// The generation of the table last published (8 bytes, little-endian): a picker reads
 /// these 8 bytes per request, and the table itself only when they change.
 pub const GENERATION_KEY: &str = crate::names::keys::GENERATION;
@@ -20,6 +20,9 @@ pub struct Table {
     pub published_ms: u64,
     /// Bumped at every publish.
     pub generation: u64,
+    /// The Envoy replicas in front of this pool that the scraper hears, itself included
+    /// (1 without peers).
+    pub replicas: u32,
     pub endpoints: Vec<EndpointState>,
 }
 
@@ -188,6 +191,7 @@ mod tests {
         Table {
             published_ms: 1_700_000_000_000,
             generation: 9,
+            replicas: 2,
             endpoints: vec![EndpointState {
                 address: "10.0.0.1:8000".into(),
                 slot: 0,

@@ -259,7 +259,7 @@ fn rewrite_body(body: &[u8], target: &str) {
 /// Answers a peer with this replica's record: the rows it scraped itself (where replicas
 /// share their scrapes) and its prefix assignments.
 fn serve_peer(table: Option<&Table>, shares: bool, rows_only: bool) -> Action {
-    let replica = if shares { peer::replica_id(&host::HostStore, host::random_u64()) } else { 0 };
+    let replica = peer::replica_id(&host::HostStore, host::random_u64());
     let rows = match table {
         Some(t) if shares => t.endpoints.iter().filter(|e| e.scraped_by == replica).cloned().collect(),
         _ => Vec::new(),

@@ -93,9 +93,9 @@ enum Call {
 impl ScraperRoot {
     /// Scraping from now on, carrying on from the table last published, if any.
     fn start(config: Config) -> Self {
-        let shares = config.shares_scrapes();
+        let has_peers = config.has_peers();
         let mut scraper = Scraper::new(config);
-        if shares {
+        if has_peers {
             scraper.share_as(peer::replica_id(&host::HostStore, host::random_u64()));
         }
         let published = host::shared_bytes(TABLE_KEY).map(|bytes| Table::decode(&bytes));

@@ -30,8 +30,8 @@ pub struct SchedulingRequest<'a> {
     pub store: Option<&'a dyn SharedStore>,
 }
 
-/// An endpoint as the scheduler sees it: the scraped state, and the requests this proxy
-/// sent it since that state was scraped.
+/// An endpoint as the scheduler sees it: the scraped state, and the requests sent to it
+/// since that state was scraped (this proxy's, scaled to the replicas it hears).
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate<'a> {
     pub endpoint: &'a EndpointState,

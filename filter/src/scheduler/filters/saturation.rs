@@ -2,7 +2,7 @@ use serde::Deserialize;
 
 use crate::scheduler::{Candidate, Filter, SchedulingRequest};
 
-/// GIE's saturation detector: an endpoint whose queue (with what this proxy sent since the
+/// GIE's saturation detector: an endpoint whose queue (with what was sent since the
 /// scrape) reaches `queueDepthThreshold`, or whose KV cache is at least
 /// `kvCacheUtilThreshold` full, is saturated. Endpoints with stale metrics never get here:
 /// the router only schedules over fresh ones.

@@ -1,8 +1,9 @@
 use serde::Deserialize;
 
 use crate::prefix_record;
-use crate::prefix::{self, PrefixIndex};
+use crate::prefix::{self, Match, PrefixIndex};
 use crate::rendezvous;
+use crate::table::EndpointState;
 use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 
 /// The weight of a recorded share on an endpoint other than the prefix's assignment.
@@ -33,6 +34,9 @@ pub struct PrefixCacheScorer {
     /// assignment for it yet, kept for `picked`.
     hashes: Vec<u64>,
     anchor: Option<u64>,
+    /// What the index held of them for each candidate, by the identity of its row in the
+    /// table (the decision's candidates are distinct rows).
+    matches: Vec<(*const EndpointState, Match)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +102,7 @@ mod defaults {
         8
     }
     pub fn full_placement_blocks() -> usize {
-        128
+        256
     }
     pub fn placement_choices() -> usize {
         1
@@ -126,7 +130,7 @@ impl Params {
 
 impl PrefixCacheScorer {
     pub fn new(params: Params) -> Self {
-        PrefixCacheScorer { params, index: PrefixIndex::default(), hashes: Vec::new(), anchor: None }
+        PrefixCacheScorer { params, index: PrefixIndex::default(), hashes: Vec::new(), anchor: None, matches: Vec::new() }
     }
 
     /// Blocks an endpoint can hold: its KV cache in tokens, at ~4 bytes a token, when the
@@ -180,11 +184,14 @@ impl Scorer for PrefixCacheScorer {
         );
         let n = self.hashes.len();
         self.anchor = None;
+        self.matches.clear();
         if n == 0 {
             return;
         }
         for (s, c) in scores.iter_mut().zip(candidates) {
-            *s = self.index.matched(&c.address, &self.hashes) as f64 / n as f64;
+            let found = self.index.matched(&c.address, &self.hashes);
+            self.matches.push((c.endpoint, found));
+            *s = found.blocks as f64 / n as f64;
         }
         if p.placement == 0.0 {
             return; // GIE's scorer: what this VM recorded, nothing more
@@ -234,7 +241,9 @@ impl Scorer for PrefixCacheScorer {
 
     fn picked(&mut self, request: &SchedulingRequest, chosen: &Candidate) {
         let capacity = self.capacity(chosen);
-        self.index.record(&chosen.address, &self.hashes, capacity);
+        let row: *const EndpointState = chosen.endpoint;
+        let found = self.matches.iter().find(|(r, _)| *r == row).map_or(Match::default(), |&(_, m)| m);
+        self.index.record(&chosen.address, &self.hashes, found, capacity);
         if let (Some(anchor), Some(store)) = (self.anchor, request.store) {
             let count = self.params.placement_choices > 1;
             prefix_record::assign(store, anchor, prefix_record::endpoint_id(&chosen.address), count);
@@ -277,7 +286,7 @@ mod tests {
     fn first_sight_places_long_prompts_home_and_short_ones_lightly() {
         let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
         let view = candidates(&eps);
-        let long = vec![b'z'; 64 * 200];
+        let long = vec![b'z'; 64 * 256];
         let homes: Vec<usize> = (0..2)
             .map(|_| {
                 let out = scored(&mut scorer(0.5), &request(&long), &view);
@@ -286,16 +295,16 @@ mod tests {
             })
             .collect();
         assert_eq!(homes[0], homes[1], "independent VMs agree on the home");
-        let out = scored(&mut scorer(0.5), &request(&long[..64 * 32]), &view);
+        let out = scored(&mut scorer(0.5), &request(&long[..64 * 64]), &view);
         let top = out.iter().copied().fold(0.0, f64::max);
-        assert_eq!(top, 0.5 * 32.0 / 128.0, "32 blocks of 128: a quarter of the placement");
+        assert_eq!(top, 0.5 * 64.0 / 256.0, "64 blocks of 256: a quarter of the placement");
     }
 
     #[test]
     fn the_proxys_assignment_is_shared_by_its_workers() {
         let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
         let view = candidates(&eps);
-        let prompt = vec![b'q'; 64 * 200];
+        let prompt = vec![b'q'; 64 * 256];
         let store = crate::store::MemoryStore::default();
         let req = SchedulingRequest { model: Some("m"), prompt: &prompt, store: Some(&store), ..Default::default() };
         let mut first = scorer(0.5);
@@ -340,7 +349,7 @@ mod tests {
     fn the_assignment_outranks_where_this_vm_sent_the_prefix() {
         let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
         let view = candidates(&eps);
-        let prompt = vec![b'p'; 64 * 200];
+        let prompt = vec![b'p'; 64 * 256];
         let request = |store| SchedulingRequest { model: Some("m"), prompt: &prompt, store: Some(store), ..Default::default() };
         let mut vm = scorer(1.0);
         let before = crate::store::MemoryStore::default();
@@ -375,7 +384,7 @@ mod tests {
             let mut scorer = PrefixCacheScorer::new(params(choices));
             let mut counts = [0usize; 8];
             for g in 0..96u32 {
-                let prompt: Vec<u8> = g.to_le_bytes().iter().copied().cycle().take(64 * 200).collect();
+                let prompt: Vec<u8> = g.to_le_bytes().iter().copied().cycle().take(64 * 256).collect();
                 counts[home_of(&mut scorer, store, &prompt)] += 1;
             }
             counts.iter().max().unwrap() - counts.iter().min().unwrap()
@@ -386,7 +395,7 @@ mod tests {
         assert_eq!(prefix_record::prefixes_given(&store).iter().map(|&(_, n)| n).sum::<u32>(), 96);
         // One choice: always the rendezvous home, and nothing counted.
         let plain_store = crate::store::MemoryStore::default();
-        let req = SchedulingRequest { model: Some("m"), prompt: &[b'z'; 64 * 200], store: Some(&plain_store), ..Default::default() };
+        let req = SchedulingRequest { model: Some("m"), prompt: &[b'z'; 64 * 256], store: Some(&plain_store), ..Default::default() };
         let mut plain = PrefixCacheScorer::new(params(1));
         let out = scored(&mut plain, &req, &view);
         let rank = rendezvous::rank(plain.hashes[7], view.iter().map(|c| c.address.as_str()));
@@ -415,7 +424,7 @@ mod tests {
         let share = defaults::max_index_bytes() / BYTES_PER_BLOCK;
         assert_eq!(s.capacity(&Candidate::new(&e)), share, "the whole budget, for the only endpoint");
         for i in 0..4 {
-            s.index.record(&format!("b:{i}"), &[1], 10);
+            s.index.record(&format!("b:{i}"), &[1], Match::default(), 10);
         }
         assert_eq!(s.capacity(&Candidate::new(&e)), share / 4, "shared by the endpoints it remembers");
     }
