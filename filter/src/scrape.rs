@@ -111,12 +111,10 @@ impl Scraper {
     /// replica does not scrape itself. `in_flight` gives this proxy's count for a slot
     /// now, which stands for the count at the peer's scrape.
     pub fn adopt(&mut self, record: &peer::Record, now_ms: u64, in_flight: &dyn Fn(usize) -> i64) {
-        let Some(share) = &mut self.share else { return };
-        share.heard(record.replica, now_ms);
-        if !self.config.shares_scrapes() {
-            return;
+        if let Some(share) = &mut self.share {
+            share.heard(record.replica, now_ms);
         }
-        let share = share.clone();
+        let Some(share) = self.scrape_share().cloned() else { return };
         for row in &record.rows {
             let owner = share.owner(&row.address, now_ms);
             if owner == share.me {
@@ -149,11 +147,16 @@ impl Scraper {
     /// Leave the metrics of `t` to its owner: another replica scrapes it, and its rows
     /// are coming.
     fn left_to_peer(&self, t: &Target, now_ms: u64) -> bool {
-        let Some(share) = self.share.as_ref().filter(|_| self.config.shares_scrapes()) else { return false };
+        let Some(share) = self.scrape_share() else { return false };
         share.owner(&t.state.address, now_ms) != share.me
             && t.state.scraped_by != 0
             && t.state.scraped_by != share.me
             && now_ms.saturating_sub(t.state.checked_ms) <= self.shared_row_lifetime_ms()
+    }
+
+    /// Who scrapes what, where replicas share their scrapes (`share_scrapes`).
+    fn scrape_share(&self) -> Option<&Share> {
+        self.share.as_ref().filter(|_| self.config.shares_scrapes())
     }
 
     /// The replicas alive as this one hears them (1 without peers).
