@@ -11,6 +11,7 @@ pub mod engine;
 pub mod errors;
 pub mod header_map;
 pub mod in_flight;
+pub mod json;
 pub mod lease;
 pub mod models;
 pub mod names;

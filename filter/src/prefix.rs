@@ -69,7 +69,11 @@ impl Recent {
         if self.current.insert(h) {
             self.previous.remove(&h);
             if self.current.len() >= capacity.div_ceil(2).max(1) {
-                self.previous = std::mem::take(&mut self.current);
+                // The dropped generation's table, emptied, holds the next one: a
+                // generation grows to its size once, not again after every turn (its
+                // rehashes were a tenth of a 16 KB decision's cost).
+                std::mem::swap(&mut self.previous, &mut self.current);
+                self.current.clear();
             }
         }
     }

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::errors::Rejection;
+use crate::json::{self, skip_ws, string_end, value_end};
 
 /// The OpenAI paths whose bodies must name a model.
 const OPENAI_PATHS: [&str; 4] =
@@ -171,11 +172,47 @@ pub fn parse<'a>(path: &str, body: &'a [u8], prompt_bytes: usize) -> Result<Body
     if strict && text.is_err() {
         return Err(Rejection::bad_request("invalid_json", "The request body is not valid UTF-8."));
     }
+    // Nearly every request is valid: one validating scan reads it. Whatever it does not
+    // take, serde reads again, to say what is wrong (or, off an OpenAI path, to route by
+    // what it can).
+    if text.is_ok() {
+        if let Some(read) = read_valid(body, prompt_bytes) {
+            return Ok(read);
+        }
+    }
+    read_by_serde(strict, text.ok(), body, prompt_bytes)
+}
+
+/// The body as the picker reads it, if it is JSON serde accepts, an object with one
+/// non-empty string `model`; otherwise `None`, and serde says why. Reads what
+/// `read_by_serde` reads (the tests compare the two): keys as serde unescapes them, the
+/// first non-null `messages` or `prompt`.
+fn read_valid(body: &[u8], prompt_bytes: usize) -> Option<Body<'_>> {
+    let (mut model, mut messages, mut prompt) = (None, None, None);
+    for member in json::object_members(body)? {
+        let value = &body[member.value.clone()];
+        let given = (value != b"null").then_some(value);
+        match &*string_value(body, member.key.start)? {
+            // Two models would let the picker route by one while the server serves the
+            // other (serde calls it a duplicate field).
+            "model" if model.is_some() => return None,
+            "model" => model = Some(string_value(body, member.value.start).filter(|m| !m.is_empty())?.into_owned()),
+            "messages" if messages.is_none() => messages = given,
+            "prompt" if prompt.is_none() => prompt = given,
+            _ => {}
+        }
+    }
+    let raw = messages.or(prompt).unwrap_or_default();
+    Some(Body { model: Some(model?), prompt: &raw[..raw.len().min(prompt_bytes)] })
+}
+
+/// What serde's validating pass makes of a body: the model, or the error to answer with.
+fn read_by_serde<'a>(strict: bool, text: Option<&'a str>, body: &'a [u8], prompt_bytes: usize) -> Result<Body<'a>, Rejection> {
     // One pass: serde validates the whole body, keeps `model`, and gives the span of the
     // prompt's raw JSON.
     let kept = match text {
-        Ok(text) => serde_json::from_str::<Kept>(text),
-        Err(_) => serde_json::from_slice::<Kept>(body),
+        Some(text) => serde_json::from_str::<Kept>(text),
+        None => serde_json::from_slice::<Kept>(body),
     };
     let raw_prompt = kept.as_ref().ok().and_then(|k| k.messages.or(k.prompt)).map(|raw| raw.get().as_bytes());
     let model = match kept.map(|k| k.model) {
@@ -273,64 +310,6 @@ fn string_value(b: &[u8], at: usize) -> Option<std::borrow::Cow<'_, str>> {
 pub fn model_value_span(body: &[u8]) -> Option<Range<usize>> {
     let at = member_start(body, skip_ws(body, 0), b"model")?;
     (body.get(at) == Some(&b'"')).then(|| Some(at..string_end(body, at)?)).flatten()
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
-        i += 1;
-    }
-    i
-}
-
-/// `b[start]` is an opening quote; the index just past the closing one.
-fn string_end(b: &[u8], start: usize) -> Option<usize> {
-    closing_quote(b, start + 1).map(|quote| quote + 1)
-}
-
-/// The first unescaped quote at or after `from`, which is inside a string literal (just
-/// past its opening quote or an escaped quote). memchr finds quotes 16 bytes at a time
-/// (SIMD): long prompts are skipped, not walked byte by byte.
-fn closing_quote(b: &[u8], from: usize) -> Option<usize> {
-    let text = b.get(from..)?;
-    // One searcher for the whole string, not one set up again after each escaped quote:
-    // prompts escape quotes often.
-    memchr::memchr_iter(b'"', text)
-        .find(|&quote| {
-            // A quote after an odd run of backslashes is escaped.
-            let backslashes = text[..quote].iter().rev().take_while(|&&c| c == b'\\').count();
-            backslashes % 2 == 0
-        })
-        .map(|quote| from + quote)
-}
-
-/// The index just past the JSON value starting at `start`.
-fn value_end(b: &[u8], start: usize) -> Option<usize> {
-    match *b.get(start)? {
-        b'"' => string_end(b, start),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut i = start;
-            loop {
-                match *b.get(i)? {
-                    b'"' => {
-                        i = string_end(b, i)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-        }
-        // A number or a literal runs to the next separator.
-        _ => Some(start + b[start..].iter().take_while(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace()).count()),
-    }
 }
 
 /// `body` with its top-level `model` replaced by `model`, or `None` if it has none.
@@ -485,6 +464,69 @@ mod tests {
             assert_eq!(first_user_message_end(bad, 1000), None, "{:?}", String::from_utf8_lossy(bad));
         }
         assert_eq!(first_user_message_end(b"[{}]", 1000), Some(3), "a message without a role is the user's");
+    }
+
+    #[test]
+    fn the_validating_scan_reads_what_serde_reads() {
+        let valid: [&[u8]; 8] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"hi \"there\"\n\u00e9"}],"stream":true}"#,
+            br#" {"messages" : null, "prompt": ["a", 1.5e-3, {"x": [true, false, null]}], "\u006dodel": "m\/x"} "#,
+            b"{\n  \"model\": \"m\",\n  \"max_tokens\": -0,\n  \"messages\": []\n}",
+            br#"{"prompt":"a","model":"\u00e9","prompt":"b","messages":null,"messages":[1]}"#,
+            br#"{"model":"m","x":"\ud800 a lone surrogate, skipped unread"}"#,
+            br#"{"model":"m","messages":{}}"#,
+            "{\"model\":\"caf\u{e9}\",\"messages\":[{\"content\":\"\u{1f600}\"}]}".as_bytes(),
+            br#"{"model":"m"}"#,
+        ];
+        fn serde(b: &[u8]) -> Option<Body<'_>> {
+            read_by_serde(true, std::str::from_utf8(b).ok(), b, 48).ok()
+        }
+        for body in valid {
+            let fast = read_valid(body, 48);
+            assert!(fast.is_some(), "a valid request takes the scan: {}", String::from_utf8_lossy(body));
+            assert_eq!(fast, serde(body));
+        }
+        // What serde refuses, the scan leaves to it.
+        let refused: [&[u8]; 7] = [
+            br#"{"model":"a","model":"a"}"#,
+            br#"{"model":"a","\u006dodel":"b"}"#,
+            br#"{"model":null,"model":"a"}"#,
+            br#"{"model":""}"#,
+            br#"{"model":["m"]}"#,
+            br#"{"model":"\ud800"}"#,
+            br#"{"model":"m"} {}"#,
+        ];
+        for body in refused {
+            assert_eq!((read_valid(body, 48), serde(body)), (None, None), "{}", String::from_utf8_lossy(body));
+        }
+        // Bytes made from them by random edits: what the scan takes, serde takes the same
+        // way (what it leaves, serde reads or refuses; either is the answer).
+        let alphabet = b"{}[]\",:\\ \n\tu0e9-+.Etrufalsn\x01m";
+        let tokens: [&[u8]; 5] = [br#""model":"n","#, br#","\u006dodel":"o""#, br#""messages":[1],"#, br#","prompt":null"#, b"null"];
+        let mut rng = crate::rng::Rng::new(7);
+        let (mut taken, mut tried) = (0, 0);
+        for body in valid {
+            for _ in 0..4_000 {
+                let mut b = body.to_vec();
+                for _ in 0..1 + rng.below(3) {
+                    let at = rng.below(b.len() + 1);
+                    let c = alphabet[rng.below(alphabet.len())];
+                    match rng.below(4) {
+                        0 if at < b.len() => b[at] = c,
+                        1 if at < b.len() => drop(b.remove(at)),
+                        2 => drop(b.splice(at..at, tokens[rng.below(tokens.len())].iter().copied())),
+                        _ => b.insert(at, c),
+                    }
+                }
+                let Ok(_) = std::str::from_utf8(&b) else { continue };
+                tried += 1;
+                if let Some(fast) = read_valid(&b, 48) {
+                    taken += 1;
+                    assert_eq!(Some(fast), serde(&b), "{}", String::from_utf8_lossy(&b));
+                }
+            }
+        }
+        assert!(taken > tried / 20 && taken < tried, "the edits make both kinds: {taken} of {tried} taken");
     }
 
     #[test]
