@@ -332,7 +332,7 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
 fn perf_section(work: &Path, rounds: usize) -> Value {
     let (_upstreams, endpoints) = instant_upstreams();
     let mut cases = Vec::new();
-    for body_bytes in [1024usize, 16 * 1024] {
+    for body_bytes in [1024usize, 16 * 1024, 220 * 1024] {
         let (body, script) = body_and_script(work, "perf-", body_bytes);
         let mut rows: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 2];
         for round in 0..rounds {
