@@ -26,6 +26,7 @@ struct FloorRoot {
     steps: usize,
     endpoints: Rc<Vec<String>>,
     next: Rc<Cell<usize>>,
+    last_ms: Rc<Cell<Option<u128>>>,
 }
 
 impl Context for FloorRoot {}
@@ -45,6 +46,7 @@ impl RootContext for FloorRoot {
             steps: self.steps,
             endpoints: self.endpoints.clone(),
             next: self.next.clone(),
+            last_ms: self.last_ms.clone(),
             headers: 0,
         }))
     }
@@ -58,6 +60,8 @@ struct Floor {
     steps: usize,
     endpoints: Rc<Vec<String>>,
     next: Rc<Cell<usize>>,
+    /// The millisecond of this worker's last shared-data chores.
+    last_ms: Rc<Cell<Option<u128>>>,
     /// The serialized request headers' size (read as the picker reads them).
     headers: usize,
 }
@@ -113,9 +117,16 @@ impl HttpContext for Floor {
         if self.steps >= 5 {
             let _ = serde_json::from_slice::<ModelOnly>(&body);
         }
-        // 2: the clock and two shared-data reads; 3: a CAS write.
-        if self.steps >= 2 {
-            let _ = hostcalls::get_current_time();
+        // 2: the clock, and in a millisecond's first request three shared-data reads (the
+        // table's generation, a prefix record, the in-flight counts); 3: a CAS write then.
+        // As the picker, a worker's later requests in the same millisecond share them.
+        let now_ms = || hostcalls::get_current_time().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis());
+        let first_of_its_millisecond = self.steps >= 2 && {
+            let ms = now_ms();
+            self.last_ms.replace(ms) != ms
+        };
+        if first_of_its_millisecond {
+            let _ = hostcalls::get_shared_data("floor/generation");
             let _ = hostcalls::get_shared_data("floor/prefix-record");
             let (counts, cas) = hostcalls::get_shared_data(IN_FLIGHT).ok().unwrap_or((None, None));
             if self.steps >= 3 {

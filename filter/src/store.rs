@@ -42,6 +42,47 @@ pub fn encode_u32s(words: &[u32]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
+/// Another store's values as read within one millisecond: a worker deciding many
+/// requests a millisecond reads each key once (a host call costs about a microsecond in
+/// Envoy's V8), and sees what other workers wrote at most a millisecond late. A write
+/// goes through and forgets the key, so a CAS write always starts from a read with the
+/// value's true version.
+#[derive(Default)]
+pub struct ReadsThisMillisecond {
+    at_ms: core::cell::Cell<u64>,
+    read: core::cell::RefCell<hashbrown::HashMap<String, Option<(Vec<u8>, u32)>>>,
+}
+
+impl ReadsThisMillisecond {
+    /// `store`, as seen at `now_ms`.
+    pub fn at<'a>(&'a self, store: &'a dyn SharedStore, now_ms: u64) -> CachedStore<'a> {
+        if self.at_ms.replace(now_ms) != now_ms {
+            self.read.borrow_mut().clear();
+        }
+        CachedStore { store, reads: self }
+    }
+}
+
+pub struct CachedStore<'a> {
+    store: &'a dyn SharedStore,
+    reads: &'a ReadsThisMillisecond,
+}
+
+impl SharedStore for CachedStore<'_> {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        if let Some(value) = self.reads.read.borrow().get(key) {
+            return value.clone();
+        }
+        let value = self.store.get(key);
+        self.reads.read.borrow_mut().insert(key.to_string(), value.clone());
+        value
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        self.reads.read.borrow_mut().remove(key);
+        self.store.set(key, value, cas)
+    }
+}
+
 /// An in-memory store with the host's CAS rules, for tests and native runs.
 #[derive(Default)]
 pub struct MemoryStore(core::cell::RefCell<hashbrown::HashMap<String, (Vec<u8>, u32)>>);
@@ -58,5 +99,57 @@ impl SharedStore for MemoryStore {
         }
         map.insert(key.to_string(), (value.to_vec(), version + 1));
         true
+    }
+}
+
+/// A store that counts the host calls made on it (reads, writes), for tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct CountingStore {
+    pub store: MemoryStore,
+    pub calls: core::cell::Cell<(usize, usize)>,
+}
+
+#[cfg(test)]
+impl SharedStore for CountingStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        let (gets, sets) = self.calls.get();
+        self.calls.set((gets + 1, sets));
+        self.store.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> bool {
+        let (gets, sets) = self.calls.get();
+        self.calls.set((gets, sets + 1));
+        self.store.set(key, value, cas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test;
+
+    #[test]
+    fn reads_are_shared_within_a_millisecond_and_writes_go_through() {
+        let host = CountingStore::default();
+        let reads = ReadsThisMillisecond::default();
+        host.set("k", b"1", 0);
+        let at = |ms| reads.at(&host, ms);
+        assert_eq!(at(5).get("k").map(|v| v.0), Some(b"1".to_vec()));
+        assert_eq!(at(5).get("k").map(|v| v.0), Some(b"1".to_vec()));
+        assert_eq!(at(5).get("none"), None);
+        assert_eq!(at(5).get("none"), None);
+        assert_eq!(host.calls.get(), (2, 1), "one read of each key in the millisecond");
+        // Another worker writes: seen in the next millisecond.
+        host.set("k", b"2", 0);
+        assert_eq!(at(5).get("k").unwrap().0, b"1");
+        assert_eq!(at(6).get("k").unwrap().0, b"2");
+        // A CAS write from this millisecond's read: it fails if someone wrote since, and the
+        // retry reads the true version.
+        let cached = at(6);
+        host.set("k", b"3", 0);
+        assert!(update(&cached, "k", 4, None, |v| Some([v, b"+"].concat())));
+        assert_eq!(host.store.get("k").unwrap().0, b"3+", "the other worker's write kept");
+        assert_eq!(at(6).get("k").unwrap().0, b"3+", "a write forgets the key");
     }
 }

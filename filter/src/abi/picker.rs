@@ -16,6 +16,7 @@ use crate::scheduler::Profile;
 use crate::in_flight;
 use crate::peer;
 use crate::stats;
+use crate::store::ReadsThisMillisecond;
 
 use super::telemetry::Telemetry;
 use crate::request;
@@ -39,6 +40,8 @@ struct WorkerState {
     stats: Stats,
     /// This worker's side of the in-flight counts.
     ledger: in_flight::Ledger,
+    /// The shared values the scheduler read in this millisecond (prefix assignments).
+    reads: ReadsThisMillisecond,
     /// When the table's generation was last checked: at most once a millisecond.
     checked_ms: u64,
     /// The metrics outage last logged, so that it is said once.
@@ -76,7 +79,7 @@ impl PickerRoot {
             log::warn!("wasm-epp picker: no timer: ended streams leave the in-flight counts with the next request");
         }
         let router = Router::new(config, profile, seed);
-        let worker = WorkerState { router, table: None, stats, ledger, checked_ms: 0, last_outage: None };
+        let worker = WorkerState { router, table: None, stats, ledger, reads: ReadsThisMillisecond::default(), checked_ms: 0, last_outage: None };
         PickerRoot { worker: Rc::new(RefCell::new(worker)) }
     }
 
@@ -84,8 +87,8 @@ impl PickerRoot {
     /// and shows the table's age and whether the picker is ready.
     pub fn tick(&self) {
         let mut worker = self.worker.borrow_mut();
-        worker.ledger.flush(&host::HostStore);
         let now = host::now_ms();
+        worker.ledger.flush(&host::HostStore, now);
         worker.refresh_table(now);
         let (age, ready) = worker.readiness(now);
         worker.stats.telemetry.set(stats::TABLE_AGE_MS, &[], age.unwrap_or(0));
@@ -168,21 +171,21 @@ impl PickerStream {
         let mut worker = self.worker.borrow_mut();
         let now = host::now_ms();
         worker.refresh_table(now);
-        let WorkerState { router, table, stats, ledger, last_outage, .. } = &mut *worker;
+        let WorkerState { router, table, stats, ledger, last_outage, reads, .. } = &mut *worker;
+        let shared = reads.at(&host::HostStore, now);
         let incoming = Incoming {
             model,
             prompt,
             objective: self.objective.as_deref(),
             subset: self.subset.as_deref(),
-            store: Some(&host::HostStore),
+            store: Some(&shared),
         };
-        let counts = ledger.view(&host::HostStore);
+        let counts = ledger.view(&host::HostStore, now);
         stats.decisions += 1;
         let timed = stats.decisions % TIMED_EVERY == 0;
         let started = if timed { host::now_ns() } else { 0 };
         let table = table.as_ref().map(|(_, t)| t);
         let outcome = router.decide(table, &incoming, now, &|slot| counts.get(slot));
-        let seen = counts.into_snapshot();
         if timed {
             let us = (host::now_ns().saturating_sub(started) / 1000) as u64;
             stats.telemetry.record(stats::SCHEDULER_DURATION_US, &[], us);
@@ -227,7 +230,7 @@ impl PickerStream {
                     host::increment(stats.fail_open);
                 }
                 if let Some(slot) = slot {
-                    ledger.sent(&host::HostStore, seen, slot);
+                    ledger.sent(&host::HostStore, slot, now);
                     self.counted = Some(slot);
                 }
                 self.explain = explain;

@@ -12,10 +12,11 @@ use model_sim::ServerParams;
 use serde_json::{json, Value};
 
 /// The host functions one request calls, by name, from its headers to its stream's end:
-/// the third of three identical requests, so that once-per-prefix work (the assignment,
-/// then its promotion on first reuse) and once-per-millisecond work is behind it, as in
-/// steady traffic.
-fn calls_per_request(wasm: &Path, plugin: Value) -> BTreeMap<&'static str, u64> {
+/// the fourth of four identical requests, so that once-per-prefix work (the assignment,
+/// then its promotion on first reuse, then the read after it) is behind it, as in steady
+/// traffic. Each in a new millisecond (`new_ms`: the worker's shared-data reads and write
+/// happen then), or all in one (a busy worker's later requests share them).
+fn calls_per_request(wasm: &Path, plugin: Value, new_ms: bool) -> BTreeMap<&'static str, u64> {
     let mut world = world_of(wasm, servers(4, ServerParams::default()), plugin, 1, 1);
     world.advance_ms(200);
     let prompt = "Summarise the quarterly report in three lines. ".repeat(30);
@@ -25,7 +26,10 @@ fn calls_per_request(wasm: &Path, plugin: Value) -> BTreeMap<&'static str, u64> 
     );
     let coverage = |w: &World| w.proxies[0].state.borrow().coverage.clone();
     let mut measured = BTreeMap::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
+        if new_ms {
+            world.advance_ms(1);
+        }
         let before = coverage(&world);
         route(&mut world, 0, 0, &request);
         measured = coverage(&world);
@@ -39,13 +43,16 @@ fn calls_per_request(wasm: &Path, plugin: Value) -> BTreeMap<&'static str, u64> 
 
 #[test]
 fn the_floor_with_every_chore_calls_the_host_as_the_module_does() {
-    let module = calls_per_request(&paths::epp_wasm(), json!({}));
-    let floor = calls_per_request(&paths::floor_wasm(), json!({"steps": 5}));
-    assert_eq!(floor, module, "the floor's chores (filter/examples/floor.rs) no longer match the module's host calls");
+    for new_ms in [true, false] {
+        let module = calls_per_request(&paths::epp_wasm(), json!({}), new_ms);
+        let floor = calls_per_request(&paths::floor_wasm(), json!({"steps": 5}), new_ms);
+        assert_eq!(floor, module, "the floor's chores (filter/examples/floor.rs) no longer match the module's host calls (new_ms {new_ms})");
+        assert_eq!(module.get("proxy_set_shared_data").is_some(), new_ms, "{module:?}");
+    }
 }
 
 #[test]
 fn the_bare_floor_only_reads_the_body() {
-    let floor = calls_per_request(&paths::floor_wasm(), json!({}));
+    let floor = calls_per_request(&paths::floor_wasm(), json!({}), true);
     assert_eq!(floor, BTreeMap::from([("proxy_get_buffer_bytes", 1)]));
 }
