@@ -202,8 +202,12 @@ fn read_valid(body: &[u8], prompt_bytes: usize) -> Option<Body<'_>> {
             _ => {}
         }
     }
-    let raw = messages.or(prompt).unwrap_or_default();
-    Some(Body { model: Some(model?), prompt: &raw[..raw.len().min(prompt_bytes)] })
+    Some(Body { model: Some(model?), prompt: prompt_head(messages.or(prompt), prompt_bytes) })
+}
+
+/// The raw JSON of `messages` (or, without one, the completion `prompt`), as far as asked.
+fn prompt_head(raw: Option<&[u8]>, prompt_bytes: usize) -> &[u8] {
+    raw.map_or(&[][..], |raw| &raw[..raw.len().min(prompt_bytes)])
 }
 
 /// What serde's validating pass makes of a body: the model, or the error to answer with.
@@ -231,9 +235,7 @@ fn read_by_serde<'a>(strict: bool, text: Option<&'a str>, body: &'a [u8], prompt
             ))
         }
     };
-    // The raw JSON of `messages` (or, without one, the completion `prompt`), as far as asked.
-    let prompt = raw_prompt.map_or(&[][..], |raw| &raw[..raw.len().min(prompt_bytes)]);
-    Ok(Body { model, prompt })
+    Ok(Body { model, prompt: prompt_head(raw_prompt, prompt_bytes) })
 }
 
 /// Where member `key`'s value starts in the object starting at `at`; values of earlier
