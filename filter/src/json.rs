@@ -58,11 +58,45 @@ fn value_start(b: &[u8], key_end: usize) -> Option<usize> {
     (b.get(colon) == Some(&b':')).then(|| skip_ws(b, colon + 1))
 }
 
+/// The containers a scan is inside, innermost last, by their closing bytes. The first 64
+/// are bits of a word (1: an object), so that the few levels of a request need no heap;
+/// deeper ones are on the heap, never on the VM's stack.
+#[derive(Default)]
+struct Open {
+    depth: usize,
+    shallow: u64,
+    deep: Vec<u8>,
+}
+
+impl Open {
+    fn push(&mut self, close: u8) {
+        match self.depth {
+            d @ 0..64 if close == b'}' => self.shallow |= 1 << d,
+            d @ 0..64 => self.shallow &= !(1 << d),
+            _ => self.deep.push(close),
+        }
+        self.depth += 1;
+    }
+
+    fn last(&self) -> Option<u8> {
+        match self.depth.checked_sub(1)? {
+            top @ 0..64 => Some(if self.shallow >> top & 1 == 1 { b'}' } else { b']' }),
+            _ => self.deep.last().copied(),
+        }
+    }
+
+    fn pop(&mut self) {
+        if self.depth > 64 {
+            self.deep.pop();
+        }
+        self.depth = self.depth.saturating_sub(1);
+    }
+}
+
 /// The index just past the JSON value starting at `start`, if it is a valid one.
-/// Containers are followed with a stack of their closing bytes, not by recursion: any
-/// depth costs heap, never the VM's stack.
+/// Containers are followed with a stack (`Open`), not by recursion: any depth is safe.
 pub fn value_end(b: &[u8], start: usize) -> Option<usize> {
-    let mut open: Vec<u8> = Vec::new();
+    let mut open = Open::default();
     let mut i = start;
     loop {
         i = match *b.get(i)? {
@@ -87,7 +121,7 @@ pub fn value_end(b: &[u8], start: usize) -> Option<usize> {
         // A value ended: a comma starts the next one in its container, closing bytes end
         // containers.
         loop {
-            let Some(&close) = open.last() else { return Some(i) };
+            let Some(close) = open.last() else { return Some(i) };
             i = skip_ws(b, i);
             match *b.get(i)? {
                 b',' => {
@@ -107,18 +141,42 @@ pub fn value_end(b: &[u8], start: usize) -> Option<usize> {
 
 /// `b[start]` should open a string: the index just past its closing quote, if the
 /// string is valid (no raw control character, known escapes).
+///
+/// The bytes are searched a window at a time for stops (quotes, backslashes, control
+/// bytes), and the escapes within a window are stepped over in its mask: a prompt's
+/// `\n` and `\"` every few dozen bytes do not restart the search.
 pub fn string_end(b: &[u8], start: usize) -> Option<usize> {
     if b.get(start) != Some(&b'"') {
         return None;
     }
     let mut i = start + 1;
     loop {
-        i = plain_run_end(b, i);
-        match *b.get(i)? {
-            b'"' => return Some(i + 1),
-            b'\\' => i = escape_end(b, i)?,
-            _ => return None,
+        // Most strings (keys, roles, models) end within 16 bytes: a wide window only
+        // past them.
+        let (mut mask, width) = stops(b, i, i > start + 16);
+        if width == 0 {
+            return None; // the input ended inside the string
         }
+        let mut next = i + width;
+        while mask != 0 {
+            let at = i + mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            match *b.get(at)? {
+                b'"' => return Some(at + 1),
+                b'\\' => {
+                    let end = escape_end(b, at)?;
+                    if end >= next {
+                        next = end;
+                        break;
+                    }
+                    // The escaped byte (a quote, a backslash) is no stop.
+                    mask &= u64::MAX << (end - i);
+                }
+                c if c < 0x20 => return None,
+                _ => {} // a false mark of the word path: see `stops`
+            }
+        }
+        i = next;
     }
 }
 
@@ -169,43 +227,54 @@ fn ends_plain_run(c: u8) -> bool {
     c == b'"' || c == b'\\' || c < 0x20
 }
 
-/// The first byte at or after `from` that `ends_plain_run`, or `b.len()`.
-fn plain_run_end(b: &[u8], from: usize) -> usize {
-    let mut i = from;
+/// How many bytes `stops` looks at in one go, at most (when asked for a wide window).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+const WINDOW: usize = 64;
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+const WINDOW: usize = 8;
+
+/// The bytes of `b[i..]` that `ends_plain_run`, as a mask (bit k for `b[i + k]`) over a
+/// window of up to `WINDOW` bytes if `wide`, 16 if not, and the window's width (0 at the
+/// end of `b`). The word path may also mark a byte right after a stop: callers look at
+/// each byte marked.
+fn stops(b: &[u8], i: usize, wide: bool) -> (u64, usize) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
-        use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128_any_true, v128_load, v128_or};
-        while i + 16 <= b.len() {
-            // SAFETY: b[i..i + 16] is in bounds, and v128_load reads unaligned addresses.
-            let v = unsafe { v128_load(b.as_ptr().add(i).cast()) };
-            let stops = v128_or(
+        use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_load, v128_or};
+        let at = |k: usize| -> u64 {
+            // SAFETY: callers check that b[i + k..i + k + 16] is in bounds; v128_load reads
+            // unaligned addresses.
+            let v: v128 = unsafe { v128_load(b.as_ptr().add(i + k).cast()) };
+            let marks = v128_or(
                 v128_or(u8x16_eq(v, u8x16_splat(b'"')), u8x16_eq(v, u8x16_splat(b'\\'))),
                 u8x16_lt(v, u8x16_splat(0x20)),
             );
-            if v128_any_true(stops) {
-                return i + u8x16_bitmask(stops).trailing_zeros() as usize;
-            }
-            i += 16;
+            u64::from(u8x16_bitmask(marks)) << k
+        };
+        if wide && i + WINDOW <= b.len() {
+            return (at(0) | at(16) | at(32) | at(48), WINDOW);
+        }
+        if i + 16 <= b.len() {
+            return (at(0), 16);
         }
     }
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    {
-        // Eight bytes at a time: a high bit marks each byte that is below 0x20 or equal to
-        // a quote or a backslash (false marks only ever follow a true one, and the first
-        // mark is the one taken).
+    let _ = wide;
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    if let Some(chunk) = b.get(i..i + WINDOW) {
+        // A high bit marks each byte below 0x20 or equal to a quote or a backslash; a
+        // borrow may also mark the byte after a true one.
         const ONES: u64 = u64::MAX / 255;
         const HIGH: u64 = ONES << 7;
         let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
-        while let Some(chunk) = b.get(i..i + 8) {
-            let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-            let marks = (below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1)) & HIGH;
-            if marks != 0 {
-                return i + marks.trailing_zeros() as usize / 8;
-            }
-            i += 8;
-        }
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let marks = (below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1)) & HIGH;
+        // Each byte's high bit gathered into bits 0..8.
+        return ((marks >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56, WINDOW);
     }
-    i + b[i..].iter().position(|&c| ends_plain_run(c)).unwrap_or(b.len() - i)
+    let tail = b.get(i..).unwrap_or_default();
+    let mask = tail.iter().enumerate().filter(|(_, &c)| ends_plain_run(c)).fold(0, |m, (k, _)| m | 1 << k);
+    (mask, tail.len())
 }
 
 #[cfg(test)]
@@ -214,20 +283,56 @@ mod tests {
     use crate::test;
 
     #[test]
-    fn a_plain_run_ends_at_the_first_quote_backslash_or_control_byte() {
-        // Every position of every stop byte, after every offset: the SIMD and word paths
-        // against the byte-by-byte definition.
-        for stop in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
-            for len in 0..40 {
-                for at in 0..=len {
-                    let mut b: Vec<u8> = (0..len).map(|k| [b'a', 0x20, 0x7f, 0xc3, 0xa9, b'!', 0xff, b'#'][k % 8]).collect();
-                    if at < len {
-                        b[at] = stop;
+    fn every_stop_is_marked_and_no_plain_byte_before_one() {
+        // Two stops at every pair of positions, after every offset, across the widths of
+        // every path (64- and 16-byte SIMD windows, 8-byte words, the scalar tail): the
+        // marks against the byte-by-byte definition.
+        let plain = |k: usize| [b'a', 0x20, 0x7f, 0xc3, 0xa9, b'!', 0xff, b'#', b'\x1f' + 1, b'"' + 1, b'\\' - 1][k % 11];
+        for (first, second) in [(b'"', b'\\'), (b'\\', b'\\'), (0x00, b'"'), (0x1f, b'\n')] {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 80, 130] {
+                for (x, y) in (0..len).flat_map(|x| [x, (x * 7 + 3) % len.max(1)].map(move |y| (x, y))) {
+                    let mut b: Vec<u8> = (0..len).map(plain).collect();
+                    b[x] = first;
+                    b[y] = second;
+                    for (from, wide) in (0..len).flat_map(|from| [(from, false), (from, true)]) {
+                        let (mask, width) = stops(&b, from, wide);
+                        let most = if wide { WINDOW } else { WINDOW.min(16) };
+                        assert!(width >= 1 && width <= most.min(len - from), "width {width} from {from} of {len}");
+                        for k in 0..width {
+                            let is_stop = ends_plain_run(b[from + k]);
+                            let marked = mask >> k & 1 == 1;
+                            let after_a_stop = b[from..from + k].iter().any(|&c| ends_plain_run(c));
+                            assert!(!is_stop || marked, "stop at {} unmarked (from {from}, len {len})", from + k);
+                            assert!(!marked || is_stop || after_a_stop, "plain {} marked first (from {from}, len {len})", from + k);
+                        }
+                        assert_eq!(mask.checked_shr(width as u32).unwrap_or(0), 0, "no mark past the window");
                     }
-                    for from in 0..=len {
-                        let want = from + b[from..].iter().position(|&c| ends_plain_run(c)).unwrap_or(len - from);
-                        assert_eq!(plain_run_end(&b, from), want, "stop {stop:#x} at {at} of {len}, from {from}");
-                    }
+                    assert_eq!(stops(&b, len, true), (0, 0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_at_every_offset_across_windows() {
+        // Strings of plain runs of every length between escapes of every kind, so escapes
+        // (and their escaped quotes and backslashes) fall on and across window borders.
+        for escape in [&br#"\""#[..], br#"\\"#, br#"\n"#, br#"\u00e9"#, br#"\/"#] {
+            for run in 0..70 {
+                let mut v = b"\"".to_vec();
+                for _ in 0..5 {
+                    v.extend(std::iter::repeat_n(b'x', run));
+                    v.extend_from_slice(escape);
+                }
+                v.push(b'"');
+                assert_eq!(string_end(&v, 0), Some(v.len()), "{}", String::from_utf8_lossy(&v));
+                assert!(serde_json::from_slice::<String>(&v).is_ok());
+                // Cut before its closing quote, or with a raw newline in the last run: invalid.
+                assert_eq!(string_end(&v[..v.len() - 1], 0), None);
+                if run > 0 {
+                    let mut raw = v.clone();
+                    raw[v.len() - 2 - escape.len()] = b'\n';
+                    assert_eq!(string_end(&raw, 0), None, "{}", String::from_utf8_lossy(&raw));
                 }
             }
         }
@@ -276,6 +381,29 @@ mod tests {
         assert_eq!(object_members(b"{}"), Some(vec![]));
         for bad in [&b"[]"[..], b"{} x", b"{\"a\":1", b"{\"a\":1,}", b"\x0c{}", b"{\"a\" 1}"] {
             assert_eq!(object_members(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn containers_close_in_order_past_the_inline_levels() {
+        // Objects and arrays alternating to depths either side of the 64 kept in a word,
+        // closed right and, once, wrong at every depth.
+        for depth in [1, 2, 63, 64, 65, 66, 130] {
+            let (mut open, mut close) = (String::new(), String::new());
+            for d in 0..depth {
+                let (o, c) = if d % 2 == 0 { (r#"{"k":"#, "}") } else { ("[", "]") };
+                open.push_str(o);
+                close.insert_str(0, c);
+            }
+            let v = format!("{open}1{close}");
+            assert_eq!(value_end(v.as_bytes(), 0), Some(v.len()), "depth {depth}");
+            for wrong in 0..depth {
+                let mut bad = v.clone().into_bytes();
+                let at = bad.len() - 1 - wrong;
+                bad[at] = if bad[at] == b'}' { b']' } else { b'}' };
+                assert_eq!(value_end(&bad, 0), None, "depth {depth}, wrong closer {wrong} from the end");
+                assert!(serde_json::from_slice::<serde::de::IgnoredAny>(&bad).is_err());
+            }
         }
     }
 
