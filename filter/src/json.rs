@@ -259,18 +259,19 @@ fn stops(b: &[u8], i: usize, wide: bool) -> (u64, usize) {
         }
     }
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    let _ = wide;
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    if let Some(chunk) = b.get(i..i + WINDOW) {
-        // A high bit marks each byte below 0x20 or equal to a quote or a backslash; a
-        // borrow may also mark the byte after a true one.
-        const ONES: u64 = u64::MAX / 255;
-        const HIGH: u64 = ONES << 7;
-        let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
-        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        let marks = (below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1)) & HIGH;
-        // Each byte's high bit gathered into bits 0..8.
-        return ((marks >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56, WINDOW);
+    {
+        let _ = wide; // words are the one width here
+        if let Some(chunk) = b.get(i..i + WINDOW) {
+            // A high bit marks each byte below 0x20 or equal to a quote or a backslash; a
+            // borrow may also mark the byte after a true one.
+            const ONES: u64 = u64::MAX / 255;
+            const HIGH: u64 = ONES << 7;
+            let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
+            let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            let marks = (below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1)) & HIGH;
+            // Each byte's high bit gathered into bits 0..8.
+            return ((marks >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56, WINDOW);
+        }
     }
     let tail = b.get(i..).unwrap_or_default();
     let mask = tail.iter().enumerate().filter(|(_, &c)| ends_plain_run(c)).fold(0, |m, (k, _)| m | 1 << k);

@@ -167,13 +167,15 @@ mod tests {
 
     #[test]
     fn every_block_size_hashes_alike() {
-        // 64 bytes, GIE's size, has a path of its own: the same values as any other size's.
+        // 64 bytes, GIE's size, has a path of its own: the values of the general one, for
+        // prompts of every length around a block's and limits below and past their blocks.
         let text: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let general = |size: usize| chained(XxHash64::oneshot(BLOCK_SEED, b"m"), text.chunks_exact(size).take(40));
-        assert_eq!(block_hashes("m", &text, 64, 40), general(64));
-        assert_eq!(block_hashes("m", &text, 64, 500).len(), 5000 / 64);
-        assert_eq!(block_hashes("m", &text, 32, 40), general(32));
-        assert_eq!(block_hashes("m", &text, 32, 40).len(), 40);
+        for len in [0, 63, 64, 65, 128, 1000, 5000] {
+            for max in [1, 8, 40, 500] {
+                let general = chained(XxHash64::oneshot(BLOCK_SEED, b"m"), text[..len].chunks_exact(64).take(max));
+                assert_eq!(block_hashes("m", &text[..len], 64, max), general, "{len} bytes, {max} blocks");
+            }
+        }
     }
 
     #[test]
