@@ -1,8 +1,8 @@
 //! A validating scan of JSON text that finds where things are and decodes nothing. It
 //! accepts what serde_json accepts when it skips a value unread (the request reader's
-//! tests check it against serde), and it looks at a string's bytes 16 at a time with
-//! wasm's SIMD: a prompt is nearly all string, and serde's scan of it was most of a long
-//! request's cost. UTF-8 is the caller's to check.
+//! tests check it against serde), and it looks at a string's bytes up to 64 at a time
+//! with wasm's SIMD: a prompt is nearly all string, and serde's scan of it was most of a
+//! long request's cost. UTF-8 is the caller's to check.
 
 use std::ops::Range;
 
