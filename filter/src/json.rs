@@ -6,42 +6,56 @@
 
 use std::ops::Range;
 
-/// A member of an object: its key (quotes included) and its value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Member {
-    pub key: Range<usize>,
-    pub value: Range<usize>,
+/// Walks the object that `b` is (one JSON object, nothing but whitespace around it): as
+/// `object_end`, and then nothing but whitespace.
+pub fn walk_object(b: &[u8], member: impl FnMut(Range<usize>, usize) -> Option<usize>) -> Option<()> {
+    let end = object_end(b, skip_ws(b, 0), member)?;
+    (skip_ws(b, end) == b.len()).then_some(())
 }
 
-/// The members of the object that `b` is, in order, if `b` is one JSON object with
-/// nothing but whitespace around it.
-pub fn object_members(b: &[u8]) -> Option<Vec<Member>> {
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
+/// The index just past the object starting at `start`, if it is a valid one. Its members
+/// are walked in order: `member(key, value_start)` is given each key's range (quotes
+/// included) and where its value starts, and scans the value its own way, returning where
+/// it ends (`None`: not valid, or refused).
+pub fn object_end(b: &[u8], start: usize, mut member: impl FnMut(Range<usize>, usize) -> Option<usize>) -> Option<usize> {
+    if b.get(start) != Some(&b'{') {
         return None;
     }
-    let mut members = Vec::new();
-    i = skip_ws(b, i + 1);
+    let mut i = skip_ws(b, start + 1);
     if b.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            let key = i..string_end(b, i)?;
-            let start = value_start(b, key.end)?;
-            let value = start..value_end(b, start)?;
-            i = skip_ws(b, value.end);
-            members.push(Member { key, value });
-            match b.get(i) {
-                Some(b',') => i = skip_ws(b, i + 1),
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return None,
-            }
+        return Some(i + 1);
+    }
+    loop {
+        let key = i..string_end(b, i)?;
+        let value = value_start(b, key.end)?;
+        i = skip_ws(b, member(key, value)?);
+        match *b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return Some(i + 1),
+            _ => return None,
         }
     }
-    (skip_ws(b, i) == b.len()).then_some(members)
+}
+
+/// The index just past the array starting at `start`, if it is a valid one. Its elements
+/// are scanned in order by `element(element_start)`, which returns where each ends; what
+/// it learns of the first ones holds even where the array turns out cut short.
+pub fn array_end(b: &[u8], start: usize, mut element: impl FnMut(usize) -> Option<usize>) -> Option<usize> {
+    if b.get(start) != Some(&b'[') {
+        return None;
+    }
+    let mut i = skip_ws(b, start + 1);
+    if b.get(i) == Some(&b']') {
+        return Some(i + 1);
+    }
+    loop {
+        i = skip_ws(b, element(i)?);
+        match *b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b']' => return Some(i + 1),
+            _ => return None,
+        }
+    }
 }
 
 /// JSON's whitespace (not form feed, which `u8::is_ascii_whitespace` also counts).
@@ -374,14 +388,53 @@ mod tests {
 
     #[test]
     fn an_object_gives_its_members_in_order() {
+        let members = |b: &[u8]| {
+            let mut got = vec![];
+            walk_object(b, |key, at| {
+                let end = value_end(b, at)?;
+                got.push((key, at..end));
+                Some(end)
+            })
+            .map(|()| got)
+        };
         let b = br#" { "b" : [1, "x"], "a":{"b":2},"b":null } "#;
-        let members = object_members(b).unwrap();
         let text = |r: &Range<usize>| std::str::from_utf8(&b[r.clone()]).unwrap();
-        let got: Vec<(&str, &str)> = members.iter().map(|m| (text(&m.key), text(&m.value))).collect();
+        let got: Vec<(&str, &str)> = members(b).unwrap().iter().map(|(k, v)| (text(k), text(v))).collect();
         assert_eq!(got, [(r#""b""#, r#"[1, "x"]"#), (r#""a""#, r#"{"b":2}"#), (r#""b""#, "null")]);
-        assert_eq!(object_members(b"{}"), Some(vec![]));
+        assert_eq!(members(b"{}"), Some(vec![]));
         for bad in [&b"[]"[..], b"{} x", b"{\"a\":1", b"{\"a\":1,}", b"\x0c{}", b"{\"a\" 1}"] {
-            assert_eq!(object_members(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(members(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        // A member refused stops the walk.
+        assert_eq!(walk_object(br#"{"a":1,"b":2}"#, |_, at| (at < 8).then_some(at + 1)), None);
+    }
+
+    #[test]
+    fn an_array_gives_its_elements_as_the_scan_passes_them() {
+        let elements = |b: &[u8]| {
+            let mut got = vec![];
+            let end = array_end(b, 0, |at| {
+                let end = value_end(b, at)?;
+                got.push(String::from_utf8_lossy(&b[at..end]).into_owned());
+                Some(end)
+            });
+            (end, got)
+        };
+        let b = br#"[ {"a": [1, 2]} ,"x",[] , null]"#;
+        assert_eq!(elements(b), (Some(b.len()), vec![r#"{"a": [1, 2]}"#.into(), r#""x""#.into(), "[]".into(), "null".into()]));
+        assert_eq!(elements(b"[ ]"), (Some(3), vec![]));
+        // Cut short or broken after the first element: the array is not valid, the
+        // element was still seen.
+        for bad in [&br#"[{"a":1}, {"b""#[..], br#"[{"a":1} 2]"#, br#"[{"a":1},]"#] {
+            assert_eq!(elements(bad), (None, vec![r#"{"a":1}"#.into()]), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(elements(b"{}"), (None, vec![]));
+        // Walked with plain value scans, arrays and objects end where `value_end` says.
+        for v in [&b"[1,[2,[3]],{\"k\":[]}]"[..], b"[]", b"[\"]\"]", b"[1 2]", b"[1,]"] {
+            assert_eq!(array_end(v, 0, |at| value_end(v, at)), value_end(v, 0), "{}", String::from_utf8_lossy(v));
+        }
+        for v in [&br#"{"a":{"b":[]},"c":"}"}"#[..], b"{}", br#"{"a"}"#, br#"{"a":1,}"#, br#"{"a":1 "b":2}"#] {
+            assert_eq!(object_end(v, 0, |_, at| value_end(v, at)), value_end(v, 0), "{}", String::from_utf8_lossy(v));
         }
     }
 

@@ -34,7 +34,8 @@ const PROTECTED: u32 = 1 << 31;
 const MAX_PROTECTED: usize = PER_SHARD / 2;
 
 fn key(anchor: u64) -> String {
-    format!("{}{}", crate::names::keys::PREFIX_RECORD_SHARDS, anchor % SHARDS)
+    // Not `format!`: its machinery cost more than the rest of a request's lookup.
+    [crate::names::keys::PREFIX_RECORD_SHARDS, itoa::Buffer::new().format(anchor % SHARDS)].concat()
 }
 
 /// A shard holds its protected entries first (most recently promoted first), then the
@@ -47,15 +48,17 @@ struct Entry {
     protected: bool,
 }
 
+fn entries(bytes: &[u8]) -> impl Iterator<Item = Entry> + '_ {
+    bytes.as_chunks::<ENTRY>().0.iter().map(|c| {
+        let (anchor, endpoint) = c.split_at(8);
+        let anchor = u64::from_le_bytes(anchor.try_into().unwrap_or_default());
+        let endpoint = u32::from_le_bytes(endpoint.try_into().unwrap_or_default());
+        Entry { anchor, endpoint: endpoint & !PROTECTED, protected: endpoint & PROTECTED != 0 }
+    })
+}
+
 fn decode(bytes: &[u8]) -> Vec<Entry> {
-    bytes
-        .chunks_exact(ENTRY)
-        .map(|c| {
-            let word = |r: core::ops::Range<usize>| c[r].iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-            let endpoint = word(8..12) as u32;
-            Entry { anchor: word(0..8), endpoint: endpoint & !PROTECTED, protected: endpoint & PROTECTED != 0 }
-        })
-        .collect()
+    entries(bytes).collect()
 }
 
 fn encode(entries: &[Entry]) -> Vec<u8> {
@@ -107,7 +110,7 @@ fn count_given(store: &dyn SharedStore, endpoints: &[u32]) {
 /// write, once); after that a hit is a read.
 pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
     let (bytes, cas) = store.get(&key(anchor))?;
-    let found = decode(&bytes).into_iter().find(|e| e.anchor == anchor)?;
+    let found = entries(&bytes).find(|e| e.anchor == anchor)?;
     if !found.protected {
         crate::store::update(store, &key(anchor), 3, Some((bytes, cas)), |bytes| {
             let mut entries = decode(bytes);

@@ -145,11 +145,27 @@ impl<'de> Deserialize<'de> for Kept<'de> {
 #[derive(Debug, Default, PartialEq)]
 pub struct Body<'a> {
     pub model: Option<String>,
-    /// The start of the prompt as the client wrote it: the raw JSON of `messages` (GIE
-    /// hashes the JSON of the messages too) or of the completion `prompt`, at most the
-    /// bytes asked for. Nothing is decoded or copied: the same conversation always gives
-    /// the same bytes, and a longer one starts with them.
-    pub prompt: &'a [u8],
+    pub prompt: Prompt<'a>,
+}
+
+/// The start of a request's prompt, as the client wrote it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Prompt<'a> {
+    /// The raw JSON of `messages` (GIE hashes the JSON of the messages too) or of the
+    /// completion `prompt`, at most the bytes asked for. Nothing is decoded or copied: the
+    /// same conversation always gives the same bytes, and a longer one starts with them.
+    pub bytes: &'a [u8],
+    /// Where a chat prompt's first user message ends in `bytes` (the byte after it), if it
+    /// ends within them: `first_user_message_end`, found by the body's one scan.
+    pub first_user_end: Option<usize>,
+}
+
+impl<'a> Prompt<'a> {
+    /// A prompt read on its own (not by `parse`): its first user message found by a scan
+    /// of its bytes.
+    pub fn of(bytes: &'a [u8]) -> Self {
+        Prompt { bytes, first_user_end: first_user_message_end(bytes, bytes.len()) }
+    }
 }
 
 /// The model and up to `prompt_bytes` of the prompt (0: the prompt is not read at all).
@@ -186,28 +202,45 @@ pub fn parse<'a>(path: &str, body: &'a [u8], prompt_bytes: usize) -> Result<Body
 /// The body as the picker reads it, if it is JSON serde accepts, an object with one
 /// non-empty string `model`; otherwise `None`, and serde says why. Reads what
 /// `read_by_serde` reads (the tests compare the two): keys as serde unescapes them, the
-/// first non-null `messages` or `prompt`.
+/// first non-null `messages` or `prompt`. One scan: the prompt's first user message is
+/// found as the scan passes it.
 fn read_valid(body: &[u8], prompt_bytes: usize) -> Option<Body<'_>> {
     let (mut model, mut messages, mut prompt) = (None, None, None);
-    for member in json::object_members(body)? {
-        let value = &body[member.value.clone()];
-        let given = (value != b"null").then_some(value);
-        match &*string_value(body, member.key.start)? {
-            // Two models would let the picker route by one while the server serves the
-            // other (serde calls it a duplicate field).
-            "model" if model.is_some() => return None,
-            "model" => model = Some(string_value(body, member.value.start).filter(|m| !m.is_empty())?.into_owned()),
-            "messages" if messages.is_none() => messages = given,
-            "prompt" if prompt.is_none() => prompt = given,
-            _ => {}
+    json::walk_object(body, |key, at| match &*string_value(body, key.start)? {
+        // Two models would let the picker route by one while the server serves the other
+        // (serde calls it a duplicate field).
+        "model" if model.is_some() => None,
+        "model" => {
+            let end = string_end(body, at)?;
+            model = Some(unquote(&body[at..end]).filter(|m| !m.is_empty())?.into_owned());
+            Some(end)
         }
-    }
-    Some(Body { model: Some(model?), prompt: prompt_head(messages.or(prompt), prompt_bytes) })
+        "messages" if messages.is_none() => {
+            let (end, read) = read_prompt(body, at, prompt_bytes)?;
+            messages = read;
+            Some(end)
+        }
+        "prompt" if prompt.is_none() => {
+            let (end, read) = read_prompt(body, at, prompt_bytes)?;
+            prompt = read;
+            Some(end)
+        }
+        _ => value_end(body, at),
+    })?;
+    Some(Body { model: Some(model?), prompt: messages.or(prompt).unwrap_or_default() })
 }
 
-/// The raw JSON of `messages` (or, without one, the completion `prompt`), as far as asked.
-fn prompt_head(raw: Option<&[u8]>, prompt_bytes: usize) -> &[u8] {
-    raw.map_or(&[][..], |raw| &raw[..raw.len().min(prompt_bytes)])
+/// The value at `at` read as a prompt: where it ends, and the prompt (`None` for `null`,
+/// which keeps no prompt, as serde reads it).
+fn read_prompt(body: &[u8], at: usize, prompt_bytes: usize) -> Option<(usize, Option<Prompt<'_>>)> {
+    let mut first_user = FirstUser::new(at, prompt_bytes);
+    let end = match body.get(at) {
+        Some(b'[') => json::array_end(body, at, |message| first_user.read(body, message))?,
+        _ => value_end(body, at)?,
+    };
+    let raw = &body[at..end];
+    let given = raw != b"null";
+    Some((end, given.then(|| Prompt { bytes: &raw[..raw.len().min(prompt_bytes)], first_user_end: first_user.end() })))
 }
 
 /// What serde's validating pass makes of a body: the model, or the error to answer with.
@@ -219,6 +252,7 @@ fn read_by_serde<'a>(strict: bool, text: Option<&'a str>, body: &'a [u8], prompt
         None => serde_json::from_slice::<Kept>(body),
     };
     let raw_prompt = kept.as_ref().ok().and_then(|k| k.messages.or(k.prompt)).map(|raw| raw.get().as_bytes());
+    let prompt = Prompt::of(raw_prompt.map_or(&[][..], |raw| &raw[..raw.len().min(prompt_bytes)]));
     let model = match kept.map(|k| k.model) {
         Ok(Some(Value::String(m))) if !m.is_empty() => Some(m),
         _ if !strict => None,
@@ -235,7 +269,7 @@ fn read_by_serde<'a>(strict: bool, text: Option<&'a str>, body: &'a [u8], prompt
             ))
         }
     };
-    Ok(Body { model, prompt: prompt_head(raw_prompt, prompt_bytes) })
+    Ok(Body { model, prompt })
 }
 
 /// Where member `key`'s value starts in the object starting at `at`; values of earlier
@@ -277,29 +311,70 @@ fn member_start(b: &[u8], at: usize, key: &[u8]) -> Option<usize> {
 /// prompt, or a first user message that runs on past `within`.
 pub fn first_user_message_end(prompt: &[u8], within: usize) -> Option<usize> {
     let head = prompt.get(..prompt.len().min(within))?;
-    let mut at = skip_ws(head, 0);
-    if head.get(at) != Some(&b'[') {
-        return None;
+    let at = skip_ws(head, 0);
+    let mut first_user = FirstUser::new(0, head.len());
+    // A head cut inside the array is no valid array; the messages it holds were read.
+    let _ = json::array_end(head, at, |message| first_user.read(head, message));
+    first_user.end()
+}
+
+/// Reads a chat prompt's messages as the scan passes them, to where its first user
+/// message ends, counted from the prompt's `start` and if within `within` bytes of it.
+struct FirstUser {
+    start: usize,
+    within: usize,
+    /// `Some` once decided.
+    found: Option<Option<usize>>,
+}
+
+impl FirstUser {
+    fn new(start: usize, within: usize) -> Self {
+        FirstUser { start, within, found: None }
     }
-    loop {
-        at = skip_ws(head, at + 1);
-        let end = value_end(head, at)?;
-        let role = member_start(head, at, b"role").and_then(|r| string_value(head, r));
-        if !matches!(role.as_deref(), Some("system" | "developer")) {
+
+    /// Scans the message at `at` and returns where it ends. Until the first user message
+    /// is found, a message's members are walked for its role: the scan reads each byte
+    /// once, whatever order the keys come in.
+    fn read(&mut self, b: &[u8], at: usize) -> Option<usize> {
+        if self.found.is_some() || b.get(at) != Some(&b'{') {
+            let end = value_end(b, at)?;
             // A message is an object; anything else names no conversation.
-            return (head.get(at) == Some(&b'{')).then_some(end);
+            self.found.get_or_insert(None);
+            return Some(end);
         }
-        at = skip_ws(head, end);
-        if head.get(at) != Some(&b',') {
-            return None;
+        // The first `role` counts, as `member_start` finds it; one that is no string is
+        // no system's.
+        let mut role = None;
+        let end = json::object_end(b, at, |key, value| {
+            let end = value_end(b, value)?;
+            if role.is_none() && unquote(&b[key]).is_some_and(|k| k == "role") {
+                role = Some(unquote(&b[value..end]).filter(|_| b[value] == b'"'));
+            }
+            Some(end)
+        })?;
+        let system = matches!(role.flatten().as_deref(), Some("system" | "developer"));
+        let end_in_prompt = end - self.start;
+        if end_in_prompt > self.within {
+            self.found = Some(None);
+        } else if !system {
+            self.found = Some(Some(end_in_prompt));
         }
+        Some(end)
+    }
+
+    fn end(&self) -> Option<usize> {
+        self.found.flatten()
     }
 }
 
 /// The string value starting at `at` (escapes read as every JSON reader reads them).
 fn string_value(b: &[u8], at: usize) -> Option<std::borrow::Cow<'_, str>> {
-    let quoted = b.get(at..string_end(b, at)?)?;
-    let inner = quoted.get(1..quoted.len() - 1)?;
+    unquote(b.get(at..string_end(b, at)?)?)
+}
+
+/// A whole JSON string's value (`quoted`: its quotes included, the string valid).
+fn unquote(quoted: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
     if inner.contains(&b'\\') {
         serde_json::from_slice::<String>(quoted).ok().map(std::borrow::Cow::Owned)
     } else {
@@ -413,15 +488,15 @@ mod tests {
         let b = parse("/v1/chat/completions", chat, 1000).unwrap();
         assert_eq!(b.model.as_deref(), Some("m"));
         let raw = br#"[{"role":"system","content":"be brief"},{"role":"user","content":"hi \"there\""}]"#;
-        assert_eq!(b.prompt, raw, "the raw JSON of `messages`");
-        assert_eq!(parse("/v1/chat/completions", chat, 5).unwrap().prompt, br#"[{"ro"#);
-        assert!(parse("/v1/chat/completions", chat, 0).unwrap().prompt.is_empty());
+        assert_eq!(b.prompt.bytes, raw, "the raw JSON of `messages`");
+        assert_eq!(parse("/v1/chat/completions", chat, 5).unwrap().prompt.bytes, br#"[{"ro"#);
+        assert!(parse("/v1/chat/completions", chat, 0).unwrap().prompt.bytes.is_empty());
         let completion = br#"{"prompt":["a","b"],"model":"m"}"#;
-        assert_eq!(parse("/v1/completions", completion, 100).unwrap().prompt, br#"["a","b"]"#);
-        assert_eq!(parse("/v1/completions", br#"{"prompt":"a b","model":"m"}"#, 100).unwrap().prompt, br#""a b""#);
+        assert_eq!(parse("/v1/completions", completion, 100).unwrap().prompt.bytes, br#"["a","b"]"#);
+        assert_eq!(parse("/v1/completions", br#"{"prompt":"a b","model":"m"}"#, 100).unwrap().prompt.bytes, br#""a b""#);
         // No prompt at all: nothing to hash, still routed by model.
         let none = br#"{"model":"m","input":"x"}"#;
-        assert_eq!(parse("/v1/embeddings", none, 100).unwrap(), Body { model: Some("m".into()), prompt: &[] });
+        assert_eq!(parse("/v1/embeddings", none, 100).unwrap(), Body { model: Some("m".into()), prompt: Prompt::default() });
     }
 
     #[test]
@@ -431,7 +506,7 @@ mod tests {
             serde_json::to_vec(&serde_json::json!({"model": "m", "messages": messages, "max_tokens": 5})).unwrap()
         };
         let (two, three) = (turn(2), turn(3));
-        let (p2, p3) = (parse("/v1/chat/completions", &two, 4096).unwrap().prompt, parse("/v1/chat/completions", &three, 4096).unwrap().prompt);
+        let (p2, p3) = (parse("/v1/chat/completions", &two, 4096).unwrap().prompt.bytes, parse("/v1/chat/completions", &three, 4096).unwrap().prompt.bytes);
         // Up to the end of the second message, the bytes are the same.
         let shared = p2.iter().zip(p3).take_while(|(a, b)| a == b).count();
         assert_eq!(&p2[..shared], br#"[{"content":"message 0","role":"user"},{"content":"message 1","role":"user"}"#);
@@ -470,7 +545,7 @@ mod tests {
 
     #[test]
     fn the_validating_scan_reads_what_serde_reads() {
-        let valid: [&[u8]; 8] = [
+        let valid: [&[u8]; 11] = [
             br#"{"model":"m","messages":[{"role":"user","content":"hi \"there\"\n\u00e9"}],"stream":true}"#,
             br#" {"messages" : null, "prompt": ["a", 1.5e-3, {"x": [true, false, null]}], "\u006dodel": "m\/x"} "#,
             b"{\n  \"model\": \"m\",\n  \"max_tokens\": -0,\n  \"messages\": []\n}",
@@ -479,15 +554,34 @@ mod tests {
             br#"{"model":"m","messages":{}}"#,
             "{\"model\":\"caf\u{e9}\",\"messages\":[{\"content\":\"\u{1f600}\"}]}".as_bytes(),
             br#"{"model":"m"}"#,
+            br#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"content":"hi","role":"user"},{"role":"assistant"}]}"#,
+            br#"{"messages":[ {"content":"s","\u0072ole":"developer"} , {"role":"user","content":[{"type":"text","text":"a"}]}],"model":"m"}"#,
+            br#"{"model":"m","messages":[{"role":7,"content":"x","role":"system"},{"role":"user"}],"prompt":[{"role":"user"}]}"#,
         ];
-        fn serde(b: &[u8]) -> Option<Body<'_>> {
-            read_by_serde(true, std::str::from_utf8(b).ok(), b, 48).ok()
+        // The first user message is found within the prompt read, or not at all: both
+        // readers, at limits either side of where the messages end.
+        const LIMITS: [usize; 3] = [48, 90, 4096];
+        fn serde(b: &[u8], limit: usize) -> Option<Body<'_>> {
+            read_by_serde(true, std::str::from_utf8(b).ok(), b, limit).ok()
         }
         for body in valid {
-            let fast = read_valid(body, 48);
-            assert!(fast.is_some(), "a valid request takes the scan: {}", String::from_utf8_lossy(body));
-            assert_eq!(fast, serde(body));
+            for limit in LIMITS {
+                let fast = read_valid(body, limit);
+                assert!(fast.is_some(), "a valid request takes the scan: {}", String::from_utf8_lossy(body));
+                assert_eq!(fast, serde(body, limit), "{} at {limit}", String::from_utf8_lossy(body));
+            }
         }
+        // Where each ends: just past the text given, in the raw `messages`.
+        let found = |body: &[u8], limit| read_valid(body, limit).unwrap().prompt.first_user_end;
+        let past = |body: &[u8], text: &str| {
+            let prompt = read_valid(body, 4096).unwrap().prompt.bytes;
+            prompt.windows(text.len()).position(|w| w == text.as_bytes()).map(|at| at + text.len())
+        };
+        assert_eq!(found(valid[8], 4096), past(valid[8], r#""role":"user"}"#), "after the system message, keys in either order");
+        assert_eq!(found(valid[9], 4096), past(valid[9], r#""text":"a"}]}"#), "a role's key spelled with an escape");
+        assert_eq!(found(valid[10], 4096), past(valid[10], r#""role":"system"}"#), "the first role counts; a number is no system's");
+        assert_eq!(found(valid[0], 4096), past(valid[0], r#"\u00e9"}"#), "a lone user message");
+        assert_eq!(found(valid[8], 4096 + 1).map(|end| found(valid[8], end - 1)), Some(None), "past the limit");
         // What serde refuses, the scan leaves to it.
         let refused: [&[u8]; 7] = [
             br#"{"model":"a","model":"a"}"#,
@@ -499,12 +593,20 @@ mod tests {
             br#"{"model":"m"} {}"#,
         ];
         for body in refused {
-            assert_eq!((read_valid(body, 48), serde(body)), (None, None), "{}", String::from_utf8_lossy(body));
+            assert_eq!((read_valid(body, 48), serde(body, 48)), (None, None), "{}", String::from_utf8_lossy(body));
         }
         // Bytes made from them by random edits: what the scan takes, serde takes the same
         // way (what it leaves, serde reads or refuses; either is the answer).
         let alphabet = b"{}[]\",:\\ \n\tu0e9-+.Etrufalsn\x01m";
-        let tokens: [&[u8]; 5] = [br#""model":"n","#, br#","\u006dodel":"o""#, br#""messages":[1],"#, br#","prompt":null"#, b"null"];
+        let tokens: [&[u8]; 7] = [
+            br#""model":"n","#,
+            br#","\u006dodel":"o""#,
+            br#""messages":[1],"#,
+            br#","prompt":null"#,
+            b"null",
+            br#"{"role":"system"},"#,
+            br#""role":"user","#,
+        ];
         let mut rng = crate::rng::Rng::new(7);
         let (mut taken, mut tried) = (0, 0);
         for body in valid {
@@ -522,9 +624,10 @@ mod tests {
                 }
                 let Ok(_) = std::str::from_utf8(&b) else { continue };
                 tried += 1;
-                if let Some(fast) = read_valid(&b, 48) {
+                let limit = LIMITS[rng.below(LIMITS.len())];
+                if let Some(fast) = read_valid(&b, limit) {
                     taken += 1;
-                    assert_eq!(Some(fast), serde(&b), "{}", String::from_utf8_lossy(&b));
+                    assert_eq!(Some(fast), serde(&b, limit), "{} at {limit}", String::from_utf8_lossy(&b));
                 }
             }
         }
@@ -534,7 +637,7 @@ mod tests {
     #[test]
     fn the_raw_scanner_survives_any_bytes() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\"b"},"c"]},{"content":"d"}],"prompt":["x"]}"#;
-        assert_eq!(parse("/v1/chat/completions", body, 14).unwrap().prompt, br#"[{"role":"user"#);
+        assert_eq!(parse("/v1/chat/completions", body, 14).unwrap().prompt.bytes, br#"[{"role":"user"#);
         for cut in 0..body.len() {
             let _ = parse("/v1/chat/completions", &body[..cut], 100);
             let _ = model_value_span(&body[..cut]);

@@ -37,7 +37,7 @@ pub enum Outcome {
 pub struct Incoming<'a> {
     pub model: Option<&'a str>,
     /// The start of the prompt, as far as `Router::prompt_bytes` asked.
-    pub prompt: &'a [u8],
+    pub prompt: crate::request::Prompt<'a>,
     /// The objective header, if any.
     pub objective: Option<&'a str>,
     /// The subset header, if any.

@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
     // Where a conversation's first user message ends, in the prompt and in any bytes: never
     // past the bytes looked at, and just after the message's closing brace (or bracket: serde
     // reads a struct from an array too).
-    let prompt = got.as_ref().map_or(&[][..], |b| b.prompt);
+    let prompt = got.as_ref().map_or(&[][..], |b| b.prompt.bytes);
+    // The body's one scan finds it where a scan of the prompt's bytes alone does.
+    if let Ok(body) = &got {
+        assert_eq!(body.prompt.first_user_end, epp::request::first_user_message_end(prompt, prompt.len()), "{data:?}");
+    }
     for bytes in [prompt, data] {
         if let Some(end) = epp::request::first_user_message_end(bytes, 512) {
             assert!(end <= bytes.len().min(512) && matches!(bytes[end - 1], b'}' | b']'), "{end} in {bytes:?}");

@@ -12,6 +12,7 @@ use crate::names;
 use crate::prefix_record;
 use crate::config::{Config, PEER_TOKEN_HEADER};
 use crate::errors::Rejection;
+use crate::request::Prompt;
 use crate::scheduler::Profile;
 use crate::in_flight;
 use crate::peer;
@@ -166,7 +167,7 @@ pub struct PickerStream {
 
 impl PickerStream {
     /// Decides for a request whose body is `body` (empty for a bodiless one).
-    fn decide(&mut self, model: Option<&str>, prompt: &[u8], body: &[u8]) -> Action {
+    fn decide(&mut self, model: Option<&str>, prompt: Prompt, body: &[u8]) -> Action {
         self.decided = true;
         let mut worker = self.worker.borrow_mut();
         let now = host::now_ms();
@@ -329,7 +330,7 @@ impl HttpContext for PickerStream {
             return serve_peer(worker.table.as_ref().map(|(_, t)| t), shares, rows_only);
         }
         if end_of_stream {
-            return self.decide(None, &[], &[]);
+            return self.decide(None, Prompt::default(), &[]);
         }
         // Answered once the body is in: a reply while the client still uploads races it
         // (HTTP/2 clients may lose the answer to the stream's reset).

@@ -11,6 +11,7 @@ pub mod scorers;
 
 use std::ops::Deref;
 
+use crate::request::Prompt;
 use crate::store::SharedStore;
 use crate::rng::Rng;
 use crate::table::EndpointState;
@@ -23,7 +24,7 @@ pub struct SchedulingRequest<'a> {
     pub model: Option<&'a str>,
     /// The start of the prompt (the raw JSON of the chat `messages`, or of the completion
     /// `prompt`), as many bytes as the profile's plugins asked for.
-    pub prompt: &'a [u8],
+    pub prompt: Prompt<'a>,
     /// The objective's priority: negative is sheddable.
     pub priority: i32,
     /// What the workers of this proxy share (proxy-wasm shared data), if anything.

@@ -178,7 +178,7 @@ impl Scorer for PrefixCacheScorer {
         let p = &self.params;
         self.hashes = prefix::block_hashes(
             request.model.unwrap_or_default(),
-            request.prompt,
+            request.prompt.bytes,
             p.hash_block_size,
             p.max_prefix_blocks_to_match,
         );
@@ -199,7 +199,8 @@ impl Scorer for PrefixCacheScorer {
         // A conversation keeps its anchor from turn to turn: a block within its first user
         // message, which every turn repeats (the end of the prompt does not stay).
         let within = p.placement_block.saturating_mul(p.hash_block_size);
-        let stable = crate::request::first_user_message_end(request.prompt, within)
+        let stable = (request.prompt.first_user_end)
+            .filter(|&end| end <= within)
             .map_or(p.placement_block, |end| (end / p.hash_block_size).max(1));
         let anchor = self.hashes[p.placement_block.min(stable).min(n) - 1];
         let recorded_here = scores.iter().any(|&share| share > 0.0);
@@ -255,6 +256,7 @@ impl Scorer for PrefixCacheScorer {
 mod tests {
     use super::*;
     use crate::scheduler::testing::*;
+    use crate::request::Prompt;
     use crate::test;
 
     fn scorer(placement: f64) -> PrefixCacheScorer {
@@ -263,7 +265,7 @@ mod tests {
     }
 
     fn request(prompt: &[u8]) -> SchedulingRequest<'_> {
-        SchedulingRequest { model: Some("m"), prompt, ..Default::default() }
+        SchedulingRequest { model: Some("m"), prompt: Prompt::of(prompt), ..Default::default() }
     }
 
     #[test]
@@ -306,7 +308,7 @@ mod tests {
         let view = candidates(&eps);
         let prompt = vec![b'q'; 64 * 256];
         let store = crate::store::MemoryStore::default();
-        let req = SchedulingRequest { model: Some("m"), prompt: &prompt, store: Some(&store), ..Default::default() };
+        let req = SchedulingRequest { model: Some("m"), prompt: Prompt::of(&prompt), store: Some(&store), ..Default::default() };
         let mut first = scorer(0.5);
         let mut out = scored(&mut first, &req, &view);
         let home = out.iter().position(|&x| x == 0.5).unwrap();
@@ -322,6 +324,8 @@ mod tests {
     fn a_conversations_next_turn_follows_where_its_first_went() {
         let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
         let view = candidates(&eps);
+        // Bodies as a client sends them (keys sorted: `content` before `role`), read by
+        // the request parser's one scan.
         let turns = |n: usize| -> Vec<u8> {
             let mut messages = vec![serde_json::json!({"role": "system", "content": "be brief"})];
             for i in 0..n {
@@ -329,18 +333,21 @@ mod tests {
                 messages.push(serde_json::json!({"role": "assistant", "content": "an answer ".repeat(60)}));
             }
             messages.pop();
-            serde_json::to_vec(&messages).unwrap()
+            serde_json::to_vec(&serde_json::json!({"model": "m", "messages": messages})).unwrap()
         };
         let (first, third) = (turns(1), turns(2));
-        assert!(first.len() < 64 * 8 && third.len() > 64 * 8, "the first turn ends before the 8th block");
+        let read = |body| crate::request::parse("/v1/chat/completions", body, 64 * 256).unwrap().prompt;
+        let (first, third) = (read(&first), read(&third));
+        assert!(first.bytes.len() < 64 * 8 && third.bytes.len() > 64 * 8, "the first turn ends before the 8th block");
+        assert!(first.first_user_end.is_some() && first.first_user_end == third.first_user_end);
         let store = crate::store::MemoryStore::default();
         let request = |prompt| SchedulingRequest { model: Some("m"), prompt, store: Some(&store), ..Default::default() };
         let mut one = scorer(1.0);
-        scored(&mut one, &request(&first), &view);
-        one.picked(&request(&first), &view[6]); // load sent it to 6
+        scored(&mut one, &request(first), &view);
+        one.picked(&request(first), &view[6]); // load sent it to 6
         // The next turn, on another worker: nothing recorded there, but the conversation's
         // anchor (in its first user message) is the same, and so is its assignment.
-        let out = scored(&mut scorer(1.0), &request(&third), &view);
+        let out = scored(&mut scorer(1.0), &request(third), &view);
         assert_eq!(out[6], 1.0, "{out:?}");
         assert_eq!(out.iter().filter(|&&x| x > 0.0).count(), 1, "{out:?}");
     }
@@ -350,7 +357,7 @@ mod tests {
         let eps: Vec<_> = (1..=8).map(|i| endpoint(&format!("10.0.0.{i}:8000"), load(0, 0, 0.0))).collect();
         let view = candidates(&eps);
         let prompt = vec![b'p'; 64 * 256];
-        let request = |store| SchedulingRequest { model: Some("m"), prompt: &prompt, store: Some(store), ..Default::default() };
+        let request = |store| SchedulingRequest { model: Some("m"), prompt: Prompt::of(&prompt), store: Some(store), ..Default::default() };
         let mut vm = scorer(1.0);
         let before = crate::store::MemoryStore::default();
         scored(&mut vm, &request(&before), &view);
@@ -371,7 +378,7 @@ mod tests {
             serde_json::from_value(serde_json::json!({"placement": 1.0, "placementChoices": choices})).unwrap()
         };
         let home_of = |s: &mut PrefixCacheScorer, store: &crate::store::MemoryStore, prompt: &[u8]| {
-            let req = SchedulingRequest { model: Some("m"), prompt, store: Some(store), ..Default::default() };
+            let req = SchedulingRequest { model: Some("m"), prompt: Prompt::of(prompt), store: Some(store), ..Default::default() };
             let out = scored(s, &req, &view);
             let home = out.iter().position(|&x| x == 1.0).unwrap();
             s.picked(&req, &view[home]);
@@ -395,7 +402,7 @@ mod tests {
         assert_eq!(prefix_record::prefixes_given(&store).iter().map(|&(_, n)| n).sum::<u32>(), 96);
         // One choice: always the rendezvous home, and nothing counted.
         let plain_store = crate::store::MemoryStore::default();
-        let req = SchedulingRequest { model: Some("m"), prompt: &[b'z'; 64 * 256], store: Some(&plain_store), ..Default::default() };
+        let req = SchedulingRequest { model: Some("m"), prompt: Prompt::of(&[b'z'; 64 * 256]), store: Some(&plain_store), ..Default::default() };
         let mut plain = PrefixCacheScorer::new(params(1));
         let out = scored(&mut plain, &req, &view);
         let rank = rendezvous::rank(plain.hashes[7], view.iter().map(|c| c.address.as_str()));
