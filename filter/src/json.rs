@@ -18,41 +18,35 @@ pub fn walk_object(b: &[u8], member: impl FnMut(Range<usize>, usize) -> Option<u
 /// included) and where its value starts, and scans the value its own way, returning where
 /// it ends (`None`: not valid, or refused).
 pub fn object_end(b: &[u8], start: usize, mut member: impl FnMut(Range<usize>, usize) -> Option<usize>) -> Option<usize> {
-    if b.get(start) != Some(&b'{') {
-        return None;
-    }
-    let mut i = skip_ws(b, start + 1);
-    if b.get(i) == Some(&b'}') {
-        return Some(i + 1);
-    }
-    loop {
+    container_end(b, start, (b'{', b'}'), |i| {
         let key = i..string_end(b, i)?;
         let value = value_start(b, key.end)?;
-        i = skip_ws(b, member(key, value)?);
-        match *b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b'}' => return Some(i + 1),
-            _ => return None,
-        }
-    }
+        member(key, value)
+    })
 }
 
 /// The index just past the array starting at `start`, if it is a valid one. Its elements
 /// are scanned in order by `element(element_start)`, which returns where each ends; what
 /// it learns of the first ones holds even where the array turns out cut short.
-pub fn array_end(b: &[u8], start: usize, mut element: impl FnMut(usize) -> Option<usize>) -> Option<usize> {
-    if b.get(start) != Some(&b'[') {
+pub fn array_end(b: &[u8], start: usize, element: impl FnMut(usize) -> Option<usize>) -> Option<usize> {
+    container_end(b, start, (b'[', b']'), element)
+}
+
+/// A container's items separated by commas between its `brackets`, each scanned by `item`
+/// (given where it starts, it returns where it ends).
+fn container_end(b: &[u8], start: usize, (open, close): (u8, u8), mut item: impl FnMut(usize) -> Option<usize>) -> Option<usize> {
+    if b.get(start) != Some(&open) {
         return None;
     }
     let mut i = skip_ws(b, start + 1);
-    if b.get(i) == Some(&b']') {
+    if b.get(i) == Some(&close) {
         return Some(i + 1);
     }
     loop {
-        i = skip_ws(b, element(i)?);
+        i = skip_ws(b, item(i)?);
         match *b.get(i)? {
             b',' => i = skip_ws(b, i + 1),
-            b']' => return Some(i + 1),
+            c if c == close => return Some(i + 1),
             _ => return None,
         }
     }
