@@ -342,8 +342,8 @@ impl FirstUser {
             self.found.get_or_insert(None);
             return Some(end);
         }
-        // The first `role` counts, as `member_start` finds it; one that is no string is
-        // no system's.
+        // Of repeated `role` keys the first counts (only the anchor depends on it); one
+        // that is no string is no system's.
         let mut role = None;
         let end = json::object_end(b, at, |key, value| {
             let end = value_end(b, value)?;

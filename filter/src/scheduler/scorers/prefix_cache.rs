@@ -199,7 +199,7 @@ impl Scorer for PrefixCacheScorer {
         // A conversation keeps its anchor from turn to turn: a block within its first user
         // message, which every turn repeats (the end of the prompt does not stay).
         let within = p.placement_block.saturating_mul(p.hash_block_size);
-        let stable = (request.prompt.first_user_end)
+        let stable = request.prompt.first_user_end
             .filter(|&end| end <= within)
             .map_or(p.placement_block, |end| (end / p.hash_block_size).max(1));
         let anchor = self.hashes[p.placement_block.min(stable).min(n) - 1];
