@@ -6,6 +6,8 @@
 #                         (bench/results.json, bench/ttft-*.svg; --quick for a one-minute run)
 #   ./build.sh bench-overhead   the module's data-path cost: real Envoy with/without it, and fuel in host-sim
 #                         (bench/overhead.json; --steps: where the cost goes, chore by chore)
+#   ./build.sh bench-core [--quick]   the decision's core timed by part in V8 (Node.js) and
+#                         natively: seconds, no proxy (filter/examples/core_bench.rs)
 #   ./build.sh test       every test: unit (native and wasm32), host-sim, real Envoy
 #   ./build.sh image      dist/image: the module as an OCI image (an OCI layout, offline), for
 #                         Istio's WasmPlugin and Envoy Gateway; prints its digest
@@ -168,6 +170,8 @@ cmd_test() {
   say "unit tests of the module's core, compiled to wasm32 (wasm-bindgen-test on Node.js)"
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p epp --no-default-features --target wasm32-unknown-unknown --lib
+  # One quick pass, so the bench keeps building and its fleet keeps scheduling.
+  cmd_bench_core --quick
   say "fuzzing the core, briefly (./build.sh fuzz TARGET SECONDS for longer)"
   cmd_fuzz
   say "integration tests: the real module in host-sim and in real Envoy"
@@ -283,6 +287,32 @@ cmd_bench() {
   "$TARGET/release/fleet-bench" --sharegpt "$SHAREGPT" "$@"
 }
 
+# Runs a wasm32-wasip1 command under Node.js's WASI: `node -e "$RUN_WASI" FILE ARGS…`.
+RUN_WASI='
+const [file, ...args] = process.argv.slice(1);
+const { WASI } = await import("node:wasi");
+const { readFile } = await import("node:fs/promises");
+const wasi = new WASI({ version: "preview1", args: [file, ...args], env: {}, returnOnExit: true });
+const module = await WebAssembly.compile(await readFile(file));
+process.exitCode = wasi.start(await WebAssembly.instantiate(module, wasi.getImportObject()));
+'
+
+cmd_bench_core() {
+  ensure_rust_targets wasm32-wasip1
+  if ! command -v node >/dev/null; then
+    say "installing Node.js (its V8 runs the core as Envoy's does)"
+    apt_install nodejs
+  fi
+  say "building the core bench (filter/examples/core_bench.rs)"
+  cargo build --profile wasm -p epp --no-default-features --target wasm32-wasip1 --example core-bench
+  cargo build --release -p epp --example core-bench
+  # Envoy turns V8's baseline compiler off: every function runs optimised.
+  say "in V8: Node.js $(node --version), --no-liftoff as Envoy runs it"
+  node --no-liftoff --no-warnings --input-type=module -e "$RUN_WASI" "$TARGET/wasm32-wasip1/wasm/examples/core-bench.wasm" "$@"
+  say "natively"
+  "$TARGET/release/examples/core-bench" "$@"
+}
+
 cmd_bench_overhead() {
   build_wasm
   ensure_envoy
@@ -299,9 +329,10 @@ case "${1:-build}" in
   demo) shift; cmd_demo "$@" ;;
   bench) shift; cmd_bench "$@" ;;
   bench-overhead) shift; cmd_bench_overhead "$@" ;;
+  bench-core) shift; cmd_bench_core "$@" ;;
   image) shift; cmd_image "$@" ;;
   publish) shift; cmd_publish "$@" ;;
   fuzz) shift; cmd_fuzz "$@" ;;
-  help|-h|--help) sed -n '2,17p' "$0" ;;
+  help|-h|--help) sed -n '2,19p' "$0" ;;
   *) echo "unknown command: $1 (try ./build.sh help)" >&2; exit 2 ;;
 esac
