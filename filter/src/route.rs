@@ -101,17 +101,19 @@ impl Router {
         // for the rejection that says which.
         let serves = |e: &EndpointState| model.is_none_or(|m| e.models_unknown() || e.serves(m));
         let (mut any_allowed, mut any_serving) = (false, false);
-        let usable: Vec<Candidate> = table
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| allowed(&e.address))
-            .inspect(|_| any_allowed = true)
-            .filter(|(_, e)| serves(e))
-            .inspect(|_| any_serving = true)
-            .filter(|(_, e)| e.is_usable(now_ms, stale_after))
-            .map(|(_, e)| Candidate { endpoint: e, pending: pending(e, in_flight(e.slot as usize), table.replicas) })
-            .collect();
+        // Sized for the whole pool: a filtered iterator would grow it by reallocating.
+        let mut usable: Vec<Candidate> = Vec::with_capacity(table.endpoints.len());
+        usable.extend(
+            table
+                .endpoints
+                .iter()
+                .filter(|e| allowed(&e.address))
+                .inspect(|_| any_allowed = true)
+                .filter(|e| serves(e))
+                .inspect(|_| any_serving = true)
+                .filter(|e| e.is_usable(now_ms, stale_after))
+                .map(|e| Candidate { endpoint: e, pending: pending(e, in_flight(e.slot as usize), table.replicas) }),
+        );
         if !any_allowed {
             return Outcome::Reject(Rejection::unavailable(format!(
                 "No endpoint of this pool is in the {SUBSET_HEADER} header."
@@ -143,7 +145,6 @@ impl Router {
         }
 
         let (objective, priority) = self.priority(incoming.objective);
-        let mut usable = usable;
         if priority < 0 {
             // Sheddable: only where there is room, and 429 when there is none, so that it
             // never queues in front of requests that matter more.
