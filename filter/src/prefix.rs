@@ -18,22 +18,29 @@ const BLOCK_SEED: u64 = 0x5eed_b10c;
 /// XXH64, each block seeded with the hash before it: it needs only 64-bit multiplies,
 /// which wasm32 has; a hash built on 128-bit products pays for their emulation there.
 pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
+    let mut hashes = Vec::new();
+    block_hashes_into(&mut hashes, model, prompt, block_bytes, max_blocks);
+    hashes
+}
+
+/// `block_hashes` into `hashes` (cleared first): a scorer keeps one buffer for every
+/// request.
+pub fn block_hashes_into(hashes: &mut Vec<u64>, model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) {
+    hashes.clear();
     let seed = XxHash64::oneshot(BLOCK_SEED, model.as_bytes());
     if block_bytes == 64 {
         // GIE's block size, the default: blocks of a length known when compiling hash in
         // straight-line code, the same values for a third fewer instructions.
-        return chained(seed, prompt.as_chunks::<64>().0.iter().take(max_blocks));
+        return chained(hashes, seed, prompt.as_chunks::<64>().0.iter().take(max_blocks));
     }
-    chained(seed, prompt.chunks_exact(block_bytes.max(1)).take(max_blocks))
+    chained(hashes, seed, prompt.chunks_exact(block_bytes.max(1)).take(max_blocks));
 }
 
-fn chained<B: AsRef<[u8]>>(mut previous: u64, blocks: impl Iterator<Item = B>) -> Vec<u64> {
-    blocks
-        .map(|block| {
-            previous = XxHash64::oneshot(previous, block.as_ref());
-            previous
-        })
-        .collect()
+fn chained<B: AsRef<[u8]>>(hashes: &mut Vec<u64>, mut previous: u64, blocks: impl Iterator<Item = B>) {
+    hashes.extend(blocks.map(|block| {
+        previous = XxHash64::oneshot(previous, block.as_ref());
+        previous
+    }));
 }
 
 /// Block hashes are already uniform: a set of them need not hash them again (on wasm32
@@ -172,8 +179,12 @@ mod tests {
         let text: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
         for len in [0, 63, 64, 65, 128, 1000, 5000] {
             for max in [1, 8, 40, 500] {
-                let general = chained(XxHash64::oneshot(BLOCK_SEED, b"m"), text[..len].chunks_exact(64).take(max));
-                assert_eq!(block_hashes("m", &text[..len], 64, max), general, "{len} bytes, {max} blocks");
+                let mut general = Vec::new();
+                chained(&mut general, XxHash64::oneshot(BLOCK_SEED, b"m"), text[..len].chunks_exact(64).take(max));
+                // Into a buffer an earlier request left full.
+                let mut reused = vec![7; 600];
+                block_hashes_into(&mut reused, "m", &text[..len], 64, max);
+                assert_eq!(reused, general, "{len} bytes, {max} blocks");
             }
         }
     }

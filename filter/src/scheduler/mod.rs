@@ -126,10 +126,11 @@ impl Profile {
         explain: bool,
     ) -> Decision {
         let mut decision = Decision::default();
-        // Indices still in play after the filters.
+        // Indices still in play after the filters, and those candidates; rebuilt only when
+        // a filter takes some out.
         let mut alive: Vec<usize> = (0..candidates.len()).collect();
+        let mut view: Vec<Candidate> = candidates.to_vec();
         for filter in &self.filters {
-            let view: Vec<Candidate> = alive.iter().map(|&i| candidates[i]).collect();
             let keep = filter.keep(request, &view);
             if !keep.contains(&false) {
                 continue;
@@ -139,8 +140,8 @@ impl Profile {
                 decision.filtered_out.push((filter.name(), removed));
             }
             alive = alive.iter().zip(&keep).filter(|(_, &k)| k).map(|(&i, _)| i).collect();
+            view = alive.iter().map(|&i| candidates[i]).collect();
         }
-        let view: Vec<Candidate> = alive.iter().map(|&i| candidates[i]).collect();
         let mut totals = vec![0.0; view.len()];
         let mut column = Vec::with_capacity(view.len());
         for ws in &mut self.scorers {

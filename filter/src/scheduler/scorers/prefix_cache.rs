@@ -176,7 +176,8 @@ impl Scorer for PrefixCacheScorer {
 
     fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], scores: &mut [f64]) {
         let p = &self.params;
-        self.hashes = prefix::block_hashes(
+        prefix::block_hashes_into(
+            &mut self.hashes,
             request.model.unwrap_or_default(),
             request.prompt.bytes,
             p.hash_block_size,
