@@ -109,10 +109,11 @@ fn count_given(store: &dyn SharedStore, endpoints: &[u32]) {
 /// an assignment is used again it is promoted to its shard's protected segment (one
 /// write, once); after that a hit is a read.
 pub fn recall(store: &dyn SharedStore, anchor: u64) -> Option<u32> {
-    let (bytes, cas) = store.get(&key(anchor))?;
+    let key = key(anchor);
+    let (bytes, cas) = store.get(&key)?;
     let found = entries(&bytes).find(|e| e.anchor == anchor)?;
     if !found.protected {
-        crate::store::update(store, &key(anchor), 3, Some((bytes, cas)), |bytes| {
+        crate::store::update(store, &key, 3, Some((bytes, cas)), |bytes| {
             let mut entries = decode(bytes);
             let at = entries.iter().position(|e| e.anchor == anchor && !e.protected)?;
             let mut e = entries.remove(at);

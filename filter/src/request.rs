@@ -206,7 +206,8 @@ pub fn parse<'a>(path: &str, body: &'a [u8], prompt_bytes: usize) -> Result<Body
 /// found as the scan passes it.
 fn read_valid(body: &[u8], prompt_bytes: usize) -> Option<Body<'_>> {
     let (mut model, mut messages, mut prompt) = (None, None, None);
-    json::walk_object(body, |key, at| match &*string_value(body, key.start)? {
+    // The walk found where each key ends: its value is read from that range, not scanned again.
+    json::walk_object(body, |key, at| match &*unquote(&body[key])? {
         // Two models would let the picker route by one while the server serves the other
         // (serde calls it a duplicate field).
         "model" if model.is_some() => None,
@@ -286,7 +287,7 @@ fn member_start(b: &[u8], at: usize, key: &[u8]) -> Option<usize> {
         }
         let key_end = string_end(b, i)?;
         // A key spelled with escapes (`"\u006dodel"`) is the same key to every JSON reader.
-        let same = string_value(b, i).is_some_and(|k| k.as_bytes() == key);
+        let same = unquote(&b[i..key_end]).is_some_and(|k| k.as_bytes() == key);
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return None;
@@ -367,12 +368,8 @@ impl FirstUser {
     }
 }
 
-/// The string value starting at `at` (escapes read as every JSON reader reads them).
-fn string_value(b: &[u8], at: usize) -> Option<std::borrow::Cow<'_, str>> {
-    unquote(b.get(at..string_end(b, at)?)?)
-}
-
-/// A whole JSON string's value (`quoted`: its quotes included, the string valid).
+/// A whole JSON string's value, escapes read as every JSON reader reads them (`quoted`:
+/// its quotes included, the string valid).
 fn unquote(quoted: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
     if inner.contains(&b'\\') {
