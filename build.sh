@@ -6,7 +6,7 @@
 #                         (bench/results.json, bench/ttft-*.svg; --quick for a one-minute run)
 #   ./build.sh bench-overhead   the module's data-path cost: real Envoy with/without it, and fuel in host-sim
 #                         (bench/overhead.json; --steps: where the cost goes, chore by chore)
-#   ./build.sh bench-core [--quick]   the decision's core timed by part in V8 (Node.js) and
+#   ./build.sh bench-core [--quick] [--cold]   the decision's core timed by part in V8 (Node.js) and
 #                         natively: seconds, no proxy (filter/examples/core_bench.rs)
 #   ./build.sh test       every test: unit (native and wasm32), host-sim, real Envoy
 #   ./build.sh image      dist/image: the module as an OCI image (an OCI layout, offline), for

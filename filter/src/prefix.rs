@@ -1,6 +1,6 @@
 //! Approximate prefix-cache state, as GIE's prefix plugin keeps it: the prompt cut into
-//! fixed blocks of bytes (GIE: 16 tokens × 4 characters), a hash chained from block to
-//! block and seeded with the model name, and per endpoint a bounded set of the block
+//! fixed blocks of bytes (GIE: 16 tokens × 4 characters), each block's hash a hash of
+//! the prompt up to its end, seeded with the model name, and per endpoint a bounded set of the block
 //! hashes it was sent, least recently used forgotten first.
 
 use core::hash::{BuildHasherDefault, Hasher};
@@ -12,11 +12,9 @@ use twox_hash::XxHash64;
 /// their indexes agree.
 const BLOCK_SEED: u64 = 0x5eed_b10c;
 
-/// The chained hashes of the first `max_blocks` full blocks of `prompt`. A partial last
-/// block is left out: the server cannot have cached it as a block either.
-///
-/// XXH64, each block seeded with the hash before it: it needs only 64-bit multiplies,
-/// which wasm32 has; a hash built on 128-bit products pays for their emulation there.
+/// The hashes of the first `max_blocks` full blocks of `prompt`, each a hash of the
+/// prompt up to the end of its block, seeded with the model name. A partial last block
+/// is left out: the server cannot have cached it as a block either.
 pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
     let mut hashes = Vec::new();
     block_hashes_into(&mut hashes, model, prompt, block_bytes, max_blocks);
@@ -30,17 +28,68 @@ pub fn block_hashes_into(hashes: &mut Vec<u64>, model: &str, prompt: &[u8], bloc
     let seed = XxHash64::oneshot(BLOCK_SEED, model.as_bytes());
     if block_bytes == 64 {
         // GIE's block size, the default: blocks of a length known when compiling hash in
-        // straight-line code, the same values for a third fewer instructions.
-        return chained(hashes, seed, prompt.as_chunks::<64>().0.iter().take(max_blocks));
+        // straight-line code.
+        return running(hashes, seed, prompt.as_chunks::<64>().0.iter().take(max_blocks));
     }
-    chained(hashes, seed, prompt.chunks_exact(block_bytes.max(1)).take(max_blocks));
+    if block_bytes.is_multiple_of(STRIPE) {
+        return running(hashes, seed, prompt.chunks_exact(block_bytes).take(max_blocks));
+    }
+    // Other sizes: XXH64 of each prefix, by the library's streaming hasher.
+    let mut prefix = XxHash64::with_seed(seed);
+    hashes.extend(prompt.chunks_exact(block_bytes.max(1)).take(max_blocks).map(|block| {
+        prefix.write(block);
+        prefix.finish()
+    }));
 }
 
-fn chained<B: AsRef<[u8]>>(hashes: &mut Vec<u64>, mut previous: u64, blocks: impl Iterator<Item = B>) {
+/// The hash that names a prompt's home: its first `blocks` blocks, XXH64 a block, each
+/// seeded with the hash before it. It is what every replica computes and what they tell
+/// each other in their prefix records, so it keeps its definition from version to
+/// version: replicas of two versions agree on homes while a fleet upgrades. (The block
+/// hashes above are each VM's own and may change.) `blocks` is small (GIE's
+/// `placementBlock`, 8 by default): the chain's serial cost does not matter here.
+pub fn anchor(model: &str, prompt: &[u8], block_bytes: usize, blocks: usize) -> u64 {
+    let seed = XxHash64::oneshot(BLOCK_SEED, model.as_bytes());
+    prompt.chunks_exact(block_bytes.max(1)).take(blocks).fold(seed, XxHash64::oneshot)
+}
+
+/// XXH64's stripe: four lanes of eight bytes.
+const STRIPE: usize = 32;
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const P3: u64 = 0x1656_67B1_9E37_79F9;
+
+/// XXH64's four lanes run over the whole prompt, and each block's hash folds them as
+/// they stand at its end. A hash of every prefix at the cost of one pass: the lanes never
+/// wait for a block's hash, where chaining whole XXH64s (each block seeded with the hash
+/// before it) put XXH64's 30 multiplies a block on one serial path; here they are 18,
+/// and the lanes' run four abreast.
+fn running<B: AsRef<[u8]>>(hashes: &mut Vec<u64>, seed: u64, blocks: impl Iterator<Item = B>) {
+    let round = |lane: u64, word: &[u8; 8]| lane.wrapping_add(u64::from_le_bytes(*word).wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1);
+    let mut lanes = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
+    let mut length = 0u64;
     hashes.extend(blocks.map(|block| {
-        previous = XxHash64::oneshot(previous, block.as_ref());
-        previous
+        let block = block.as_ref();
+        for stripe in block.as_chunks::<STRIPE>().0 {
+            let words = stripe.as_chunks::<8>().0;
+            for (lane, word) in lanes.iter_mut().zip(words) {
+                *lane = round(*lane, word);
+            }
+        }
+        length += block.len() as u64;
+        let [a, b, c, d] = lanes;
+        let folded = a.rotate_left(1).wrapping_add(b.rotate_left(7)).wrapping_add(c.rotate_left(12)).wrapping_add(d.rotate_left(18));
+        avalanche(folded.wrapping_add(length))
     }));
+}
+
+/// XXH64's final mix: every input bit reaches every output bit.
+fn avalanche(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 32)
 }
 
 /// Block hashes are already uniform: a set of them need not hash them again (on wasm32
@@ -159,28 +208,79 @@ mod tests {
     use crate::test;
 
     #[test]
-    fn chained_and_seeded_by_model() {
-        let a = block_hashes("m", &[b'x'; 200], 64, 256);
-        assert_eq!(a.len(), 3, "three full blocks of 64 bytes; the partial fourth is left out");
-        let mut text = vec![b'x'; 200];
-        text[70] = b'y';
-        let b = block_hashes("m", &text, 64, 256);
-        assert_eq!(a[0], b[0]);
-        assert_ne!(a[1], b[1]);
-        assert_ne!(a[2], b[2], "a change carries on down the chain");
-        assert_ne!(block_hashes("n", &[b'x'; 64], 64, 256), a[..1]);
-        assert_eq!(block_hashes("m", &[b'x'; 10_000], 64, 8).len(), 8, "bounded by max_blocks");
+    fn each_block_hashes_its_prefix_seeded_by_model() {
+        for size in [64, 96, 50] {
+            let a = block_hashes("m", &[b'x'; 400], size, 256);
+            assert_eq!(a.len(), 400 / size, "full blocks of {size} bytes; a partial last one is left out");
+            let mut text = vec![b'x'; 400];
+            text[size + 6] = b'y';
+            let b = block_hashes("m", &text, size, 256);
+            assert_eq!(a[0], b[0], "{size}");
+            assert_ne!(a[1], b[1], "{size}");
+            assert_ne!(a[2..], b[2..], "{size}: a change carries on to every later block");
+            let mut later = text.clone();
+            later[3 * size..].fill(b'z');
+            assert_eq!(block_hashes("m", &later, size, 256)[..3], b[..3], "{size}: a block's hash sees nothing past it");
+            assert_ne!(block_hashes("n", &[b'x'; 400], size, 256)[..1], a[..1], "{size}");
+            assert_eq!(a.iter().collect::<HashSet<_>>().len(), a.len(), "{size}: repeated blocks still hash apart");
+            assert_eq!(block_hashes("m", &[b'x'; 10_000], size, 8).len(), 8, "bounded by max_blocks");
+        }
     }
 
     #[test]
-    fn every_block_size_hashes_alike() {
+    fn an_anchor_keeps_its_value_from_version_to_version() {
+        // Replicas exchange anchors: these values are what earlier versions computed (a
+        // new definition would need a new record format, not a new constant here).
+        let text: Vec<u8> = (0..1000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+        assert_eq!(anchor("m", &text, 64, 8), ANCHOR_M_8);
+        assert_eq!(anchor("meta-llama/Llama-3.1-8B-Instruct", &text, 64, 3), ANCHOR_LLAMA_3);
+        assert_eq!(anchor("m", &text, 50, 8), ANCHOR_M_8_OF_50);
+        assert_ne!(anchor("m", &text, 64, 7), anchor("m", &text, 64, 8));
+    }
+    const ANCHOR_M_8: u64 = 0xf236_447e_83c3_2ff0;
+    const ANCHOR_LLAMA_3: u64 = 0xbade_33c8_616d_1296;
+    const ANCHOR_M_8_OF_50: u64 = 0x8387_695a_4349_8529;
+
+    #[test]
+    fn the_lanes_hash_as_xxh64_mixes() {
+        // 200,000 prefixes of 64-byte blocks: one bit changed in a block, blocks swapped, a
+        // block repeated. No two hashes alike, and the low and the high byte as even as a
+        // uniform hash's (hash sets index by the low bits, hashbrown tags by the high).
+        let block = |i: u64| -> Vec<u8> {
+            let mut rng = crate::rng::Rng::new(i);
+            (0..64).map(|_| b'a' + (rng.next_u64() % 26) as u8).collect()
+        };
+        let mut all = HashSet::new();
+        let mut low = [0u32; 256];
+        let mut high = [0u32; 256];
+        for i in 0..50_000u64 {
+            let (x, y) = (block(i), block(i + 1));
+            let mut one = x.clone();
+            one[(i % 64) as usize] ^= 1 << (i % 7);
+            for prompt in [[x.clone(), y.clone()].concat(), [y.clone(), x.clone()].concat(), [one, y.clone()].concat(), [x.clone(), x].concat()] {
+                let h = block_hashes("m", &prompt, 64, 2)[1];
+                all.insert(h);
+                low[(h & 255) as usize] += 1;
+                high[(h >> 56) as usize] += 1;
+            }
+        }
+        assert_eq!(all.len(), 200_000, "no collision");
+        // χ² over 256 buckets of 781.25 on average: a uniform hash gives 255 ± 23.
+        for counts in [low, high] {
+            let chi: f64 = counts.iter().map(|&n| (f64::from(n) - 781.25).powi(2) / 781.25).sum();
+            assert!(chi < 400.0, "χ² {chi:.0}: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn every_block_size_of_whole_stripes_hashes_alike() {
         // 64 bytes, GIE's size, has a path of its own: the values of the general one, for
         // prompts of every length around a block's and limits below and past their blocks.
         let text: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
         for len in [0, 63, 64, 65, 128, 1000, 5000] {
             for max in [1, 8, 40, 500] {
                 let mut general = Vec::new();
-                chained(&mut general, XxHash64::oneshot(BLOCK_SEED, b"m"), text[..len].chunks_exact(64).take(max));
+                running(&mut general, XxHash64::oneshot(BLOCK_SEED, b"m"), text[..len].chunks_exact(64).take(max));
                 // Into a buffer an earlier request left full.
                 let mut reused = vec![7; 600];
                 block_hashes_into(&mut reused, "m", &text[..len], 64, max);
