@@ -63,7 +63,7 @@ const P3: u64 = 0x1656_67B1_9E37_79F9;
 /// they stand at its end. A hash of every prefix at the cost of one pass: the lanes never
 /// wait for a block's hash, where chaining whole XXH64s (each block seeded with the hash
 /// before it) put XXH64's 30 multiplies a block on one serial path; here they are 18,
-/// and the lanes' run four abreast.
+/// and the lanes run four abreast.
 fn running<B: AsRef<[u8]>>(hashes: &mut Vec<u64>, seed: u64, blocks: impl Iterator<Item = B>) {
     let round = |lane: u64, word: &[u8; 8]| lane.wrapping_add(u64::from_le_bytes(*word).wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1);
     let mut lanes = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
