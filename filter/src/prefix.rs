@@ -1,7 +1,7 @@
 //! Approximate prefix-cache state, as GIE's prefix plugin keeps it: the prompt cut into
 //! fixed blocks of bytes (GIE: 16 tokens × 4 characters), each block's hash a hash of
-//! the prompt up to its end, seeded with the model name, and per endpoint a bounded set of the block
-//! hashes it was sent, least recently used forgotten first.
+//! the prompt up to its end, seeded with the model name, and per endpoint a bounded set of
+//! the block hashes it was sent, least recently used forgotten first.
 
 use core::hash::{BuildHasherDefault, Hasher};
 
@@ -17,15 +17,20 @@ const BLOCK_SEED: u64 = 0x5eed_b10c;
 /// is left out: the server cannot have cached it as a block either.
 pub fn block_hashes(model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) -> Vec<u64> {
     let mut hashes = Vec::new();
-    block_hashes_into(&mut hashes, model, prompt, block_bytes, max_blocks);
+    block_hashes_into(&mut hashes, model_seed(model), prompt, block_bytes, max_blocks);
     hashes
 }
 
-/// `block_hashes` into `hashes` (cleared first): a scorer keeps one buffer for every
-/// request.
-pub fn block_hashes_into(hashes: &mut Vec<u64>, model: &str, prompt: &[u8], block_bytes: usize, max_blocks: usize) {
+/// What a model's block hashes and anchors are seeded with: a scorer computes it once a
+/// request for both.
+pub fn model_seed(model: &str) -> u64 {
+    XxHash64::oneshot(BLOCK_SEED, model.as_bytes())
+}
+
+/// `block_hashes` into `hashes` (cleared first), from the model's seed: a scorer keeps one
+/// buffer for every request.
+pub fn block_hashes_into(hashes: &mut Vec<u64>, seed: u64, prompt: &[u8], block_bytes: usize, max_blocks: usize) {
     hashes.clear();
-    let seed = XxHash64::oneshot(BLOCK_SEED, model.as_bytes());
     if block_bytes == 64 {
         // GIE's block size, the default: blocks of a length known when compiling hash in
         // straight-line code.
@@ -48,8 +53,7 @@ pub fn block_hashes_into(hashes: &mut Vec<u64>, model: &str, prompt: &[u8], bloc
 /// version: replicas of two versions agree on homes while a fleet upgrades. (The block
 /// hashes above are each VM's own and may change.) `blocks` is small (GIE's
 /// `placementBlock`, 8 by default): the chain's serial cost does not matter here.
-pub fn anchor(model: &str, prompt: &[u8], block_bytes: usize, blocks: usize) -> u64 {
-    let seed = XxHash64::oneshot(BLOCK_SEED, model.as_bytes());
+pub fn anchor(seed: u64, prompt: &[u8], block_bytes: usize, blocks: usize) -> u64 {
     prompt.chunks_exact(block_bytes.max(1)).take(blocks).fold(seed, XxHash64::oneshot)
 }
 
@@ -232,14 +236,15 @@ mod tests {
         // Replicas exchange anchors: these values are what earlier versions computed (a
         // new definition would need a new record format, not a new constant here).
         let text: Vec<u8> = (0..1000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
-        assert_eq!(anchor("m", &text, 64, 8), ANCHOR_M_8);
-        assert_eq!(anchor("meta-llama/Llama-3.1-8B-Instruct", &text, 64, 3), ANCHOR_LLAMA_3);
-        assert_eq!(anchor("m", &text, 50, 8), ANCHOR_M_8_OF_50);
-        assert_ne!(anchor("m", &text, 64, 7), anchor("m", &text, 64, 8));
+        const ANCHOR_M_8: u64 = 0xf236_447e_83c3_2ff0;
+        const ANCHOR_LLAMA_3: u64 = 0xbade_33c8_616d_1296;
+        const ANCHOR_M_8_OF_50: u64 = 0x8387_695a_4349_8529;
+        let m = model_seed("m");
+        assert_eq!(anchor(m, &text, 64, 8), ANCHOR_M_8);
+        assert_eq!(anchor(model_seed("meta-llama/Llama-3.1-8B-Instruct"), &text, 64, 3), ANCHOR_LLAMA_3);
+        assert_eq!(anchor(m, &text, 50, 8), ANCHOR_M_8_OF_50);
+        assert_ne!(anchor(m, &text, 64, 7), anchor(m, &text, 64, 8));
     }
-    const ANCHOR_M_8: u64 = 0xf236_447e_83c3_2ff0;
-    const ANCHOR_LLAMA_3: u64 = 0xbade_33c8_616d_1296;
-    const ANCHOR_M_8_OF_50: u64 = 0x8387_695a_4349_8529;
 
     #[test]
     fn the_lanes_hash_as_xxh64_mixes() {
@@ -280,10 +285,10 @@ mod tests {
         for len in [0, 63, 64, 65, 128, 1000, 5000] {
             for max in [1, 8, 40, 500] {
                 let mut general = Vec::new();
-                running(&mut general, XxHash64::oneshot(BLOCK_SEED, b"m"), text[..len].chunks_exact(64).take(max));
+                running(&mut general, model_seed("m"), text[..len].chunks_exact(64).take(max));
                 // Into a buffer an earlier request left full.
                 let mut reused = vec![7; 600];
-                block_hashes_into(&mut reused, "m", &text[..len], 64, max);
+                block_hashes_into(&mut reused, model_seed("m"), &text[..len], 64, max);
                 assert_eq!(reused, general, "{len} bytes, {max} blocks");
             }
         }

@@ -176,9 +176,10 @@ impl Scorer for PrefixCacheScorer {
 
     fn score(&mut self, request: &SchedulingRequest, candidates: &[Candidate], scores: &mut [f64]) {
         let p = &self.params;
+        let seed = prefix::model_seed(request.model.unwrap_or_default());
         prefix::block_hashes_into(
             &mut self.hashes,
-            request.model.unwrap_or_default(),
+            seed,
             request.prompt.bytes,
             p.hash_block_size,
             p.max_prefix_blocks_to_match,
@@ -203,7 +204,7 @@ impl Scorer for PrefixCacheScorer {
         let stable = request.prompt.first_user_end
             .filter(|&end| end <= within)
             .map_or(p.placement_block, |end| (end / p.hash_block_size).max(1));
-        let anchor = prefix::anchor(request.model.unwrap_or_default(), request.prompt.bytes, p.hash_block_size, p.placement_block.min(stable).min(n));
+        let anchor = prefix::anchor(seed, request.prompt.bytes, p.hash_block_size, p.placement_block.min(stable).min(n));
         let recorded_here = scores.iter().any(|&share| share > 0.0);
         let assigned = request.store.and_then(|s| prefix_record::recall(s, anchor));
         // Only an anchor without an assignment needs one when the pick is made.
@@ -365,7 +366,7 @@ mod tests {
         vm.picked(&request(&before), &view[2]); // this VM sent it to 2
         // The proxy's record (say, settled with a peer's) puts the prefix on 5.
         let settled = crate::store::MemoryStore::default();
-        prefix_record::assign(&settled, prefix::anchor("m", &prompt, 64, 8), prefix_record::endpoint_id(&view[5].address), false);
+        prefix_record::assign(&settled, prefix::anchor(prefix::model_seed("m"), &prompt, 64, 8), prefix_record::endpoint_id(&view[5].address), false);
         let out = scored(&mut vm, &request(&settled), &view);
         assert_eq!(out[5], 1.0, "{out:?}");
         assert_eq!(out[2], OTHER_THAN_ASSIGNED, "still a full hit there, but second: {out:?}");
@@ -406,7 +407,7 @@ mod tests {
         let req = SchedulingRequest { model: Some("m"), prompt: Prompt::of(&[b'z'; 64 * 256]), store: Some(&plain_store), ..Default::default() };
         let mut plain = PrefixCacheScorer::new(params(1));
         let out = scored(&mut plain, &req, &view);
-        let rank = rendezvous::rank(prefix::anchor("m", &[b'z'; 64 * 256], 64, 8), view.iter().map(|c| c.address.as_str()));
+        let rank = rendezvous::rank(prefix::anchor(prefix::model_seed("m"), &[b'z'; 64 * 256], 64, 8), view.iter().map(|c| c.address.as_str()));
         assert_eq!(out[rank[0]], 1.0);
         plain.picked(&req, &view[rank[0]]);
         assert!(prefix_record::prefixes_given(&plain_store).is_empty());
