@@ -348,6 +348,43 @@ mod tests {
     }
 
     #[test]
+    fn long_strings_end_where_a_byte_walk_ends_them() {
+        // The definition, a byte at a time; serde must read whatever it accepts.
+        fn walk(b: &[u8]) -> Option<usize> {
+            let mut i = 1;
+            loop {
+                match *b.get(i)? {
+                    b'"' => return Some(i + 1),
+                    b'\\' => i = escape_end(b, i)?,
+                    c if c < 0x20 => return None,
+                    _ => i += 1,
+                }
+            }
+        }
+        let pieces: [&[u8]; 14] =
+            [b"a", b"plain text ", "\u{e9}".as_bytes(), b"\\\"", b"\\\\", b"\\n", b"\\u00e9", b"\\/", b"\"", b"\\", b"\\x", b"\\u12", b"\n", b"\x01"];
+        let mut rng = crate::rng::Rng::new(3);
+        let mut ended = 0;
+        for _ in 0..20_000 {
+            let mut v = b"\"".to_vec();
+            let len = rng.below(400);
+            while v.len() < len {
+                // Mostly prose and valid escapes; now and then what ends or breaks a string.
+                let k = if rng.below(40) == 0 { 8 + rng.below(6) } else { rng.below(8) };
+                v.extend_from_slice(pieces[k]);
+            }
+            v.extend_from_slice(b"\" tail");
+            let end = walk(&v);
+            assert_eq!(string_end(&v, 0), end, "{:?}", String::from_utf8_lossy(&v));
+            if let Some(end) = end {
+                ended += 1;
+                assert!(serde_json::from_slice::<String>(&v[..end]).is_ok(), "{:?}", String::from_utf8_lossy(&v[..end]));
+            }
+        }
+        assert!(ended > 5_000, "most strings end: {ended}");
+    }
+
+    #[test]
     fn values_end_where_json_says() {
         let ok: [&[u8]; 14] = [
             br#""a\"b\\""#,

@@ -12,8 +12,11 @@
 //!    picker's chores one at a time to the module (`steps_section`).
 //! 4. `--perf`: the floor and the module under `perf record`, Envoy's time split into the
 //!    module's code, the host calls it makes and Envoy's own (`perf_section`).
+//! 5. `--idle`: what each variant costs Envoy with no traffic at all, the module's
+//!    timers, scrapes and membership reads (`idle_section`); the main run measures it too.
 //!
-//! Writes bench/overhead.json; `--fuel-only`, `--steps` and `--perf` refresh only their part.
+//! Writes bench/overhead.json; `--fuel-only`, `--steps`, `--perf` and `--idle` refresh only
+//! their part.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +36,7 @@ bench-overhead: what picking inside the proxy costs on the data path (writes ben
   bench-overhead --fuel-only      wasm instructions per decision and per scrape only (seconds)
   bench-overhead --steps          the floor doing the picker's chores one at a time
   bench-overhead --perf           Envoy's time split by perf: the module's calls or Envoy's own
+  bench-overhead --idle           Envoy's CPU with no traffic: what the module's timers and scrapes cost
   --quick                         one round instead of several (2 s a variant in the main run)
   --plugin JSON                   plugin configuration keys to measure with (the main run)";
 
@@ -75,6 +79,13 @@ fn main() {
         return;
     }
 
+    if flag("--idle") {
+        println!("== Envoy's CPU with no traffic");
+        report["idle"] = idle_section(if quick { 5 } else { 10 });
+        write(&report, "the idle part");
+        return;
+    }
+
     println!("== deterministic cost in host-sim (wasm instructions, 'fuel')");
     let fuel = fuel_section();
     println!("{}", serde_json::to_string_pretty(&fuel).unwrap_or_default());
@@ -98,7 +109,9 @@ fn main() {
     report["command"] = json!("./build.sh bench-overhead");
     report["plugin"] = plugin;
     report["cases"] = json!(cases);
-    write(&report, "the Envoy and fuel parts");
+    println!("\n== Envoy's CPU with no traffic");
+    report["idle"] = idle_section(if quick { 5 } else { 10 });
+    write(&report, "the Envoy, idle and fuel parts");
 }
 
 /// A chat body of about `bytes` bytes: English-like text with escapes, as prompts have.
@@ -385,6 +398,41 @@ fn perf_section(work: &Path, rounds: usize) -> Value {
         cases.push(case);
     }
     json!({"method": "perf record -e cpu-clock -g on Envoy's process; a sample with a V8 JIT frame on its stack is inside the module's call (its leaf in JIT code: the module's code; elsewhere: the host functions it called)", "cases": cases})
+}
+
+/// Envoy's CPU per second with no traffic, for Envoy alone, the floor and the module (its
+/// timers, its scrapes of the two upstreams every 50 ms and its membership reads from the
+/// admin interface): a cost per second, which the main run's figures spread over
+/// requests at whatever rate they came.
+fn idle_section(seconds: u64) -> Value {
+    let (_upstreams, endpoints) = instant_upstreams();
+    let mut rows = serde_json::Map::new();
+    for (name, variant) in [("base", Variant::Base), ("floor", Variant::Floor), ("epp", Variant::Epp)] {
+        let envoy = Envoy::start(
+            &endpoints,
+            EnvoyOptions {
+                without_picker: variant == Variant::Base,
+                concurrency: 1,
+                wasm: (variant == Variant::Floor).then(paths::floor_wasm),
+                ..Default::default()
+            },
+        );
+        pin(envoy.pid(), "0");
+        if variant == Variant::Epp {
+            envoy.wait_for_table();
+        }
+        let before = cpu_ticks(envoy.pid());
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        // Clock ticks are 10 ms: ms of CPU per second.
+        let ms_per_s = cpu_ticks(envoy.pid()).saturating_sub(before) as f64 * 10.0 / seconds as f64;
+        println!("{name}: {ms_per_s:.1} ms of CPU a second");
+        rows.insert(name.to_string(), json!((ms_per_s * 10.0).round() / 10.0));
+    }
+    json!({
+        "seconds": seconds,
+        "envoy_cpu_ms_per_s": rows,
+        "method": "Envoy (one worker, pinned to core 0) with two upstreams and no requests; CPU from /proc/PID/stat over the interval",
+    })
 }
 
 /// The floor's chores, in the order filter/examples/floor.rs adds them (`{"steps": N}`).
