@@ -51,11 +51,13 @@ pub struct Lease {
     id: u64,
     term_ms: u64,
     held: bool,
+    /// This VM wrote a bid for a lease that had run out; the next tick reads who won.
+    bidding: bool,
 }
 
 impl Lease {
     pub fn new(id: u64, term_ms: u64) -> Self {
-        Lease { id, term_ms, held: false }
+        Lease { id, term_ms, held: false, bidding: false }
     }
 
     pub fn id(&self) -> u64 {
@@ -64,6 +66,12 @@ impl Lease {
 
     pub fn is_held(&self) -> bool {
         self.held
+    }
+
+    /// Whether the last tick bid for a free lease: whoever bids wants to know soon
+    /// whether it won.
+    pub fn is_bidding(&self) -> bool {
+        self.bidding
     }
 
     /// Writes this VM in, whoever holds the lease: the singleton scraper does at start,
@@ -84,6 +92,7 @@ impl Lease {
             // A lost race leaves the record to the winner; the next tick reads who it is.
             store.set(KEY, &record.encode(), cas);
         }
+        self.bidding = free && !mine;
         let was = std::mem::replace(&mut self.held, mine);
         match (was, mine) {
             (false, true) => Change::Gained,
@@ -123,9 +132,12 @@ mod tests {
         for w in &mut workers {
             assert_eq!(w.tick(&store, 0), Change::Same, "nobody holds it on a bid alone");
         }
+        let bidding: Vec<bool> = workers.iter().map(Lease::is_bidding).collect();
+        assert_eq!(bidding, [true, false, false, false], "the first bid; the others found it taken");
         // Round 2: the bidder finds itself there.
         let changes: Vec<Change> = workers.iter_mut().map(|w| w.tick(&store, 20)).collect();
         assert_eq!(changes, [Change::Gained, Change::Same, Change::Same, Change::Same]);
+        assert!(workers.iter().all(|w| !w.is_bidding()), "a holder renews; it does not bid");
         assert_eq!(holder(&store).map(|h| h.0), Some(1));
         for t in (40..5000).step_by(20) {
             for w in &mut workers {

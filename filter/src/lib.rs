@@ -5,6 +5,7 @@
 //! that binds it to the host.
 
 pub mod prefix_record;
+pub mod cadence;
 pub mod config;
 pub mod discovery;
 pub mod engine;

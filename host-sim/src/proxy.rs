@@ -189,6 +189,11 @@ impl Proxy {
         Ok(())
     }
 
+    /// VM `vm`'s timer period in ms (0: it has none).
+    pub fn tick_period_ms(&self, vm: usize) -> u64 {
+        self.vms.get(vm).map_or(0, |v| v.state().tick_period_ms)
+    }
+
     /// The VMs whose last word on the scraper lease is that they hold it.
     pub fn scraping_vms(&self) -> Vec<usize> {
         (0..self.vms.len())

@@ -79,6 +79,7 @@ impl RootContext for Root {
             Root::Picker(p, s) => {
                 p.tick();
                 s.tick();
+                p.retune(s.wants_fast_ticks());
             }
             Root::Unconfigured => {}
         }

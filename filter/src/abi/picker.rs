@@ -7,6 +7,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use super::host;
+use crate::cadence::Cadence;
 use crate::header_map::HeaderMap;
 use crate::names;
 use crate::prefix_record;
@@ -26,9 +27,6 @@ use crate::table::{Table, GENERATION_KEY, TABLE_KEY};
 
 use crate::names::headers::EXPLAIN as EXPLAIN_HEADER;
 
-/// How long a worker that routes nothing keeps its ended streams in the in-flight counts.
-const ENDED_FLUSH_MS: u64 = 20;
-
 pub struct PickerRoot {
     worker: Rc<RefCell<WorkerState>>,
 }
@@ -47,6 +45,9 @@ struct WorkerState {
     checked_ms: u64,
     /// The metrics outage last logged, so that it is said once.
     last_outage: Option<String>,
+    /// The timer's period, and whether a stream started or ended since the last tick.
+    cadence: Cadence,
+    active: bool,
 }
 
 struct Stats {
@@ -76,11 +77,13 @@ impl PickerRoot {
         };
         let ledger = in_flight::Ledger::new(config.endpoints.len());
         // The timer also drives this VM's bid for the scraper lease.
-        if !host::tick_every(ENDED_FLUSH_MS.min(config.scrape_interval_ms)) {
+        let cadence = Cadence::new(config.scrape_interval_ms, config.scraper_lease_ms);
+        if !host::tick_every(cadence.period_ms()) {
             log::warn!("wasm-epp picker: no timer: ended streams leave the in-flight counts with the next request");
         }
         let router = Router::new(config, profile, seed);
-        let worker = WorkerState { router, table: None, stats, ledger, reads: ReadsThisMillisecond::default(), checked_ms: 0, last_outage: None };
+        let reads = ReadsThisMillisecond::default();
+        let worker = WorkerState { router, table: None, stats, ledger, reads, checked_ms: 0, last_outage: None, cadence, active: false };
         PickerRoot { worker: Rc::new(RefCell::new(worker)) }
     }
 
@@ -100,6 +103,16 @@ impl PickerRoot {
         }
     }
 
+    /// Sets the timer for what comes next: fast while this VM scrapes (or bids for the
+    /// lease) or its worker has traffic, slow after a quiet spell (`Cadence`).
+    pub fn retune(&self, scraping: bool) {
+        let mut worker = self.worker.borrow_mut();
+        let busy = scraping || std::mem::take(&mut worker.active);
+        if let Some(ms) = worker.cadence.after_tick(busy) {
+            host::tick_every(ms);
+        }
+    }
+
     pub fn new_stream(&self) -> PickerStream {
         PickerStream {
             worker: self.worker.clone(),
@@ -115,6 +128,14 @@ impl PickerRoot {
 }
 
 impl WorkerState {
+    /// A stream started or ended here: its counts must reach the shared ones soon.
+    fn woken(&mut self) {
+        self.active = true;
+        if let Some(ms) = self.cadence.woken() {
+            host::tick_every(ms);
+        }
+    }
+
     /// The table's age, and whether the picker schedules from it (fresh) rather than
     /// failing open.
     fn readiness(&self, now_ms: u64) -> (Option<u64>, bool) {
@@ -233,6 +254,7 @@ impl PickerStream {
                 if let Some(slot) = slot {
                     ledger.sent(&host::HostStore, slot, now);
                     self.counted = Some(slot);
+                    worker.woken();
                 }
                 self.explain = explain;
                 Action::Continue
@@ -372,7 +394,9 @@ impl HttpContext for PickerStream {
     fn on_log(&mut self) {
         // The stream ended (answered, failed or cancelled): no longer in flight.
         if let Some(slot) = self.counted.take() {
-            self.worker.borrow_mut().ledger.ended(slot);
+            let mut worker = self.worker.borrow_mut();
+            worker.ledger.ended(slot);
+            worker.woken();
         }
     }
 }

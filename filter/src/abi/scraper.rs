@@ -55,6 +55,11 @@ impl Scraping {
         }
     }
 
+    /// Scraping, or waiting to learn whether a bid for the lease won: the timer must be fast.
+    pub fn wants_fast_ticks(&self) -> bool {
+        self.active.is_some() || self.lease.is_bidding()
+    }
+
     pub fn on_answer(&mut self, token: u32, headers: usize, body_size: usize) {
         if let Some(s) = &mut self.active {
             s.on_answer(token, headers, body_size);

@@ -71,14 +71,49 @@ fn a_stopped_singleton_is_replaced_by_a_worker_and_until_then_pickers_fail_open(
     let o = route(&mut w, 0, 1, &chat(MODEL));
     assert!(o.upstream_header(DEST).is_some());
     assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 1);
-    // The lease runs out 3 s after the singleton's last renewal: a worker scrapes.
-    w.advance_ms(2000);
+    // The lease runs out 3 s after the singleton's last renewal, and the idle workers,
+    // ticking every quarter of a lease term, bid within one such tick: a worker scrapes.
+    w.advance_ms(1000);
+    assert!(w.proxies[0].scraping_vms().is_empty(), "the lease still runs");
+    w.advance_ms(1000 + 750);
     let scraping = w.proxies[0].scraping_vms();
     assert_eq!(scraping.len(), 1, "{scraping:?}");
     assert_ne!(scraping[0], 0);
     w.advance_ms(100);
     route(&mut w, 0, 0, &chat(MODEL));
     assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 1, "scheduled again");
+}
+
+#[test]
+fn idle_workers_tick_slowly_and_a_stream_wakes_its_worker_at_once() {
+    let mut w = picker_only_world(servers(2, ServerParams::default()), json!({}), 3, 1);
+    w.advance_ms(1000);
+    let scraping = w.proxies[0].scraping_vms();
+    assert_eq!(scraping.len(), 1, "{scraping:?}");
+    let period = |w: &World, worker: usize| w.proxies[0].tick_period_ms(w.proxies[0].worker_vm(worker));
+    for worker in 0..3 {
+        let scrapes = scraping.contains(&w.proxies[0].worker_vm(worker));
+        assert_eq!(period(&w, worker), if scrapes { 20 } else { 250 }, "worker {worker} (scrapes: {scrapes})");
+    }
+    let idle = (0..3).find(|&k| !scraping.contains(&w.proxies[0].worker_vm(k))).expect("an idle worker");
+    let in_flight = |w: &World| {
+        let state = w.proxies[0].state.borrow();
+        let bytes = state.shared_data.get(epp::in_flight::KEY).map(|(b, _)| b.clone()).unwrap_or_default();
+        bytes.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default())).sum::<u32>()
+    };
+    let before = in_flight(&w);
+    let o = w.request(0, idle, &chat(MODEL));
+    assert!(o.upstream_header(DEST).is_some(), "{o:?}");
+    assert_eq!(period(&w, idle), 20, "a stream makes its worker's timer fast at once");
+    assert_eq!(in_flight(&w), before + 1, "counted as it is sent");
+    w.advance_ms(5);
+    w.finish(0, &o, 200);
+    w.advance_ms(25);
+    assert_eq!(in_flight(&w), before, "its end reached the shared counts within one fast tick");
+    w.advance_ms(200);
+    assert_eq!(period(&w, idle), 20, "still fast: 250 ms of quiet ticks come first");
+    w.advance_ms(100);
+    assert_eq!(period(&w, idle), 250, "then slow again");
 }
 
 #[test]
