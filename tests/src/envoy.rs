@@ -96,7 +96,7 @@ impl Rendering {
 }
 
 /// A port nothing listens on now (the admin's, which the admin cluster must name).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
 }
 
@@ -243,11 +243,17 @@ impl Envoy {
     /// Envoy with `config` as it is (a platform's generated configuration, say), waiting
     /// until the listener named `listener` listens and Envoy is ready.
     pub fn start_raw(config: &str, listener: &str) -> Envoy {
+        Self::start_raw_on(config, listener, 2)
+    }
+
+    /// `start_raw` with `concurrency` workers.
+    pub fn start_raw_on(config: &str, listener: &str, concurrency: u32) -> Envoy {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("wasm-epp-envoy-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("temp dir");
-        let (address, admin, child, client) = Self::spawn(&dir, config, 2, listener).unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
+        let (address, admin, child, client) =
+            Self::spawn(&dir, config, concurrency, listener).unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
         let rendering = Rendering {
             watched: Vec::new(),
             endpoints: Vec::new(),

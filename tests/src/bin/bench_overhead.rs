@@ -14,9 +14,11 @@
 //!    module's code, the host calls it makes and Envoy's own (`perf_section`).
 //! 5. `--idle`: what each variant costs Envoy with no traffic at all, the module's
 //!    timers, scrapes and membership reads (`idle_section`); the main run measures it too.
+//! 6. `--paired`: the module against the floor inside one Envoy, on two listeners, in
+//!    short alternating bursts, so that the machine's drift cancels (`paired_section`).
 //!
-//! Writes bench/overhead.json; `--fuel-only`, `--steps`, `--perf` and `--idle` refresh only
-//! their part.
+//! Writes bench/overhead.json; `--fuel-only`, `--steps`, `--perf`, `--idle` and `--paired`
+//! refresh only their part.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +39,7 @@ bench-overhead: what picking inside the proxy costs on the data path (writes ben
   bench-overhead --steps          the floor doing the picker's chores one at a time
   bench-overhead --perf           Envoy's time split by perf: the module's calls or Envoy's own
   bench-overhead --idle           Envoy's CPU with no traffic: what the module's timers and scrapes cost
+  bench-overhead --paired         the module against the floor in one Envoy, alternating 1 s bursts (about 5 min)
   --quick                         one round instead of several (2 s a variant in the main run)
   --plugin JSON                   plugin configuration keys to measure with (the main run)";
 
@@ -76,6 +79,13 @@ fn main() {
         }
         report["perf"] = perf_section(&work, if quick { 1 } else { 3 });
         write(&report, "the perf part");
+        return;
+    }
+
+    if flag("--paired") {
+        println!("== the module against the floor, in one Envoy, alternating bursts");
+        report["paired"] = paired_section(&work, if quick { 8 } else { 30 });
+        write(&report, "the paired part");
         return;
     }
 
@@ -433,6 +443,82 @@ fn idle_section(seconds: u64) -> Value {
         "envoy_cpu_ms_per_s": rows,
         "method": "Envoy (one worker, pinned to core 0) with two upstreams and no requests; CPU from /proc/PID/stat over the interval",
     })
+}
+
+/// The module and the floor in one Envoy (one worker, pinned), each on a listener of its
+/// own, and 1 s bursts of concurrency 64 alternating between them, `pairs` times a body
+/// size, the order swapped every pair. Adjacent bursts see the machine at the same speed,
+/// so their ratio keeps what the module costs a request and drops the drift that moves
+/// whole runs by ±30%. The module's scraper and timers run during both bursts: the
+/// per-second cost is `idle_section`'s.
+fn paired_section(work: &Path, pairs: usize) -> Value {
+    let (_upstreams, endpoints) = instant_upstreams();
+    let template = std::fs::read_to_string(paths::envoy_config("envoy.yaml")).expect("envoy/envoy.yaml");
+    // The module's admin cluster must name the admin's real port.
+    let template = template.replace("port_value: 9901", &format!("port_value: {}", epp_tests::envoy::free_port()));
+    let module = epp_tests::envoy::render(&template, &endpoints, &json!({}), &paths::epp_wasm().display().to_string(), false);
+    let (start, end) = (module.find("  - name: llm\n").expect("the llm listener"), module.find("\n  clusters:\n").expect("clusters"));
+    let floor: String = module[start..end]
+        .lines()
+        .map(|l| match l.trim_start() {
+            t if t.starts_with("value: '") => format!("{}value: '{{}}'", &l[..l.len() - t.len()]),
+            t if t.starts_with("- name: llm") || t.starts_with("stat_prefix: llm") => l.replacen("llm", "llm_floor", 1),
+            t if t.starts_with("vm_id: ") => l.replacen("wasm_epp", "floor", 1),
+            t if t.starts_with("name: wasm_epp_picker") => l.replacen("wasm_epp_picker", "floor", 1),
+            t if t.starts_with("code: ") => format!("{}code: {{ local: {{ filename: {} }} }}", &l[..l.len() - t.len()], paths::floor_wasm().display()),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = format!("{}\n{floor}{}", &module[..end], &module[end..]);
+    let envoy = Envoy::start_raw_on(&config, "llm", 1);
+    pin(envoy.pid(), "0");
+    envoy.wait_for_table();
+    let listeners = envoy.client().get(&format!("http://{}/listeners?format=json", envoy.admin)).json();
+    let floor_address = listeners["listener_statuses"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == "llm_floor"))
+        .map(|l| format!("{}:{}", l["local_address"]["socket_address"]["address"].as_str().unwrap_or(""), l["local_address"]["socket_address"]["port_value"]))
+        .expect("the floor's listener");
+    let urls = [envoy.url("/v1/chat/completions"), format!("http://{floor_address}/v1/chat/completions")];
+    let mut cases = Vec::new();
+    for body_bytes in [1024usize, 16 * 1024] {
+        let (body, script) = body_and_script(work, "paired-", body_bytes);
+        for url in &urls {
+            wrk(&script, url, 64, 1); // warm-up
+        }
+        let burst = |url: &str| {
+            let before = cpu_ticks(envoy.pid());
+            let r = wrk(&script, url, 64, 1);
+            let requests = r["requests"].as_f64().unwrap_or(0.0).max(1.0);
+            (cpu_ticks(envoy.pid()).saturating_sub(before) as f64 * 10_000.0 / requests, requests / (r["duration_us"].as_f64().unwrap_or(1.0) / 1e6))
+        };
+        let (mut over, mut ratio) = (Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            let (epp, floor) = if pair % 2 == 0 {
+                let e = burst(&urls[0]);
+                (e, burst(&urls[1]))
+            } else {
+                let f = burst(&urls[1]);
+                (burst(&urls[0]), f)
+            };
+            over.push(epp.0 - floor.0);
+            ratio.push(epp.1 / floor.1.max(1e-9));
+        }
+        ratio.sort_by(f64::total_cmp);
+        let q = |f: f64| (ratio[((ratio.len() - 1) as f64 * f).round() as usize] * 1000.0).round() / 1000.0;
+        let case = json!({
+            "body_bytes": body.len(),
+            "concurrency": 64,
+            "pairs": pairs,
+            "epp_cpu_over_floor_us": (median(over) * 10.0).round() / 10.0,
+            "throughput_to_floor": q(0.5),
+            "throughput_to_floor_quartiles": [q(0.25), q(0.75)],
+        });
+        println!("{case}");
+        cases.push(case);
+    }
+    json!({"method": "one Envoy (one worker, pinned to core 0), the module and the floor on two listeners, alternating 1 s wrk bursts at concurrency 64; medians over the pairs", "cases": cases})
 }
 
 /// The floor's chores, in the order filter/examples/floor.rs adds them (`{"steps": N}`).
