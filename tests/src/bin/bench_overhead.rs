@@ -64,13 +64,6 @@ fn main() {
         println!("\nwrote {what} of {}", path.display());
     };
 
-    if flag("--steps") {
-        println!("== where the cost goes: the floor doing the picker's chores one at a time");
-        report["steps"] = steps_section(&work, if quick { 1 } else { 5 });
-        write(&report, "the steps part");
-        return;
-    }
-
     if flag("--perf") {
         println!("== where Envoy's time goes, by perf: inside the module's calls, or Envoy's own");
         if !epp_tests::perf::available() {
@@ -82,18 +75,23 @@ fn main() {
         return;
     }
 
-    if flag("--paired") {
-        println!("== the module against the floor, in one Envoy, alternating bursts");
-        report["paired"] = paired_section(&work, if quick { 8 } else { 30 });
-        write(&report, "the paired part");
-        return;
-    }
-
-    if flag("--idle") {
-        println!("== Envoy's CPU with no traffic");
-        report["idle"] = idle_section(if quick { 5 } else { 10 });
-        write(&report, "the idle part");
-        return;
+    // The modes that measure one part of the report each: (flag, part, what it measures).
+    let modes: [(&str, &str, &str, &dyn Fn() -> Value); 3] = [
+        ("--steps", "steps", "where the cost goes: the floor doing the picker's chores one at a time", &|| {
+            steps_section(&work, if quick { 1 } else { 5 })
+        }),
+        ("--paired", "paired", "the module against the floor, in one Envoy, alternating bursts", &|| {
+            paired_section(&work, if quick { 8 } else { 30 })
+        }),
+        ("--idle", "idle", "Envoy's CPU with no traffic", &|| idle_section(if quick { 5 } else { 10 })),
+    ];
+    for (name, part, what, measure) in modes {
+        if flag(name) {
+            println!("== {what}");
+            report[part] = measure();
+            write(&report, &format!("the {part} part"));
+            return;
+        }
     }
 
     println!("== deterministic cost in host-sim (wasm instructions, 'fuel')");
