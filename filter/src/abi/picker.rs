@@ -105,9 +105,9 @@ impl PickerRoot {
 
     /// Sets the timer for what comes next: fast while this VM scrapes (or bids for the
     /// lease) or its worker has traffic, slow after a quiet spell (`Cadence`).
-    pub fn retune(&self, scraping: bool) {
+    pub fn retune(&self, scraper_busy: bool) {
         let mut worker = self.worker.borrow_mut();
-        let busy = scraping || std::mem::take(&mut worker.active);
+        let busy = scraper_busy || std::mem::take(&mut worker.active);
         if let Some(ms) = worker.cadence.after_tick(busy) {
             host::tick_every(ms);
         }
