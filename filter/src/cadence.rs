@@ -9,7 +9,7 @@
 //! second each (docs/experiments.md).
 
 /// How long a worker that routes nothing keeps its ended streams in the in-flight counts.
-pub const FAST_MS: u64 = 20;
+const FAST_MS: u64 = 20;
 
 /// Slow ticks come this many times a lease term: a lease that ran out is taken within a
 /// quarter of a term (250 ms by default) by an idle VM, within `FAST_MS` by a busy one.
@@ -22,6 +22,8 @@ pub struct Cadence {
     fast: bool,
     /// Fast ticks in a row that found nothing to do.
     quiet: u64,
+    /// A stream started or ended since the last tick.
+    woken: bool,
 }
 
 impl Cadence {
@@ -30,7 +32,7 @@ impl Cadence {
     pub fn new(scrape_interval_ms: u64, lease_ms: u64) -> Self {
         let fast_ms = FAST_MS.min(scrape_interval_ms).max(1);
         let slow_ms = (lease_ms / SLOW_TICKS_PER_LEASE).max(fast_ms);
-        Cadence { fast_ms, slow_ms, fast: true, quiet: 0 }
+        Cadence { fast_ms, slow_ms, fast: true, quiet: 0, woken: false }
     }
 
     pub fn period_ms(&self) -> u64 {
@@ -41,11 +43,11 @@ impl Cadence {
         }
     }
 
-    /// After a tick: the period the timer should have from now on, if it changes. `busy`:
-    /// the VM scrapes or has just bid for the lease, or its worker routed or ended a
-    /// stream since the tick before.
-    pub fn after_tick(&mut self, busy: bool) -> Option<u64> {
-        if busy {
+    /// After a tick: the period the timer should have from now on, if it changes. Busy if
+    /// `scraper_busy` (the VM scrapes or has just bid for the lease) or a stream started
+    /// or ended since the tick before (`woken`).
+    pub fn after_tick(&mut self, scraper_busy: bool) -> Option<u64> {
+        if std::mem::take(&mut self.woken) | scraper_busy {
             self.quiet = 0;
             return self.set(true);
         }
@@ -57,7 +59,9 @@ impl Cadence {
     }
 
     /// A stream started or ended on this worker: the fast period, if the timer was slow.
+    /// The next tick counts as busy.
     pub fn woken(&mut self) -> Option<u64> {
+        self.woken = true;
         self.quiet = 0;
         self.set(true)
     }
@@ -89,6 +93,7 @@ mod tests {
             assert_eq!(c.after_tick(false), None, "light traffic keeps it fast");
         }
         assert_eq!(c.woken(), None);
+        assert_eq!(c.after_tick(false), None, "a stream since the last tick: that tick was busy");
         assert_eq!(quiet(&mut c), 13, "each stream starts the quiet count again");
     }
 

@@ -45,9 +45,8 @@ struct WorkerState {
     checked_ms: u64,
     /// The metrics outage last logged, so that it is said once.
     last_outage: Option<String>,
-    /// The timer's period, and whether a stream started or ended since the last tick.
+    /// The timer's period.
     cadence: Cadence,
-    active: bool,
 }
 
 struct Stats {
@@ -83,7 +82,7 @@ impl PickerRoot {
         }
         let router = Router::new(config, profile, seed);
         let reads = ReadsThisMillisecond::default();
-        let worker = WorkerState { router, table: None, stats, ledger, reads, checked_ms: 0, last_outage: None, cadence, active: false };
+        let worker = WorkerState { router, table: None, stats, ledger, reads, checked_ms: 0, last_outage: None, cadence };
         PickerRoot { worker: Rc::new(RefCell::new(worker)) }
     }
 
@@ -106,9 +105,7 @@ impl PickerRoot {
     /// Sets the timer for what comes next: fast while this VM scrapes (or bids for the
     /// lease) or its worker has traffic, slow after a quiet spell (`Cadence`).
     pub fn retune(&self, scraper_busy: bool) {
-        let mut worker = self.worker.borrow_mut();
-        let busy = scraper_busy || std::mem::take(&mut worker.active);
-        if let Some(ms) = worker.cadence.after_tick(busy) {
+        if let Some(ms) = self.worker.borrow_mut().cadence.after_tick(scraper_busy) {
             host::tick_every(ms);
         }
     }
@@ -130,7 +127,6 @@ impl PickerRoot {
 impl WorkerState {
     /// A stream started or ended here: its counts must reach the shared ones soon.
     fn woken(&mut self) {
-        self.active = true;
         if let Some(ms) = self.cadence.woken() {
             host::tick_every(ms);
         }

@@ -164,7 +164,19 @@ fn start_variant(variant: Variant, endpoints: &[String], plugin: &Value, script:
         Variant::ExtProc(mode) => Some(ExtProc::start(mode, endpoints, plugin)),
         _ => None,
     };
-    let options = match &extproc {
+    let envoy = start_envoy(variant, endpoints, plugin, extproc.as_ref());
+    if extproc.is_some() {
+        std::thread::sleep(std::time::Duration::from_millis(300)); // its first scrapes
+    }
+    let url = envoy.url("/v1/chat/completions");
+    wrk(script, &url, concurrency, 1); // warm-up
+    Running { envoy, extproc, url }
+}
+
+/// Envoy on one worker for `variant` (calling `extproc` for the ext_proc ones), pinned, and
+/// with the module's first table in.
+fn start_envoy(variant: Variant, endpoints: &[String], plugin: &Value, extproc: Option<&ExtProc>) -> Envoy {
+    let options = match extproc {
         Some(p) => p.envoy_options(1),
         None => EnvoyOptions {
             without_picker: variant == Variant::Base,
@@ -182,12 +194,7 @@ fn start_variant(variant: Variant, endpoints: &[String], plugin: &Value, script:
     if variant == Variant::Epp {
         envoy.wait_for_table();
     }
-    if extproc.is_some() {
-        std::thread::sleep(std::time::Duration::from_millis(300)); // its first scrapes
-    }
-    let url = envoy.url("/v1/chat/completions");
-    wrk(script, &url, concurrency, 1); // warm-up
-    Running { envoy, extproc, url }
+    envoy
 }
 
 /// The two instant upstreams every section measures against, and their addresses.
@@ -416,19 +423,7 @@ fn idle_section(seconds: u64) -> Value {
     let (_upstreams, endpoints) = instant_upstreams();
     let mut rows = serde_json::Map::new();
     for (name, variant) in [("base", Variant::Base), ("floor", Variant::Floor), ("epp", Variant::Epp)] {
-        let envoy = Envoy::start(
-            &endpoints,
-            EnvoyOptions {
-                without_picker: variant == Variant::Base,
-                concurrency: 1,
-                wasm: (variant == Variant::Floor).then(paths::floor_wasm),
-                ..Default::default()
-            },
-        );
-        pin(envoy.pid(), "0");
-        if variant == Variant::Epp {
-            envoy.wait_for_table();
-        }
+        let envoy = start_envoy(variant, &endpoints, &json!({}), None);
         let before = cpu_ticks(envoy.pid());
         std::thread::sleep(std::time::Duration::from_secs(seconds));
         // Clock ticks are 10 ms: ms of CPU per second.
