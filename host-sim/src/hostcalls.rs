@@ -56,6 +56,12 @@ fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ret_ptr: i32, ret_size
 
 const INVALID_MEMORY: i32 = 6;
 
+/// Counts a host call (coverage) and notes it in the fuel trace.
+fn cover(c: &Caller<'_, HostState>, name: &'static str) {
+    c.data().cover(name);
+    crate::vm::trace_fuel(name, c.get_fuel().unwrap_or(0));
+}
+
 /// Every host function the module may import.
 pub fn define(l: &mut Linker<HostState>) -> Result<()> {
     logging_and_time(l)?;
@@ -72,23 +78,23 @@ pub fn define(l: &mut Linker<HostState>) -> Result<()> {
 /// Logging, the clock and the tick.
 fn logging_and_time(l: &mut Linker<HostState>) -> Result<()> {
     l.func_wrap("env", "proxy_log", |mut c: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| -> i32 {
-        c.data().cover("proxy_log");
+        cover(&c, "proxy_log");
         let Some(msg) = read_str(&mut c, ptr, len) else { return INVALID_MEMORY };
         c.data_mut().logs.push((level as u32, msg));
         Status::Ok as i32
     })?;
     l.func_wrap("env", "proxy_get_log_level", |mut c: Caller<'_, HostState>, ret: i32| -> i32 {
-        c.data().cover("proxy_get_log_level");
+        cover(&c, "proxy_get_log_level");
         let level = c.data().log_level;
         if write_u32(&mut c, ret, level) { 0 } else { INVALID_MEMORY }
     })?;
     l.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, HostState>, ret: i32| -> i32 {
-        c.data().cover("proxy_get_current_time_nanoseconds");
+        cover(&c, "proxy_get_current_time_nanoseconds");
         let now = c.data().now_ns();
         if write(&mut c, ret, &now.to_le_bytes()) { 0 } else { INVALID_MEMORY }
     })?;
     l.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Caller<'_, HostState>, ms: i32| -> i32 {
-        c.data().cover("proxy_set_tick_period_milliseconds");
+        cover(&c, "proxy_set_tick_period_milliseconds");
         let now = c.data().now_ns();
         let s = c.data_mut();
         s.tick_period_ms = ms as u32 as u64;
@@ -104,7 +110,7 @@ fn headers_and_buffers(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut c: Caller<'_, HostState>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| -> Result<i32> {
-            c.data().cover("proxy_get_buffer_bytes");
+            cover(&c, "proxy_get_buffer_bytes");
             let buffer: Option<Vec<u8>> = {
                 let s = c.data_mut();
                 match (kind as u32, s.phase) {
@@ -128,7 +134,7 @@ fn headers_and_buffers(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_set_buffer_bytes",
         |mut c: Caller<'_, HostState>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
-            c.data().cover("proxy_set_buffer_bytes");
+            cover(&c, "proxy_set_buffer_bytes");
             let Some(data) = read(&mut c, ptr, len) else { return INVALID_MEMORY };
             let s = c.data_mut();
             let Some(st) = s.stream() else { return Status::NotFound as i32 };
@@ -145,12 +151,12 @@ fn headers_and_buffers(l: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     l.func_wrap("env", "proxy_get_header_map_pairs", |mut c: Caller<'_, HostState>, map: i32, ret_ptr: i32, ret_size: i32| -> Result<i32> {
-        c.data().cover("proxy_get_header_map_pairs");
+        cover(&c, "proxy_get_header_map_pairs");
         let Some(m) = with_map(c.data_mut(), map, |m| m.clone()) else { return Ok(Status::BadArgument as i32) };
         give(&mut c, &abi::serialize_map(&m), ret_ptr, ret_size)
     })?;
     l.func_wrap("env", "proxy_set_header_map_pairs", |mut c: Caller<'_, HostState>, map: i32, ptr: i32, len: i32| -> i32 {
-        c.data().cover("proxy_set_header_map_pairs");
+        cover(&c, "proxy_set_header_map_pairs");
         let Some(bytes) = read(&mut c, ptr, len) else { return INVALID_MEMORY };
         let Some(pairs) = abi::deserialize_map(&bytes) else { return Status::BadArgument as i32 };
         match with_map(c.data_mut(), map, |m| *m = pairs) {
@@ -162,7 +168,7 @@ fn headers_and_buffers(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut c: Caller<'_, HostState>, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> Result<i32> {
-            c.data().cover("proxy_get_header_map_value");
+            cover(&c, "proxy_get_header_map_value");
             let Some(key) = read_str(&mut c, kp, kl) else { return Ok(INVALID_MEMORY) };
             let key = key.to_ascii_lowercase();
             let found = with_map(c.data_mut(), map, |m| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()));
@@ -177,7 +183,7 @@ fn headers_and_buffers(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_replace_header_map_value",
         |mut c: Caller<'_, HostState>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            c.data().cover("proxy_replace_header_map_value");
+            cover(&c, "proxy_replace_header_map_value");
             let (Some(k), Some(v)) = (read_str(&mut c, kp, kl), read_str(&mut c, vp, vl)) else { return INVALID_MEMORY };
             let k = k.to_ascii_lowercase();
             let r = with_map(c.data_mut(), map, |m| {
@@ -188,7 +194,7 @@ fn headers_and_buffers(l: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     l.func_wrap("env", "proxy_remove_header_map_value", |mut c: Caller<'_, HostState>, map: i32, kp: i32, kl: i32| -> i32 {
-        c.data().cover("proxy_remove_header_map_value");
+        cover(&c, "proxy_remove_header_map_value");
         let Some(k) = read_str(&mut c, kp, kl) else { return INVALID_MEMORY };
         let k = k.to_ascii_lowercase();
         match with_map(c.data_mut(), map, |m| m.retain(|(name, _)| *name != k)) {
@@ -200,7 +206,7 @@ fn headers_and_buffers(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_add_header_map_value",
         |mut c: Caller<'_, HostState>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            c.data().cover("proxy_add_header_map_value");
+            cover(&c, "proxy_add_header_map_value");
             let (Some(k), Some(v)) = (read_str(&mut c, kp, kl), read_str(&mut c, vp, vl)) else { return INVALID_MEMORY };
             match with_map(c.data_mut(), map, |m| m.push((k.to_ascii_lowercase(), v.clone()))) {
                 Some(()) => 0,
@@ -214,7 +220,7 @@ fn headers_and_buffers(l: &mut Linker<HostState>) -> Result<()> {
 /// Properties (the plugin's root id, and what the host knows of the stream).
 fn properties(l: &mut Linker<HostState>) -> Result<()> {
     l.func_wrap("env", "proxy_get_property", |mut c: Caller<'_, HostState>, pp: i32, pl: i32, ret_ptr: i32, ret_size: i32| -> Result<i32> {
-        c.data().cover("proxy_get_property");
+        cover(&c, "proxy_get_property");
         let Some(path) = read(&mut c, pp, pl) else { return Ok(INVALID_MEMORY) };
         let key = path.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(".");
         let s = c.data();
@@ -230,7 +236,7 @@ fn properties(l: &mut Linker<HostState>) -> Result<()> {
         }
     })?;
     l.func_wrap("env", "proxy_set_property", |mut c: Caller<'_, HostState>, pp: i32, pl: i32, vp: i32, vl: i32| -> i32 {
-        c.data().cover("proxy_set_property");
+        cover(&c, "proxy_set_property");
         let (Some(path), Some(v)) = (read(&mut c, pp, pl), read(&mut c, vp, vl)) else { return INVALID_MEMORY };
         let key = path.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(".");
         c.data_mut().properties.insert(key, v);
@@ -242,7 +248,7 @@ fn properties(l: &mut Linker<HostState>) -> Result<()> {
 /// Shared data (CAS) and shared queues, one store per proxy.
 fn shared_data_and_queues(l: &mut Linker<HostState>) -> Result<()> {
     l.func_wrap("env", "proxy_get_shared_data", |mut c: Caller<'_, HostState>, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32, ret_cas: i32| -> Result<i32> {
-        c.data().cover("proxy_get_shared_data");
+        cover(&c, "proxy_get_shared_data");
         let Some(key) = read_str(&mut c, kp, kl) else { return Ok(INVALID_MEMORY) };
         let entry = c.data().proxy.borrow().shared_data.get(&key).cloned();
         let Some((value, cas)) = entry else { return Ok(Status::NotFound as i32) };
@@ -253,19 +259,19 @@ fn shared_data_and_queues(l: &mut Linker<HostState>) -> Result<()> {
         Ok(status)
     })?;
     l.func_wrap("env", "proxy_set_shared_data", |mut c: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> i32 {
-        c.data().cover("proxy_set_shared_data");
+        cover(&c, "proxy_set_shared_data");
         let (Some(key), Some(value)) = (read_str(&mut c, kp, kl), read(&mut c, vp, vl)) else { return INVALID_MEMORY };
         c.data().proxy.borrow_mut().set_shared_data(key, value, cas as u32) as i32
     })?;
     l.func_wrap("env", "proxy_register_shared_queue", |mut c: Caller<'_, HostState>, np: i32, nl: i32, ret: i32| -> i32 {
-        c.data().cover("proxy_register_shared_queue");
+        cover(&c, "proxy_register_shared_queue");
         let Some(name) = read_str(&mut c, np, nl) else { return INVALID_MEMORY };
         let (vm, vm_id, ctx) = (c.data().vm_index, c.data().vm_id.clone(), c.data().current_context);
         let id = c.data().proxy.borrow_mut().register_queue(&vm_id, &name, vm, ctx);
         if write_u32(&mut c, ret, id) { 0 } else { INVALID_MEMORY }
     })?;
     l.func_wrap("env", "proxy_resolve_shared_queue", |mut c: Caller<'_, HostState>, vp: i32, vl: i32, np: i32, nl: i32, ret: i32| -> i32 {
-        c.data().cover("proxy_resolve_shared_queue");
+        cover(&c, "proxy_resolve_shared_queue");
         let (Some(vm_id), Some(name)) = (read_str(&mut c, vp, vl), read_str(&mut c, np, nl)) else { return INVALID_MEMORY };
         let id = c.data().proxy.borrow().resolve_queue(&vm_id, &name);
         match id {
@@ -274,12 +280,12 @@ fn shared_data_and_queues(l: &mut Linker<HostState>) -> Result<()> {
         }
     })?;
     l.func_wrap("env", "proxy_enqueue_shared_queue", |mut c: Caller<'_, HostState>, id: i32, vp: i32, vl: i32| -> i32 {
-        c.data().cover("proxy_enqueue_shared_queue");
+        cover(&c, "proxy_enqueue_shared_queue");
         let Some(v) = read(&mut c, vp, vl) else { return INVALID_MEMORY };
         c.data().proxy.borrow_mut().enqueue(id as u32, v) as i32
     })?;
     l.func_wrap("env", "proxy_dequeue_shared_queue", |mut c: Caller<'_, HostState>, id: i32, ret_ptr: i32, ret_size: i32| -> Result<i32> {
-        c.data().cover("proxy_dequeue_shared_queue");
+        cover(&c, "proxy_dequeue_shared_queue");
         let item = c.data().proxy.borrow_mut().dequeue(id as u32);
         match item {
             Ok(v) => give(&mut c, &v, ret_ptr, ret_size),
@@ -295,7 +301,7 @@ fn local_responses_and_http_calls(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_send_local_response",
         |mut c: Caller<'_, HostState>, status: i32, dp: i32, dl: i32, bp: i32, bl: i32, hp: i32, hl: i32, _grpc: i32| -> i32 {
-            c.data().cover("proxy_send_local_response");
+            cover(&c, "proxy_send_local_response");
             let (Some(details), Some(body), Some(headers)) = (read_str(&mut c, dp, dl), read(&mut c, bp, bl), read(&mut c, hp, hl)) else {
                 return INVALID_MEMORY;
             };
@@ -309,7 +315,7 @@ fn local_responses_and_http_calls(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_http_call",
         |mut c: Caller<'_, HostState>, up: i32, ul: i32, hp: i32, hl: i32, bp: i32, bl: i32, tp: i32, tl: i32, timeout: i32, ret: i32| -> i32 {
-            c.data().cover("proxy_http_call");
+            cover(&c, "proxy_http_call");
             let (Some(cluster), Some(headers), Some(body), Some(trailers)) =
                 (read_str(&mut c, up, ul), read(&mut c, hp, hl), read(&mut c, bp, bl), read(&mut c, tp, tl))
             else {
@@ -350,7 +356,7 @@ fn local_responses_and_http_calls(l: &mut Linker<HostState>) -> Result<()> {
 /// The effective context, and the stream actions.
 fn contexts_and_streams(l: &mut Linker<HostState>) -> Result<()> {
     l.func_wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, HostState>, ctx: i32| -> i32 {
-        c.data().cover("proxy_set_effective_context");
+        cover(&c, "proxy_set_effective_context");
         let s = c.data_mut();
         let ctx = ctx as u32;
         if ctx == ROOT_CONTEXT || s.streams.contains_key(&ctx) {
@@ -361,11 +367,11 @@ fn contexts_and_streams(l: &mut Linker<HostState>) -> Result<()> {
         }
     })?;
     l.func_wrap("env", "proxy_done", |c: Caller<'_, HostState>| -> i32 {
-        c.data().cover("proxy_done");
+        cover(&c, "proxy_done");
         0
     })?;
     l.func_wrap("env", "proxy_continue_stream", |mut c: Caller<'_, HostState>, _stream: i32| -> i32 {
-        c.data().cover("proxy_continue_stream");
+        cover(&c, "proxy_continue_stream");
         match c.data_mut().stream() {
             Some(st) => {
                 st.resumed = true;
@@ -375,7 +381,7 @@ fn contexts_and_streams(l: &mut Linker<HostState>) -> Result<()> {
         }
     })?;
     l.func_wrap("env", "proxy_close_stream", |mut c: Caller<'_, HostState>, _stream: i32| -> i32 {
-        c.data().cover("proxy_close_stream");
+        cover(&c, "proxy_close_stream");
         match c.data_mut().stream() {
             Some(st) => {
                 st.closed = true;
@@ -385,7 +391,7 @@ fn contexts_and_streams(l: &mut Linker<HostState>) -> Result<()> {
         }
     })?;
     l.func_wrap("env", "proxy_get_status", |mut c: Caller<'_, HostState>, code: i32, mp: i32, ml: i32| -> Result<i32> {
-        c.data().cover("proxy_get_status");
+        cover(&c, "proxy_get_status");
         if !write_u32(&mut c, code, 0) {
             return Ok(INVALID_MEMORY);
         }
@@ -395,7 +401,7 @@ fn contexts_and_streams(l: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_call_foreign_function",
         |mut c: Caller<'_, HostState>, np: i32, nl: i32, _ap: i32, _al: i32, ret_ptr: i32, ret_size: i32| -> Result<i32> {
-            c.data().cover("proxy_call_foreign_function");
+            cover(&c, "proxy_call_foreign_function");
             let Some(name) = read_str(&mut c, np, nl) else { return Ok(INVALID_MEMORY) };
             match name.as_str() {
                 // Envoy's: recompute the route after header changes. Nothing to recompute here.
@@ -413,21 +419,21 @@ fn contexts_and_streams(l: &mut Linker<HostState>) -> Result<()> {
 /// Metrics.
 fn metrics(l: &mut Linker<HostState>) -> Result<()> {
     l.func_wrap("env", "proxy_define_metric", |mut c: Caller<'_, HostState>, kind: i32, np: i32, nl: i32, ret: i32| -> i32 {
-        c.data().cover("proxy_define_metric");
+        cover(&c, "proxy_define_metric");
         let Some(name) = read_str(&mut c, np, nl) else { return INVALID_MEMORY };
         let id = c.data().proxy.borrow_mut().define_metric(kind as u32, &name);
         if write_u32(&mut c, ret, id) { 0 } else { INVALID_MEMORY }
     })?;
     l.func_wrap("env", "proxy_increment_metric", |c: Caller<'_, HostState>, id: i32, offset: i64| -> i32 {
-        c.data().cover("proxy_increment_metric");
+        cover(&c, "proxy_increment_metric");
         c.data().proxy.borrow_mut().update_metric(id as u32, |v| *v += offset) as i32
     })?;
     l.func_wrap("env", "proxy_record_metric", |c: Caller<'_, HostState>, id: i32, value: i64| -> i32 {
-        c.data().cover("proxy_record_metric");
+        cover(&c, "proxy_record_metric");
         c.data().proxy.borrow_mut().update_metric(id as u32, |v| *v = value) as i32
     })?;
     l.func_wrap("env", "proxy_get_metric", |mut c: Caller<'_, HostState>, id: i32, ret: i32| -> i32 {
-        c.data().cover("proxy_get_metric");
+        cover(&c, "proxy_get_metric");
         let value = c.data().proxy.borrow().metric(id as u32);
         match value {
             Some(v) => if write(&mut c, ret, &(v as u64).to_le_bytes()) { 0 } else { INVALID_MEMORY },
@@ -442,7 +448,7 @@ fn metrics(l: &mut Linker<HostState>) -> Result<()> {
 fn wasi(l: &mut Linker<HostState>) -> Result<()> {
     let w = "wasi_snapshot_preview1";
     l.func_wrap(w, "fd_write", |mut c: Caller<'_, HostState>, fd: i32, iovs: i32, n: i32, ret: i32| -> i32 {
-        c.data().cover("fd_write");
+        cover(&c, "fd_write");
         let mut total = 0u32;
         let mut text = Vec::new();
         for i in 0..n {
@@ -458,34 +464,34 @@ fn wasi(l: &mut Linker<HostState>) -> Result<()> {
         if write_u32(&mut c, ret, total) { 0 } else { 21 }
     })?;
     l.func_wrap(w, "environ_sizes_get", |mut c: Caller<'_, HostState>, count: i32, size: i32| -> i32 {
-        c.data().cover("environ_sizes_get");
+        cover(&c, "environ_sizes_get");
         if write_u32(&mut c, count, 0) && write_u32(&mut c, size, 0) { 0 } else { 21 }
     })?;
     l.func_wrap(w, "environ_get", |c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 {
-        c.data().cover("environ_get");
+        cover(&c, "environ_get");
         0
     })?;
     l.func_wrap(w, "args_sizes_get", |mut c: Caller<'_, HostState>, count: i32, size: i32| -> i32 {
-        c.data().cover("args_sizes_get");
+        cover(&c, "args_sizes_get");
         if write_u32(&mut c, count, 0) && write_u32(&mut c, size, 0) { 0 } else { 21 }
     })?;
     l.func_wrap(w, "args_get", |c: Caller<'_, HostState>, _a: i32, _b: i32| -> i32 {
-        c.data().cover("args_get");
+        cover(&c, "args_get");
         0
     })?;
     l.func_wrap(w, "clock_time_get", |mut c: Caller<'_, HostState>, _id: i32, _precision: i64, ret: i32| -> i32 {
-        c.data().cover("clock_time_get");
+        cover(&c, "clock_time_get");
         let now = c.data().now_ns();
         if write(&mut c, ret, &now.to_le_bytes()) { 0 } else { 21 }
     })?;
     l.func_wrap(w, "random_get", |mut c: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
-        c.data().cover("random_get");
+        cover(&c, "random_get");
         // Seeded, so a scenario replays exactly.
         let bytes: Vec<u8> = (0..len).map(|_| c.data_mut().next_random() as u8).collect();
         if write(&mut c, ptr, &bytes) { 0 } else { 21 }
     })?;
     l.func_wrap(w, "proc_exit", |c: Caller<'_, HostState>, code: i32| -> Result<()> {
-        c.data().cover("proc_exit");
+        cover(&c, "proc_exit");
         Err(format_err!("the module called proc_exit({code})"))
     })?;
     Ok(())

@@ -70,6 +70,10 @@ struct Args {
     profile: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print where request N's instructions go: each callback and host call with the
+    /// instructions its callback had run by then (deterministic, unlike --profile).
+    #[arg(long)]
+    trace_fuel: Option<usize>,
 }
 
 fn main() {
@@ -158,6 +162,9 @@ fn run(args: Args) -> Result<(), String> {
     let (mut per_endpoint, mut statuses, mut fuel) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     for (i, req) in requests.iter().enumerate() {
         let (proxy, worker) = (i % args.proxies, (i / args.proxies) % args.workers);
+        if args.trace_fuel == Some(i) {
+            host_sim::vm::start_fuel_trace();
+        }
         let out = world.request(proxy, worker, req);
         fuel.push(out.fuel);
         let destination = out.upstream_header("x-gateway-destination-endpoint").map(str::to_string);
@@ -178,6 +185,9 @@ fn run(args: Args) -> Result<(), String> {
             }
         }
         let response = world.finish(proxy, &out, 200);
+        if args.trace_fuel == Some(i) {
+            print_fuel_trace(i, &host_sim::vm::take_fuel_trace());
+        }
         if !args.quiet {
             let t = (world.now_ns() - 1_800_000_000_000_000_000) / 1_000_000;
             match (&out.local_response, &destination) {
@@ -207,7 +217,34 @@ fn run(args: Args) -> Result<(), String> {
     }
     let fail_open: i64 = world.proxies.iter().map(|p| p.metric("wasm_epp.fail_open")).sum();
     println!("fail-open decisions: {fail_open}");
+    let mut by_callback: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for vm in world.proxies.iter().flat_map(|p| &p.vms) {
+        for (name, (calls, fuel)) in &vm.fuel_by_callback {
+            let t = by_callback.entry(name).or_default();
+            *t = (t.0 + calls, t.1 + fuel);
+        }
+    }
+    println!("fuel by callback (every VM; calls, instructions a call):");
+    for (name, (calls, fuel)) in by_callback {
+        println!("  {name:<32} {calls:>8} {:>10}", fuel / calls.max(1));
+    }
     Ok(())
+}
+
+/// A callback's host calls with the instructions run before each, then the callback's
+/// own line with its total.
+fn print_fuel_trace(i: usize, trace: &[(&str, u64)]) {
+    println!("request {i}, instructions by callback and host call:");
+    let mut last = 0;
+    for (what, fuel) in trace {
+        if what.starts_with("proxy_on_") && !what.starts_with("proxy_on_memory") {
+            println!("  {what:<40} {fuel:>8} in all ({} after its last host call)", fuel.saturating_sub(last));
+            last = 0;
+        } else {
+            println!("    {what:<38} {:>8} before it", fuel.saturating_sub(last));
+            last = *fuel;
+        }
+    }
 }
 
 fn split_spec(spec: &str) -> Result<(&str, &str), String> {

@@ -28,6 +28,8 @@ pub struct Vm {
     pub record: bool,
     pub next_context_id: u32,
     pub total_fuel: u64,
+    /// Calls and wasm instructions by callback: where a request's instructions go.
+    pub fuel_by_callback: std::collections::BTreeMap<&'static str, (u64, u64)>,
 }
 
 impl Vm {
@@ -70,6 +72,7 @@ impl Vm {
             record: false,
             next_context_id: ROOT_CONTEXT + 1,
             total_fuel: 0,
+            fuel_by_callback: Default::default(),
         })
     }
 
@@ -109,6 +112,9 @@ impl Vm {
         let result = self.call_raw(callback, args);
         let fuel = FUEL_PER_CALL.saturating_sub(self.store.get_fuel().unwrap_or(0));
         self.total_fuel += fuel;
+        trace_fuel(callback, FUEL_PER_CALL.saturating_sub(fuel));
+        let tally = self.fuel_by_callback.entry(callback).or_default();
+        *tally = (tally.0 + 1, tally.1 + fuel);
         let result = result.map_err(|e| {
             // The SDK's panic hook logs the panic at Critical level before the trap.
             let panic = self.store.data().logs[logs_before..]
@@ -151,6 +157,29 @@ impl Vm {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
+}
+
+/// The fuel trace: while on, every callback and host call is noted with the instructions
+/// its callback had run when it started, so that a request's instructions can be split
+/// between its host calls (`host-sim --trace-fuel N`). Deterministic, where the sampling
+/// profiler is not.
+static FUEL_TRACE: std::sync::Mutex<Option<Vec<(&'static str, u64)>>> = std::sync::Mutex::new(None);
+
+pub fn start_fuel_trace() {
+    *FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+}
+
+/// Stops the trace and gives what it noted: (callback or host call, instructions its
+/// callback had run), a callback's own line carrying its total.
+pub fn take_fuel_trace() -> Vec<(&'static str, u64)> {
+    FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
+}
+
+/// Notes a host call, if the trace is on.
+pub(crate) fn trace_fuel(what: &'static str, remaining: u64) {
+    if let Some(trace) = FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        trace.push((what, FUEL_PER_CALL.saturating_sub(remaining)));
+    }
 }
 
 // ---------------------------------------------------------------------------------------

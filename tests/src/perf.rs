@@ -59,7 +59,11 @@ impl Recording {
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
         let out = Command::new("perf").args(["script", "-F", "ip,dso", "-i"]).arg(&self.path).stderr(Stdio::null()).output().ok()?;
-        let _ = std::fs::remove_file(&self.path);
+        // WASM_EPP_KEEP_PERF=DIR keeps the recordings there, for `perf report`.
+        match std::env::var_os("WASM_EPP_KEEP_PERF") {
+            Some(dir) => drop(std::fs::rename(&self.path, Path::new(&dir).join(self.path.file_name().unwrap_or_default()))),
+            None => drop(std::fs::remove_file(&self.path)),
+        }
         Some(split(&String::from_utf8_lossy(&out.stdout)))
     }
 }

@@ -41,7 +41,8 @@ bench-overhead: what picking inside the proxy costs on the data path (writes ben
   bench-overhead --idle           Envoy's CPU with no traffic: what the module's timers and scrapes cost
   bench-overhead --paired         the module against the floor in one Envoy, alternating 1 s bursts (about 5 min)
   --quick                         one round instead of several (2 s a variant in the main run)
-  --plugin JSON                   plugin configuration keys to measure with (the main run)";
+  --plugin JSON                   plugin configuration keys to measure with (the main run and --paired)
+  --against FILE.wasm             with --paired: another build of the module in the floor's place";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -75,19 +76,32 @@ fn main() {
         return;
     }
 
+    // `--plugin JSON`: plugin configuration keys to measure with (a scheduler, say).
+    let plugin = args
+        .iter()
+        .position(|a| a == "--plugin")
+        .and_then(|i| args.get(i + 1))
+        .map(|j| serde_json::from_str(j).expect("--plugin takes a JSON object"))
+        .unwrap_or_else(|| json!({}));
+
+    // `--against FILE.wasm` (with --paired): another build of the module in the floor's place.
+    let against = args.iter().position(|a| a == "--against").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+
     // The modes that measure one part of the report each: (flag, part, what it measures).
     let modes: [(&str, &str, &str, &dyn Fn() -> Value); 3] = [
         ("--steps", "steps", "where the cost goes: the floor doing the picker's chores one at a time", &|| {
             steps_section(&work, if quick { 1 } else { 5 })
         }),
         ("--paired", "paired", "the module against the floor, in one Envoy, alternating bursts", &|| {
-            paired_section(&work, if quick { 8 } else { 30 })
+            paired_section(&work, if quick { 8 } else { 30 }, &plugin, against.as_deref())
         }),
         ("--idle", "idle", "Envoy's CPU with no traffic", &|| idle_section(if quick { 5 } else { 10 })),
     ];
     for (name, part, what, measure) in modes {
         if flag(name) {
             println!("== {what}");
+            // Two builds compared are not the module against the floor: kept apart.
+            let part = if against.is_some() && part == "paired" { "paired_against" } else { part };
             report[part] = measure();
             write(&report, &format!("the {part} part"));
             return;
@@ -105,13 +119,6 @@ fn main() {
     }
 
     println!("\n== real Envoy, with and without the module (wrk)");
-    // `--plugin JSON`: plugin configuration keys to measure with (a scheduler, say).
-    let plugin = args
-        .iter()
-        .position(|a| a == "--plugin")
-        .and_then(|i| args.get(i + 1))
-        .map(|j| serde_json::from_str(j).expect("--plugin takes a JSON object"))
-        .unwrap_or_else(|| json!({}));
     let cases = if quick { envoy_section(&work, 2, 1, &plugin) } else { envoy_section(&work, 3, 5, &plugin) };
     report["machine"] = machine();
     report["command"] = json!("./build.sh bench-overhead");
@@ -381,7 +388,7 @@ fn perf_section(work: &Path, rounds: usize) -> Value {
         for round in 0..rounds {
             for (i, variant) in [Variant::Floor, Variant::Epp].into_iter().enumerate() {
                 let Running { envoy, url, .. } = start_variant(variant, &endpoints, &json!({}), &script, 64);
-                let recording = epp_tests::perf::Recording::start(envoy.pid(), &work.join(format!("perf-{round}-{i}.data")));
+                let recording = epp_tests::perf::Recording::start(envoy.pid(), &work.join(format!("perf-{body_bytes}-{round}-{i}.data")));
                 let r = wrk(&script, &url, 64, 3);
                 if let Some(split) = recording.and_then(|r| r.stop()) {
                     rows[i].push(split.per_request_us(r["requests"].as_f64().unwrap_or(0.0)));
@@ -444,21 +451,28 @@ fn idle_section(seconds: u64) -> Value {
 /// so their ratio keeps what the module costs a request and drops the drift that moves
 /// whole runs by ±30%. The module's scraper and timers run during both bursts: the
 /// per-second cost is `idle_section`'s.
-fn paired_section(work: &Path, pairs: usize) -> Value {
+///
+/// `against`: another build of the module in the second listener instead of the floor (its
+/// own `vm_id`, so its own shared data and scraper lease): two builds compared the same way.
+fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Path>) -> Value {
     let (_upstreams, endpoints) = instant_upstreams();
     let template = std::fs::read_to_string(paths::envoy_config("envoy.yaml")).expect("envoy/envoy.yaml");
     // The module's admin cluster must name the admin's real port.
     let template = template.replace("port_value: 9901", &format!("port_value: {}", epp_tests::envoy::free_port()));
-    let module = epp_tests::envoy::render(&template, &endpoints, &json!({}), &paths::epp_wasm().display().to_string(), false);
+    let module = epp_tests::envoy::render(&template, &endpoints, plugin, &paths::epp_wasm().display().to_string(), false);
     let (start, end) = (module.find("  - name: llm\n").expect("the llm listener"), module.find("\n  clusters:\n").expect("clusters"));
+    let (other, other_code) = match against {
+        Some(wasm) => ("other", wasm.to_path_buf()),
+        None => ("floor", paths::floor_wasm()),
+    };
     let floor: String = module[start..end]
         .lines()
         .map(|l| match l.trim_start() {
-            t if t.starts_with("value: '") => format!("{}value: '{{}}'", &l[..l.len() - t.len()]),
+            t if t.starts_with("value: '") && against.is_none() => format!("{}value: '{{}}'", &l[..l.len() - t.len()]),
             t if t.starts_with("- name: llm") || t.starts_with("stat_prefix: llm") => l.replacen("llm", "llm_floor", 1),
-            t if t.starts_with("vm_id: ") => l.replacen("wasm_epp", "floor", 1),
-            t if t.starts_with("name: wasm_epp_picker") => l.replacen("wasm_epp_picker", "floor", 1),
-            t if t.starts_with("code: ") => format!("{}code: {{ local: {{ filename: {} }} }}", &l[..l.len() - t.len()], paths::floor_wasm().display()),
+            t if t.starts_with("vm_id: ") => l.replacen("wasm_epp", other, 1),
+            t if t.starts_with("name: wasm_epp_picker") => l.replacen("wasm_epp_picker", other, 1),
+            t if t.starts_with("code: ") => format!("{}code: {{ local: {{ filename: {} }} }}", &l[..l.len() - t.len()], other_code.display()),
             _ => l.to_string(),
         })
         .collect::<Vec<_>>()
@@ -511,7 +525,12 @@ fn paired_section(work: &Path, pairs: usize) -> Value {
         println!("{case}");
         cases.push(case);
     }
-    json!({"method": "one Envoy (one worker, pinned to core 0), the module and the floor on two listeners, alternating 1 s wrk bursts at concurrency 64; medians over the pairs", "cases": cases})
+    let method = "one Envoy (one worker, pinned to core 0), the module and the floor on two listeners, alternating 1 s wrk bursts at concurrency 64; medians over the pairs";
+    match against {
+        // Another build's figures stand in the floor's fields.
+        Some(wasm) => json!({"plugin": plugin, "against": wasm.display().to_string(), "method": method, "cases": cases}),
+        None => json!({"plugin": plugin, "method": method, "cases": cases}),
+    }
 }
 
 /// The floor's chores, in the order filter/examples/floor.rs adds them (`{"steps": N}`).
