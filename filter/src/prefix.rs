@@ -114,6 +114,10 @@ impl Hasher for Identity {
     fn write_u64(&mut self, h: u64) {
         self.0 = h;
     }
+    fn write_u32(&mut self, id: u32) {
+        // An endpoint id is uniform in its low 31 bits; hashbrown also reads the top ones.
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 type BlockSet = HashSet<u64, BuildHasherDefault<Identity>>;
@@ -158,8 +162,10 @@ pub struct Match {
 
 #[derive(Debug, Default)]
 pub struct PrefixIndex {
-    /// Each endpoint's blocks, and when it was last sent one (a count of records).
-    endpoints: HashMap<String, (Recent, u64)>,
+    /// Each endpoint's blocks, and when it was last sent one (a count of records), by its
+    /// `prefix_record::endpoint_id`: a decision computes each candidate's id once, where
+    /// keying by address hashed every address again for every lookup.
+    endpoints: HashMap<u32, (Recent, u64), BuildHasherDefault<Identity>>,
     records: u64,
 }
 
@@ -168,9 +174,9 @@ pub struct PrefixIndex {
 pub const MAX_ENDPOINTS: usize = 1024;
 
 impl PrefixIndex {
-    /// How many leading blocks of `hashes` were sent to `address` (stops at the first miss).
-    pub fn matched(&self, address: &str, hashes: &[u64]) -> Match {
-        let Some((r, _)) = self.endpoints.get(address) else { return Match::default() };
+    /// How many leading blocks of `hashes` were sent to `endpoint` (stops at the first miss).
+    pub fn matched(&self, endpoint: u32, hashes: &[u64]) -> Match {
+        let Some((r, _)) = self.endpoints.get(&endpoint) else { return Match::default() };
         let current = hashes.iter().take_while(|&h| r.current.contains(h)).count();
         let older = hashes[current..].iter().take_while(|h| r.contains(h)).count();
         Match { blocks: current + older, current }
@@ -181,23 +187,23 @@ impl PrefixIndex {
         self.endpoints.len()
     }
 
-    /// `address` was sent a prompt with these blocks; it keeps about `capacity` of them.
+    /// `endpoint` was sent a prompt with these blocks; it keeps about `capacity` of them.
     /// `matched` is what `matched` found for it since the index last changed: the blocks
     /// already in its current generation are left as they are (the decision's own lookups
     /// told where they are, and inserting them again would change nothing).
-    pub fn record(&mut self, address: &str, hashes: &[u64], matched: Match, capacity: usize) {
+    pub fn record(&mut self, endpoint: u32, hashes: &[u64], matched: Match, capacity: usize) {
         self.records += 1;
-        if !self.endpoints.contains_key(address) {
+        if !self.endpoints.contains_key(&endpoint) {
             if self.endpoints.len() >= MAX_ENDPOINTS {
-                let oldest = self.endpoints.iter().min_by_key(|(_, (_, at))| *at).map(|(a, _)| a.clone());
-                if let Some(a) = oldest {
-                    self.endpoints.remove(&a);
+                let oldest = self.endpoints.iter().min_by_key(|(_, (_, at))| *at).map(|(&e, _)| e);
+                if let Some(e) = oldest {
+                    self.endpoints.remove(&e);
                 }
             }
-            self.endpoints.insert(address.to_string(), (Recent::default(), 0));
+            self.endpoints.insert(endpoint, (Recent::default(), 0));
         }
         let records = self.records;
-        if let Some((r, at)) = self.endpoints.get_mut(address) {
+        if let Some((r, at)) = self.endpoints.get_mut(&endpoint) {
             *at = records;
             for &h in hashes.get(matched.current..).unwrap_or_default() {
                 r.insert(h, capacity);
@@ -209,6 +215,7 @@ impl PrefixIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prefix_record::endpoint_id;
     use crate::test;
 
     #[test]
@@ -296,18 +303,19 @@ mod tests {
 
     #[test]
     fn matches_the_leading_run_and_forgets_the_oldest() {
+        let (a, b) = (endpoint_id("a"), endpoint_id("b"));
         let mut index = PrefixIndex::default();
-        index.record("a", &[1, 2, 3], Match::default(), 100);
-        assert_eq!(index.matched("a", &[1, 2, 3, 4]).blocks, 3);
-        assert_eq!(index.matched("a", &[9, 2, 3]).blocks, 0, "a prefix match stops at the first miss");
-        assert_eq!(index.matched("b", &[1]).blocks, 0);
+        index.record(a, &[1, 2, 3], Match::default(), 100);
+        assert_eq!(index.matched(a, &[1, 2, 3, 4]).blocks, 3);
+        assert_eq!(index.matched(a, &[9, 2, 3]).blocks, 0, "a prefix match stops at the first miss");
+        assert_eq!(index.matched(b, &[1]).blocks, 0);
         // Capacity 4: generations of 2; old blocks go once two newer generations filled.
         let mut small = PrefixIndex::default();
-        small.record("a", &[1, 2], Match::default(), 4);
-        small.record("a", &[3, 4], Match::default(), 4);
-        small.record("a", &[5, 6], Match::default(), 4);
-        assert_eq!(small.matched("a", &[1]).blocks, 0);
-        assert_eq!(small.matched("a", &[5, 6]).blocks, 2);
+        small.record(a, &[1, 2], Match::default(), 4);
+        small.record(a, &[3, 4], Match::default(), 4);
+        small.record(a, &[5, 6], Match::default(), 4);
+        assert_eq!(small.matched(a, &[1]).blocks, 0);
+        assert_eq!(small.matched(a, &[5, 6]).blocks, 2);
     }
 
     #[test]
@@ -316,14 +324,15 @@ mod tests {
         // generations turn over often): the blocks the match found in the current
         // generation are skipped, and every later match is the same as without skipping.
         let prompts: Vec<Vec<u64>> = (0..40u64).map(|i| (0..(i % 7 + 1)).map(|b| b * 10 + i % 3).collect()).collect();
+        let a = endpoint_id("a");
         let (mut skipping, mut full) = (PrefixIndex::default(), PrefixIndex::default());
         for p in prompts.iter().cycle().take(400) {
-            let found = skipping.matched("a", p);
-            assert_eq!(found, full.matched("a", p));
-            skipping.record("a", p, found, 9);
-            full.record("a", p, Match::default(), 9);
+            let found = skipping.matched(a, p);
+            assert_eq!(found, full.matched(a, p));
+            skipping.record(a, p, found, 9);
+            full.record(a, p, Match::default(), 9);
             for q in &prompts {
-                assert_eq!(skipping.matched("a", q), full.matched("a", q));
+                assert_eq!(skipping.matched(a, q), full.matched(a, q));
             }
         }
     }
@@ -331,12 +340,13 @@ mod tests {
     #[test]
     fn endpoints_that_left_are_forgotten_past_the_limit() {
         let mut index = PrefixIndex::default();
+        let id = |i: usize| endpoint_id(&format!("10.0.{}.{}:8000", i / 256, i % 256));
         for i in 0..MAX_ENDPOINTS + 10 {
-            index.record(&format!("10.0.{}.{}:8000", i / 256, i % 256), &[1], Match::default(), 10);
+            index.record(id(i), &[1], Match::default(), 10);
         }
         assert_eq!(index.endpoints(), MAX_ENDPOINTS);
-        assert_eq!(index.matched("10.0.0.0:8000", &[1]).blocks, 0, "the oldest went first");
-        assert_eq!(index.matched("10.0.4.9:8000", &[1]).blocks, 1);
+        assert_eq!(index.matched(id(0), &[1]).blocks, 0, "the oldest went first");
+        assert_eq!(index.matched(id(1033), &[1]).blocks, 1);
     }
 
 }

@@ -19,7 +19,8 @@ const OPENAI_PATHS: [&str; 4] =
 /// percent escapes decoded (uvicorn decodes `%2F` too), repeated slashes merged, `.` and
 /// `..` segments resolved, a trailing slash, the query and the fragment dropped.
 pub fn is_openai_path(path: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or(path);
+    // Bytes, not chars: `?` and `#` are ASCII, and a char pattern decodes every char.
+    let path = path.as_bytes().iter().position(|&b| b == b'?' || b == b'#').map_or(path, |end| &path[..end]);
     if OPENAI_PATHS.contains(&path) {
         return true;
     }
@@ -207,21 +208,21 @@ pub fn parse<'a>(path: &str, body: &'a [u8], prompt_bytes: usize) -> Result<Body
 fn read_valid(body: &[u8], prompt_bytes: usize) -> Option<Body<'_>> {
     let (mut model, mut messages, mut prompt) = (None, None, None);
     // The walk found where each key ends: its value is read from that range, not scanned again.
-    json::walk_object(body, |key, at| match &*unquote(&body[key])? {
+    json::walk_object(body, |key, at| match &*unquoted(&body[key])? {
         // Two models would let the picker route by one while the server serves the other
         // (serde calls it a duplicate field).
-        "model" if model.is_some() => None,
-        "model" => {
+        b"model" if model.is_some() => None,
+        b"model" => {
             let end = string_end(body, at)?;
             model = Some(unquote(&body[at..end]).filter(|m| !m.is_empty())?.into_owned());
             Some(end)
         }
-        "messages" if messages.is_none() => {
+        b"messages" if messages.is_none() => {
             let (end, read) = read_prompt(body, at, prompt_bytes)?;
             messages = read;
             Some(end)
         }
-        "prompt" if prompt.is_none() => {
+        b"prompt" if prompt.is_none() => {
             let (end, read) = read_prompt(body, at, prompt_bytes)?;
             prompt = read;
             Some(end)
@@ -287,7 +288,7 @@ fn member_start(b: &[u8], at: usize, key: &[u8]) -> Option<usize> {
         }
         let key_end = string_end(b, i)?;
         // A key spelled with escapes (`"\u006dodel"`) is the same key to every JSON reader.
-        let same = unquote(&b[i..key_end]).is_some_and(|k| k.as_bytes() == key);
+        let same = unquoted(&b[i..key_end]).is_some_and(|k| *k == *key);
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return None;
@@ -348,12 +349,12 @@ impl FirstUser {
         let mut role = None;
         let end = json::object_end(b, at, |key, value| {
             let end = value_end(b, value)?;
-            if role.is_none() && unquote(&b[key]).is_some_and(|k| k == "role") {
-                role = Some(unquote(&b[value..end]).filter(|_| b[value] == b'"'));
+            if role.is_none() && unquoted(&b[key]).is_some_and(|k| *k == *b"role") {
+                role = Some(unquoted(&b[value..end]).filter(|_| b[value] == b'"'));
             }
             Some(end)
         })?;
-        let system = matches!(role.flatten().as_deref(), Some("system" | "developer"));
+        let system = matches!(role.flatten().as_deref(), Some(b"system" | b"developer"));
         let end_in_prompt = end - self.start;
         if end_in_prompt > self.within {
             self.found = Some(None);
@@ -365,6 +366,19 @@ impl FirstUser {
 
     fn end(&self) -> Option<usize> {
         self.found.flatten()
+    }
+}
+
+/// A whole JSON string's value as bytes, escapes read as every JSON reader reads them
+/// (`quoted`: its quotes included, the string valid). In place unless it holds an escape:
+/// keys and roles are only compared with ASCII names, where bytes say what text would,
+/// and checking their UTF-8 (again) cost more than the rest of reading them.
+fn unquoted(quoted: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
+    if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(quoted).ok().map(|s| std::borrow::Cow::Owned(s.into_bytes()))
+    } else {
+        Some(std::borrow::Cow::Borrowed(inner))
     }
 }
 

@@ -1,23 +1,24 @@
 //! Host calls wrapped so that a refusal from the host is a logged error, never a trap.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 
-/// Nanoseconds since the epoch (0 if the host will not say).
-pub fn now_ns() -> u128 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos())
+/// Nanoseconds since the epoch (0 if the host will not say). Read as the host gives it,
+/// a u64: the SDK's `SystemTime` and `Duration` cost 128-bit arithmetic, emulated on wasm32,
+/// on every read.
+pub fn now_ns() -> u64 {
+    let mut ns = 0u64;
+    // SAFETY: the host writes one u64 to the address given.
+    match unsafe { proxy_get_current_time_nanoseconds(&mut ns) } {
+        0 => ns,
+        _ => 0,
+    }
 }
 
 pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+    now_ns() / 1_000_000
 }
 
 /// Random bits from the host (WASI `random_get`, through std's hash seeding), so workers
@@ -49,6 +50,7 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
 }
 

@@ -205,7 +205,7 @@ impl PickerStream {
         let table = table.as_ref().map(|(_, t)| t);
         let outcome = router.decide(table, &incoming, now, &|slot| counts.get(slot));
         if timed {
-            let us = (host::now_ns().saturating_sub(started) / 1000) as u64;
+            let us = host::now_ns().saturating_sub(started) / 1000;
             stats.telemetry.record(stats::SCHEDULER_DURATION_US, &[], us);
         }
         // A scheduled request's model passed the model filter or a rewrite rule, so its

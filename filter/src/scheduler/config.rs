@@ -102,7 +102,7 @@ fn build_spec(doc: Value) -> Result<Profile, String> {
             return Err(format!("plugins[{i}]: the name {name:?} is used twice"));
         }
     }
-    let mut out = Profile { name: profile.name.clone(), filters: vec![], scorers: vec![], picker: Box::new(MaxScorePicker) };
+    let mut out = Profile::new(profile.name.clone(), Box::new(MaxScorePicker));
     let mut has_picker = false;
     for r in &profile.plugins {
         let at = format!("schedulingProfiles[{:?}].plugins[{:?}]", profile.name, r.plugin_ref);

@@ -100,6 +100,9 @@ pub struct Profile {
     pub filters: Vec<Box<dyn Filter>>,
     pub scorers: Vec<WeightedScorer>,
     pub picker: Box<dyn Picker>,
+    /// The totals and one scorer's column, kept from decision to decision: an allocation
+    /// costs a few hundred wasm instructions, a decision's whole bookkeeping a few thousand.
+    scratch: (Vec<f64>, Vec<f64>),
 }
 
 /// One decision: `ranked`, and what led to it (for the explain header and the host-sim
@@ -117,6 +120,10 @@ pub struct Decision {
 }
 
 impl Profile {
+    pub fn new(name: String, picker: Box<dyn Picker>) -> Self {
+        Profile { name, filters: vec![], scorers: vec![], picker, scratch: Default::default() }
+    }
+
     pub fn schedule(
         &mut self,
         request: &SchedulingRequest,
@@ -126,45 +133,54 @@ impl Profile {
         explain: bool,
     ) -> Decision {
         let mut decision = Decision::default();
-        // Indices still in play after the filters, and those candidates; rebuilt only when
-        // a filter takes some out.
-        let mut alive: Vec<usize> = (0..candidates.len()).collect();
-        let mut view: Vec<Candidate> = candidates.to_vec();
+        // The indices still in play after the filters and those candidates, once a filter
+        // took some out (until then, all of them: nothing copied).
+        let mut filtered: Option<(Vec<usize>, Vec<Candidate>)> = None;
         for filter in &self.filters {
-            let keep = filter.keep(request, &view);
+            let view = filtered.as_ref().map_or(candidates, |(_, v)| v);
+            let keep = filter.keep(request, view);
             if !keep.contains(&false) {
                 continue;
             }
+            let alive: Vec<usize> = match &filtered {
+                Some((alive, _)) => alive.clone(),
+                None => (0..candidates.len()).collect(),
+            };
             if explain {
                 let removed = alive.iter().zip(&keep).filter(|(_, &k)| !k).map(|(&i, _)| i).collect();
                 decision.filtered_out.push((filter.name(), removed));
             }
-            alive = alive.iter().zip(&keep).filter(|(_, &k)| k).map(|(&i, _)| i).collect();
-            view = alive.iter().map(|&i| candidates[i]).collect();
+            let alive: Vec<usize> = alive.iter().zip(&keep).filter(|(_, &k)| k).map(|(&i, _)| i).collect();
+            let view = alive.iter().map(|&i| candidates[i]).collect();
+            filtered = Some((alive, view));
         }
-        let mut totals = vec![0.0; view.len()];
-        let mut column = Vec::with_capacity(view.len());
+        let (alive, view): (Option<&[usize]>, &[Candidate]) = match &filtered {
+            Some((alive, view)) => (Some(alive), view),
+            None => (None, candidates),
+        };
+        let (totals, column) = &mut self.scratch;
+        totals.clear();
+        totals.resize(view.len(), 0.0);
         for ws in &mut self.scorers {
             column.clear();
             column.resize(view.len(), 0.0);
-            ws.scorer.score(request, &view, &mut column);
-            for (t, s) in totals.iter_mut().zip(&column) {
+            ws.scorer.score(request, view, column);
+            for (t, s) in totals.iter_mut().zip(column.iter()) {
                 // A plugin returning NaN or out-of-range scores must not poison the ranking.
                 let s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
                 *t += ws.weight * s;
             }
             if explain {
-                decision.columns.push((ws.scorer.name(), ws.weight, spread(&alive, &column, candidates.len())));
+                decision.columns.push((ws.scorer.name(), ws.weight, spread(alive, column, candidates.len())));
             }
         }
-        decision.ranked = self
-            .picker
-            .pick(&totals, want, rng)
-            .into_iter()
-            .filter_map(|i| alive.get(i).copied())
-            .collect();
+        let ranked = self.picker.pick(totals, want, rng);
+        decision.ranked = match alive {
+            Some(alive) => ranked.into_iter().filter_map(|i| alive.get(i).copied()).collect(),
+            None => ranked,
+        };
         if explain {
-            decision.totals = spread(&alive, &totals, candidates.len());
+            decision.totals = spread(alive, totals, candidates.len());
         }
         if let Some(&first) = decision.ranked.first() {
             for ws in &mut self.scorers {
@@ -180,8 +196,10 @@ impl Profile {
     }
 }
 
-/// Scores of the alive candidates laid out over all candidates (NaN for the others).
-fn spread(alive: &[usize], values: &[f64], n: usize) -> Vec<f64> {
+/// Scores of the alive candidates (`None`: all of them) laid out over all candidates
+/// (NaN for the others).
+fn spread(alive: Option<&[usize]>, values: &[f64], n: usize) -> Vec<f64> {
+    let Some(alive) = alive else { return values.to_vec() };
     let mut out = vec![f64::NAN; n];
     for (&i, &v) in alive.iter().zip(values) {
         out[i] = v;

@@ -3,7 +3,6 @@ use serde::Deserialize;
 use crate::prefix_record;
 use crate::prefix::{self, Match, PrefixIndex};
 use crate::rendezvous;
-use crate::table::EndpointState;
 use crate::scheduler::{Candidate, Scorer, SchedulingRequest};
 
 /// The weight of a recorded share on an endpoint other than the prefix's assignment.
@@ -34,9 +33,9 @@ pub struct PrefixCacheScorer {
     /// assignment for it yet, kept for `picked`.
     hashes: Vec<u64>,
     anchor: Option<u64>,
-    /// What the index held of them for each candidate, by the identity of its row in the
-    /// table (the decision's candidates are distinct rows).
-    matches: Vec<(*const EndpointState, Match)>,
+    /// Each candidate's `prefix_record::endpoint_id`, and what the index held of the
+    /// prompt for it, kept for `picked`.
+    matches: Vec<(u32, Match)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,9 +149,10 @@ impl PrefixCacheScorer {
 
 /// Of the first `placement_choices` endpoints in `rank`, the one given the fewest
 /// prefixes (`given`: endpoint id → count), if the first has more than the margin over it.
-fn least_given(rank: &[usize], candidates: &[Candidate], given: &[(u32, u32)], p: &Params) -> Option<usize> {
+/// (`matches`: each candidate's id first.)
+fn least_given(rank: &[usize], matches: &[(u32, Match)], given: &[(u32, u32)], p: &Params) -> Option<usize> {
     let count = |i: usize| {
-        let id = prefix_record::endpoint_id(&candidates[i].address);
+        let id = matches[i].0;
         given.iter().find(|(e, _)| *e == id).map_or(0, |&(_, n)| n)
     };
     let first = *rank.first()?;
@@ -191,8 +191,9 @@ impl Scorer for PrefixCacheScorer {
             return;
         }
         for (s, c) in scores.iter_mut().zip(candidates) {
-            let found = self.index.matched(&c.address, &self.hashes);
-            self.matches.push((c.endpoint, found));
+            let id = prefix_record::endpoint_id(&c.address);
+            let found = self.index.matched(id, &self.hashes);
+            self.matches.push((id, found));
             *s = found.blocks as f64 / n as f64;
         }
         if p.placement == 0.0 {
@@ -210,12 +211,12 @@ impl Scorer for PrefixCacheScorer {
         // Only an anchor without an assignment needs one when the pick is made.
         self.anchor = assigned.is_none().then_some(anchor);
         let (placed, strength) = match assigned {
-            Some(id) => (candidates.iter().position(|c| prefix_record::endpoint_id(&c.address) == id), p.placement),
+            Some(id) => (self.matches.iter().position(|&(e, _)| e == id), p.placement),
             None => {
                 let rank = rendezvous::rank(anchor, candidates.iter().map(|c| c.address.as_str()));
                 let home = match request.store {
                     Some(store) if p.placement_choices > 1 => {
-                        least_given(&rank, candidates, &prefix_record::prefixes_given(store), p)
+                        least_given(&rank, &self.matches, &prefix_record::prefixes_given(store), p)
                     }
                     _ => rank.first().copied(),
                 };
@@ -244,12 +245,12 @@ impl Scorer for PrefixCacheScorer {
 
     fn picked(&mut self, request: &SchedulingRequest, chosen: &Candidate) {
         let capacity = self.capacity(chosen);
-        let row: *const EndpointState = chosen.endpoint;
-        let found = self.matches.iter().find(|(r, _)| *r == row).map_or(Match::default(), |&(_, m)| m);
-        self.index.record(&chosen.address, &self.hashes, found, capacity);
+        let id = prefix_record::endpoint_id(&chosen.address);
+        let found = self.matches.iter().find(|&&(e, _)| e == id).map_or(Match::default(), |&(_, m)| m);
+        self.index.record(id, &self.hashes, found, capacity);
         if let (Some(anchor), Some(store)) = (self.anchor, request.store) {
             let count = self.params.placement_choices > 1;
-            prefix_record::assign(store, anchor, prefix_record::endpoint_id(&chosen.address), count);
+            prefix_record::assign(store, anchor, id, count);
         }
     }
 }
@@ -433,7 +434,7 @@ mod tests {
         let share = defaults::max_index_bytes() / BYTES_PER_BLOCK;
         assert_eq!(s.capacity(&Candidate::new(&e)), share, "the whole budget, for the only endpoint");
         for i in 0..4 {
-            s.index.record(&format!("b:{i}"), &[1], Match::default(), 10);
+            s.index.record(prefix_record::endpoint_id(&format!("b:{i}")), &[1], Match::default(), 10);
         }
         assert_eq!(s.capacity(&Candidate::new(&e)), share / 4, "shared by the endpoints it remembers");
     }
