@@ -214,7 +214,7 @@ fn read_valid(body: &[u8], prompt_bytes: usize) -> Option<Body<'_>> {
         b"model" if model.is_some() => None,
         b"model" => {
             let end = string_end(body, at)?;
-            model = Some(unquote(&body[at..end]).filter(|m| !m.is_empty())?.into_owned());
+            model = Some(String::from_utf8(unquoted(&body[at..end])?.into_owned()).ok().filter(|m| !m.is_empty())?);
             Some(end)
         }
         b"messages" if messages.is_none() => {
@@ -370,26 +370,16 @@ impl FirstUser {
 }
 
 /// A whole JSON string's value as bytes, escapes read as every JSON reader reads them
-/// (`quoted`: its quotes included, the string valid). In place unless it holds an escape:
-/// keys and roles are only compared with ASCII names, where bytes say what text would,
-/// and checking their UTF-8 (again) cost more than the rest of reading them.
+/// (`quoted`: its quotes included, the string valid). In place unless it holds an escape,
+/// and not checked as UTF-8: keys and roles are only compared with ASCII names, where
+/// bytes say what text would (checking them cost more than the rest of reading them), and
+/// the one value kept as text, `model`, is checked by its reader.
 fn unquoted(quoted: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
     if inner.contains(&b'\\') {
         serde_json::from_slice::<String>(quoted).ok().map(|s| std::borrow::Cow::Owned(s.into_bytes()))
     } else {
         Some(std::borrow::Cow::Borrowed(inner))
-    }
-}
-
-/// A whole JSON string's value, escapes read as every JSON reader reads them (`quoted`:
-/// its quotes included, the string valid).
-fn unquote(quoted: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
-    let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
-    if inner.contains(&b'\\') {
-        serde_json::from_slice::<String>(quoted).ok().map(std::borrow::Cow::Owned)
-    } else {
-        std::str::from_utf8(inner).ok().map(std::borrow::Cow::Borrowed)
     }
 }
 

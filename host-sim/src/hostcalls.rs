@@ -59,7 +59,9 @@ const INVALID_MEMORY: i32 = 6;
 /// Counts a host call (coverage) and notes it in the fuel trace.
 fn cover(c: &Caller<'_, HostState>, name: &'static str) {
     c.data().cover(name);
-    crate::vm::trace_fuel(name, c.get_fuel().unwrap_or(0));
+    if crate::vm::tracing_fuel() {
+        crate::vm::trace_fuel(name, c.get_fuel().unwrap_or(0));
+    }
 }
 
 /// Every host function the module may import.

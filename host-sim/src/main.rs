@@ -237,7 +237,8 @@ fn print_fuel_trace(i: usize, trace: &[(&str, u64)]) {
     println!("request {i}, instructions by callback and host call:");
     let mut last = 0;
     for (what, fuel) in trace {
-        if what.starts_with("proxy_on_") && !what.starts_with("proxy_on_memory") {
+        // Callbacks are `proxy_on_*`; host calls never are.
+        if what.starts_with("proxy_on_") {
             println!("  {what:<40} {fuel:>8} in all ({} after its last host call)", fuel.saturating_sub(last));
             last = 0;
         } else {

@@ -163,22 +163,30 @@ fn first_line(s: &str) -> &str {
 /// its callback had run when it started, so that a request's instructions can be split
 /// between its host calls (`host-sim --trace-fuel N`). Deterministic, where the sampling
 /// profiler is not.
-static FUEL_TRACE: std::sync::Mutex<Option<Vec<(&'static str, u64)>>> = std::sync::Mutex::new(None);
+static FUEL_TRACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static FUEL_TRACE: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
 
 pub fn start_fuel_trace() {
-    *FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    FUEL_TRACING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Stops the trace and gives what it noted: (callback or host call, instructions its
 /// callback had run), a callback's own line carrying its total.
 pub fn take_fuel_trace() -> Vec<(&'static str, u64)> {
-    FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
+    FUEL_TRACING.store(false, std::sync::atomic::Ordering::Relaxed);
+    std::mem::take(&mut *FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// Notes a host call, if the trace is on.
+/// Whether the trace is on: every host call asks, so the answer is an atomic load.
+pub(crate) fn tracing_fuel() -> bool {
+    FUEL_TRACING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Notes a callback or host call, if the trace is on.
 pub(crate) fn trace_fuel(what: &'static str, remaining: u64) {
-    if let Some(trace) = FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-        trace.push((what, FUEL_PER_CALL.saturating_sub(remaining)));
+    if tracing_fuel() {
+        FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()).push((what, FUEL_PER_CALL.saturating_sub(remaining)));
     }
 }
 

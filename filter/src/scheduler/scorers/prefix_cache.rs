@@ -149,7 +149,7 @@ impl PrefixCacheScorer {
 
 /// Of the first `placement_choices` endpoints in `rank`, the one given the fewest
 /// prefixes (`given`: endpoint id → count), if the first has more than the margin over it.
-/// (`matches`: each candidate's id first.)
+/// (`matches[i].0` is candidate `i`'s endpoint id.)
 fn least_given(rank: &[usize], matches: &[(u32, Match)], given: &[(u32, u32)], p: &Params) -> Option<usize> {
     let count = |i: usize| {
         let id = matches[i].0;
