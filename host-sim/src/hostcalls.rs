@@ -59,8 +59,8 @@ const INVALID_MEMORY: i32 = 6;
 /// Counts a host call (coverage) and notes it in the fuel trace.
 fn cover(c: &Caller<'_, HostState>, name: &'static str) {
     c.data().cover(name);
-    if crate::vm::tracing_fuel() {
-        crate::vm::trace_fuel(name, c.get_fuel().unwrap_or(0));
+    if crate::fuel::tracing() {
+        crate::fuel::note(name, crate::fuel::used(c.get_fuel().unwrap_or(0)));
     }
 }
 

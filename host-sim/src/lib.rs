@@ -6,6 +6,7 @@ pub mod abi;
 pub mod bench;
 pub mod convert;
 pub mod fleet;
+pub mod fuel;
 mod hostcalls;
 pub mod proxy;
 pub mod state;

@@ -163,7 +163,7 @@ fn run(args: Args) -> Result<(), String> {
     for (i, req) in requests.iter().enumerate() {
         let (proxy, worker) = (i % args.proxies, (i / args.proxies) % args.workers);
         if args.trace_fuel == Some(i) {
-            host_sim::vm::start_fuel_trace();
+            host_sim::fuel::start_trace();
         }
         let out = world.request(proxy, worker, req);
         fuel.push(out.fuel);
@@ -186,7 +186,7 @@ fn run(args: Args) -> Result<(), String> {
         }
         let response = world.finish(proxy, &out, 200);
         if args.trace_fuel == Some(i) {
-            print_fuel_trace(i, &host_sim::vm::take_fuel_trace());
+            print_fuel_trace(i, &host_sim::fuel::take_trace());
         }
         if !args.quiet {
             let t = (world.now_ns() - 1_800_000_000_000_000_000) / 1_000_000;

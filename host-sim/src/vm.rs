@@ -7,8 +7,7 @@ use wasmtime::{Engine, Extern, Instance, Linker, Module, Store};
 
 pub use crate::state::{CallAnswer, HostState, Phase, StreamState, ROOT_CONTEXT};
 
-/// Fuel given to each callback; a callback that needs more is a runaway loop.
-const FUEL_PER_CALL: u64 = 50_000_000_000;
+use crate::fuel::{self, PER_CALL as FUEL_PER_CALL};
 
 /// One callback as observed: what it returned, what it cost.
 #[derive(Debug, Clone)]
@@ -110,11 +109,11 @@ impl Vm {
             self.store.set_epoch_deadline(1);
         }
         let result = self.call_raw(callback, args);
-        let fuel = FUEL_PER_CALL.saturating_sub(self.store.get_fuel().unwrap_or(0));
-        self.total_fuel += fuel;
-        trace_fuel(callback, FUEL_PER_CALL.saturating_sub(fuel));
+        let used = fuel::used(self.store.get_fuel().unwrap_or(0));
+        self.total_fuel += used;
+        fuel::note(callback, used);
         let tally = self.fuel_by_callback.entry(callback).or_default();
-        *tally = (tally.0 + 1, tally.1 + fuel);
+        *tally = (tally.0 + 1, tally.1 + used);
         let result = result.map_err(|e| {
             // The SDK's panic hook logs the panic at Critical level before the trap.
             let panic = self.store.data().logs[logs_before..]
@@ -131,7 +130,7 @@ impl Vm {
             why
         });
         if self.record {
-            self.reports.push(CallReport { callback, context, fuel, result: result.clone() });
+            self.reports.push(CallReport { callback, context, fuel: used, result: result.clone() });
         }
         result
     }
@@ -157,37 +156,6 @@ impl Vm {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
-}
-
-/// The fuel trace: while on, every callback and host call is noted with the instructions
-/// its callback had run when it started, so that a request's instructions can be split
-/// between its host calls (`host-sim --trace-fuel N`). Deterministic, where the sampling
-/// profiler is not.
-static FUEL_TRACING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static FUEL_TRACE: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
-
-pub fn start_fuel_trace() {
-    FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    FUEL_TRACING.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Stops the trace and gives what it noted: (callback or host call, instructions its
-/// callback had run), a callback's own line carrying its total.
-pub fn take_fuel_trace() -> Vec<(&'static str, u64)> {
-    FUEL_TRACING.store(false, std::sync::atomic::Ordering::Relaxed);
-    std::mem::take(&mut *FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// Whether the trace is on: every host call asks, so the answer is an atomic load.
-pub(crate) fn tracing_fuel() -> bool {
-    FUEL_TRACING.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Notes a callback or host call, if the trace is on.
-pub(crate) fn trace_fuel(what: &'static str, remaining: u64) {
-    if tracing_fuel() {
-        FUEL_TRACE.lock().unwrap_or_else(|e| e.into_inner()).push((what, FUEL_PER_CALL.saturating_sub(remaining)));
-    }
 }
 
 // ---------------------------------------------------------------------------------------
