@@ -96,8 +96,8 @@ fn avalanche(mut h: u64) -> u64 {
     h ^ (h >> 32)
 }
 
-/// Block hashes are already uniform: a set of them need not hash them again (on wasm32
-/// every 64-bit multiply of a general hasher is emulated).
+/// Block hashes and endpoint ids are hashes already: a map of them need not hash them
+/// again (a general hasher's 128-bit multiplies are emulated on wasm32).
 #[derive(Default)]
 struct Identity(u64);
 
