@@ -95,6 +95,14 @@ impl Rendering {
     }
 }
 
+/// Where the listener named `name` listens ("ip:port"), as Envoy's admin says.
+fn listener_address(client: &Client, admin: &str, name: &str) -> Option<String> {
+    let v = client.get(&format!("http://{admin}/listeners?format=json")).json();
+    let listeners = v["listener_statuses"].as_array()?;
+    let address = listeners.iter().find(|l| l["name"] == name)?["local_address"]["socket_address"].as_object()?;
+    Some(format!("{}:{}", address.get("address")?.as_str()?, address.get("port_value")?.as_u64()?))
+}
+
 /// A port nothing listens on now (the admin's, which the admin cluster must name).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
@@ -306,14 +314,7 @@ impl Envoy {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("envoy exited with {status}:\n{}", read_log()));
             }
-            let r = client.get(&format!("http://{admin}/listeners?format=json"));
-            let v = r.json();
-            let found = v["listener_statuses"]
-                .as_array()
-                .and_then(|ls| ls.iter().find(|l| l["name"] == listener_name))
-                .and_then(|l| l["local_address"]["socket_address"].as_object())
-                .and_then(|a| Some(format!("{}:{}", a.get("address")?.as_str()?, a.get("port_value")?.as_u64()?)));
-            if let Some(l) = found {
+            if let Some(l) = listener_address(&client, &admin, listener_name) {
                 if client.get(&format!("http://{admin}/ready")).status == 200 {
                     break l;
                 }
@@ -339,6 +340,11 @@ impl Envoy {
     pub fn set_plugin(&mut self, plugin: Value) {
         self.rendering.plugin = plugin;
         self.rendering.write_watched("picker.ecds.yaml", &self.dir);
+    }
+
+    /// Where another of its listeners, named `name`, listens ("ip:port").
+    pub fn listener_address(&self, name: &str) -> Option<String> {
+        listener_address(&self.client(), &self.admin, name)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -465,11 +465,13 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
         Some(wasm) => ("other", wasm.to_path_buf()),
         None => ("floor", paths::floor_wasm()),
     };
-    let floor: String = module[start..end]
+    let second_listener = format!("llm_{other}");
+    // The module's listener again, renamed, with the other code and its own VM.
+    let second: String = module[start..end]
         .lines()
         .map(|l| match l.trim_start() {
             t if t.starts_with("value: '") && against.is_none() => format!("{}value: '{{}}'", &l[..l.len() - t.len()]),
-            t if t.starts_with("- name: llm") || t.starts_with("stat_prefix: llm") => l.replacen("llm", "llm_floor", 1),
+            t if t.starts_with("- name: llm") || t.starts_with("stat_prefix: llm") => l.replacen("llm", &second_listener, 1),
             t if t.starts_with("vm_id: ") => l.replacen("wasm_epp", other, 1),
             t if t.starts_with("name: wasm_epp_picker") => l.replacen("wasm_epp_picker", other, 1),
             t if t.starts_with("code: ") => format!("{}code: {{ local: {{ filename: {} }} }}", &l[..l.len() - t.len()], other_code.display()),
@@ -477,17 +479,12 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let config = format!("{}\n{floor}{}", &module[..end], &module[end..]);
+    let config = format!("{}\n{second}{}", &module[..end], &module[end..]);
     let envoy = Envoy::start_raw_on(&config, "llm", 1);
     pin(envoy.pid(), "0");
     envoy.wait_for_table();
-    let listeners = envoy.client().get(&format!("http://{}/listeners?format=json", envoy.admin)).json();
-    let floor_address = listeners["listener_statuses"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["name"] == "llm_floor"))
-        .map(|l| format!("{}:{}", l["local_address"]["socket_address"]["address"].as_str().unwrap_or(""), l["local_address"]["socket_address"]["port_value"]))
-        .expect("the floor's listener");
-    let urls = [envoy.url("/v1/chat/completions"), format!("http://{floor_address}/v1/chat/completions")];
+    let second_address = envoy.listener_address(&second_listener).expect("the second listener");
+    let urls = [envoy.url("/v1/chat/completions"), format!("http://{second_address}/v1/chat/completions")];
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024] {
         let (body, script) = body_and_script(work, "paired-", body_bytes);
@@ -502,15 +499,15 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
         };
         let (mut over, mut ratio) = (Vec::new(), Vec::new());
         for pair in 0..pairs {
-            let (epp, floor) = if pair % 2 == 0 {
-                let e = burst(&urls[0]);
-                (e, burst(&urls[1]))
+            let (module, second) = if pair % 2 == 0 {
+                let m = burst(&urls[0]);
+                (m, burst(&urls[1]))
             } else {
-                let f = burst(&urls[1]);
-                (burst(&urls[0]), f)
+                let s = burst(&urls[1]);
+                (burst(&urls[0]), s)
             };
-            over.push(epp.0 - floor.0);
-            ratio.push(epp.1 / floor.1.max(1e-9));
+            over.push(module.0 - second.0);
+            ratio.push(module.1 / second.1.max(1e-9));
         }
         ratio.sort_by(f64::total_cmp);
         let q = |f: f64| (ratio[((ratio.len() - 1) as f64 * f).round() as usize] * 1000.0).round() / 1000.0;
