@@ -111,7 +111,8 @@ pub struct Config {
     pub peer_path: String,
     /// With peers, each replica scrapes only its share of the endpoints and takes the
     /// other rows from their owners: a model server is scraped by one replica, however
-    /// many there are.
+    /// many there are. Off unless asked: the rows taken from peers are a round older,
+    /// which routing pays for (BENCHMARKS.md, scrape load).
     #[serde(default = "defaults::share_scrapes")]
     pub share_scrapes: bool,
     #[serde(default = "defaults::peer_interval_ms")]
@@ -182,7 +183,7 @@ mod defaults {
         "/.wasm-epp/v2/peer".into()
     }
     pub fn share_scrapes() -> bool {
-        true
+        false
     }
     pub fn peer_interval_ms() -> u64 {
         100

@@ -41,6 +41,34 @@ impl Snapshot {
     }
 }
 
+/// The counts as the scraper read them on its recent ticks. A row another replica scraped
+/// a round ago is paired with this proxy's count at that moment, not at its arrival: what
+/// this proxy sent in between is not in the row's queue and counts as pending.
+#[derive(Debug, Default)]
+pub struct History {
+    /// (millisecond read, counts), oldest first.
+    reads: std::collections::VecDeque<(u64, Snapshot)>,
+}
+
+impl History {
+    /// Kept back this far: a shared row older than this is not trusted anyway.
+    const KEEP_MS: u64 = 1_000;
+
+    pub fn record(&mut self, now_ms: u64, counts: Snapshot) {
+        while self.reads.front().is_some_and(|(at, _)| at + Self::KEEP_MS < now_ms) {
+            self.reads.pop_front();
+        }
+        self.reads.push_back((now_ms, counts));
+    }
+
+    /// The count of the endpoint at `index` as read nearest to `at_ms`, or `now`'s if
+    /// nothing was read.
+    pub fn count_at(&self, index: usize, at_ms: u64, now: &Snapshot) -> i64 {
+        let nearest = self.reads.iter().min_by_key(|(read, _)| read.abs_diff(at_ms));
+        nearest.map_or(now, |(_, counts)| counts).get(index)
+    }
+}
+
 /// Counts `started[i]` requests sent to endpoint `i` and takes off `ended[i]` that ended
 /// there, in one write (never below zero). `seen`, a snapshot this worker just read,
 /// saves a read if no one wrote since. The counts written, or `None` if the write kept
@@ -165,6 +193,23 @@ mod tests {
     use super::*;
     use crate::store::{CountingStore, MemoryStore};
     use crate::test;
+
+    #[test]
+    fn a_peer_row_meets_the_count_read_nearest_its_scrape() {
+        let counts = |c: u32| Snapshot { bytes: [0u32, c].iter().flat_map(|c| c.to_le_bytes()).collect(), cas: 1 };
+        let mut h = History::default();
+        assert_eq!(h.count_at(1, 100, &counts(9)), 9, "nothing read yet: now's");
+        for (at, c) in [(1_000, 1), (1_050, 2), (1_100, 5)] {
+            h.record(at, counts(c));
+        }
+        assert_eq!(h.count_at(1, 1_040, &counts(9)), 2);
+        assert_eq!(h.count_at(1, 1_010, &counts(9)), 1);
+        assert_eq!(h.count_at(1, 5_000, &counts(9)), 5, "newer than every read: the last");
+        assert_eq!(h.count_at(0, 1_040, &counts(9)), 0);
+        // Reads older than a second go.
+        h.record(2_060, counts(7));
+        assert_eq!(h.count_at(1, 1_000, &counts(9)), 5);
+    }
 
     #[test]
     fn counts_up_and_down_per_endpoint() {

@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn rounds_ask_for_rows_at_the_scrape_pace_and_for_everything_less_often() {
-        let doc = r#"{"endpoints":["10.0.0.1:8000"],"peers":["10.1.0.1:1","10.1.0.2:1"],"peer_cluster":"c","peer_cluster_calls":2,"peer_token":"0123456789abcdef"}"#;
+        let doc = r#"{"endpoints":["10.0.0.1:8000"],"peers":["10.1.0.1:1","10.1.0.2:1"],"peer_cluster":"c","peer_cluster_calls":2,"peer_token":"0123456789abcdef","share_scrapes":true}"#;
         let config = Config::parse(doc.as_bytes()).unwrap();
         let mut rounds = Rounds::default();
         let first = rounds.due(&config, 0, &[]).unwrap();

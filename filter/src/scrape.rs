@@ -44,6 +44,9 @@ struct Target {
     labelled: Vec<String>,
     /// Its page was cut (too many names), and that was logged.
     cut_noted: bool,
+    /// When its owner, another replica, last scraped it, by the newest row heard from
+    /// that owner (0: none heard).
+    owner_scraped_ms: u64,
 }
 
 impl Target {
@@ -108,9 +111,9 @@ impl Scraper {
     }
 
     /// A peer's record: it is alive, and its rows replace older ones of endpoints this
-    /// replica does not scrape itself. `in_flight` gives this proxy's count for a slot
-    /// now, which stands for the count at the peer's scrape.
-    pub fn adopt(&mut self, record: &peer::Record, now_ms: u64, in_flight: &dyn Fn(usize) -> i64) {
+    /// replica does not scrape itself. `in_flight(slot, ms)` gives this proxy's count for
+    /// a slot at the millisecond the peer scraped it (or as near as it knows).
+    pub fn adopt(&mut self, record: &peer::Record, now_ms: u64, in_flight: &dyn Fn(usize, u64) -> i64) {
         if let Some(share) = &mut self.share {
             share.heard(record.replica, now_ms);
         }
@@ -126,6 +129,9 @@ impl Scraper {
             // The owner's row wins over a stand-in's (this replica's, while it had not
             // heard the owner), and a newer row over an older one.
             let from_owner = row.scraped_by == owner;
+            if from_owner {
+                t.owner_scraped_ms = t.owner_scraped_ms.max(row.checked_ms);
+            }
             let newer = row.checked_ms > t.state.checked_ms;
             let replaces_stand_in = from_owner && t.state.scraped_by != owner && row.checked_ms >= t.state.checked_ms;
             if !(newer || replaces_stand_in) {
@@ -137,7 +143,7 @@ impl Scraper {
             s.checked_ms = row.checked_ms;
             s.last_ok_ms = row.last_ok_ms;
             s.scraped_by = row.scraped_by;
-            s.in_flight_at_scrape = in_flight(slot);
+            s.in_flight_at_scrape = in_flight(slot, row.checked_ms);
             t.labelled = row.models.clone();
             merge_models(t);
             self.dirty = true;
@@ -145,13 +151,14 @@ impl Scraper {
     }
 
     /// Leave the metrics of `t` to its owner: another replica scrapes it, and its rows
-    /// are coming.
+    /// are coming. Judged by the owner's rows, not by whose row the table holds: this
+    /// replica's own probe, out when the owner's row came, may answer after it, and
+    /// replicas whose rounds fall together would then never settle who scrapes.
     fn left_to_peer(&self, t: &Target, now_ms: u64) -> bool {
         let Some(share) = self.scrape_share() else { return false };
         share.owner(&t.state.address, now_ms) != share.me
-            && t.state.scraped_by != 0
-            && t.state.scraped_by != share.me
-            && now_ms.saturating_sub(t.state.checked_ms) <= self.shared_row_lifetime_ms()
+            && t.owner_scraped_ms != 0
+            && now_ms.saturating_sub(t.owner_scraped_ms) <= self.shared_row_lifetime_ms()
     }
 
     /// Who scrapes what, where replicas share their scrapes (`share_scrapes`).
@@ -631,21 +638,27 @@ mod tests {
         assert_eq!(a.publish(0).replicas, 1, "no peer heard yet");
         let mut row = a.publish(0).endpoints[0].clone();
         (row.scraped_by, row.checked_ms, row.metrics.waiting) = (2, 5, 7);
-        a.adopt(&peer::Record { replica: 2, rows: vec![row], prefixes: vec![] }, 10, &|_| 0);
+        a.adopt(&peer::Record { replica: 2, rows: vec![row], prefixes: vec![] }, 10, &|_, _| 0);
         let t = a.publish(10);
         assert_eq!(t.replicas, 2);
         assert_eq!(t.endpoints[0].metrics.waiting, 0, "its own scrapes, not the peer's rows");
         assert_eq!(a.publish(60_000).replicas, 1, "a peer silent for a minute is gone");
     }
 
-    #[test]
-    fn replicas_scrape_their_shares_and_take_the_rest_from_peers() {
+    /// Two replicas (ids 1 and 2) sharing the scraping of 16 endpoints.
+    fn sharing_pair() -> (Scraper, Scraper) {
         let endpoints: Vec<String> = (0..16).map(|i| format!("10.0.0.{i}:8000")).collect();
-        let config = serde_json::json!({"endpoints": endpoints, "peers": ["10.1.0.1:10000", "10.1.0.2:10000"], "models_path": "", "peer_token": "0123456789abcdef"});
+        let config = serde_json::json!({"endpoints": endpoints, "peers": ["10.1.0.1:10000", "10.1.0.2:10000"], "models_path": "", "share_scrapes": true, "peer_token": "0123456789abcdef"});
         let config = Config::parse(config.to_string().as_bytes()).unwrap();
         let (mut a, mut b) = (Scraper::new(config.clone()), Scraper::new(config));
         a.share_as(1);
         b.share_as(2);
+        (a, b)
+    }
+
+    #[test]
+    fn replicas_scrape_their_shares_and_take_the_rest_from_peers() {
+        let (mut a, mut b) = sharing_pair();
         // Before they hear each other, each scrapes everything.
         assert_eq!(a.due(0).len(), 16);
         for p in b.due(0) {
@@ -657,7 +670,7 @@ mod tests {
         };
         let from_b = record(&mut b, 2, 10);
         assert_eq!(from_b.rows.len(), 16);
-        a.adopt(&from_b, 10, &|_| 3);
+        a.adopt(&from_b, 10, &|_, _| 3);
         let t = a.publish(10);
         let taken: Vec<&EndpointState> = t.endpoints.iter().filter(|e| e.scraped_by == 2).collect();
         assert!((3..=13).contains(&taken.len()), "a takes b's share: {}", taken.len());
@@ -677,5 +690,24 @@ mod tests {
         assert_eq!(a.due(10 + a.shared_row_lifetime_ms() + 50).len(), 16);
         assert_eq!(a.replicas_alive(10), 2);
         assert_eq!(a.replicas_alive(5000), 1);
+    }
+
+    #[test]
+    fn an_own_probe_answering_after_the_owners_row_does_not_take_the_endpoint_back() {
+        // Rounds in step: the owner's row comes while this replica's probe is out, and the
+        // probe answers after it. The next round leaves the endpoint to its owner.
+        let (mut a, mut b) = sharing_pair();
+        let (a_probes, b_probes) = (a.due(0), b.due(0));
+        for p in &b_probes {
+            b.on_answer(p, Some(200), PAGE, 5);
+        }
+        let rows = b.publish(5).endpoints;
+        a.adopt(&peer::Record { replica: 2, rows, prefixes: vec![] }, 5, &|_, _| 0);
+        for p in &a_probes {
+            a.on_answer(p, Some(200), PAGE, 6);
+        }
+        let b_share = (0..16).filter(|&i| a.share.as_ref().unwrap().owner(&format!("10.0.0.{i}:8000"), 6) == 2).count();
+        assert!((3..=13).contains(&b_share), "{b_share}");
+        assert_eq!(a.due(50).len(), 16 - b_share, "only its own share, though its own rows came last");
     }
 }

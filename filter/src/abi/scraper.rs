@@ -84,6 +84,8 @@ pub struct ScraperRoot {
     /// The in-flight gauges operators see, by endpoint address, and the values last set.
     gauges: HashMap<String, (Option<u32>, i64)>,
     telemetry: Telemetry,
+    /// The in-flight counts of recent ticks, for rows taken from peers.
+    in_flight_history: in_flight::History,
 }
 
 enum Call {
@@ -110,7 +112,7 @@ impl ScraperRoot {
             None => {}
         }
         let telemetry = Telemetry::new(stats::pool_label(scraper.config()));
-        ScraperRoot { scraper, pending: HashMap::new(), peer_rounds: peer::Rounds::default(), gauges: HashMap::new(), telemetry }
+        ScraperRoot { scraper, pending: HashMap::new(), peer_rounds: peer::Rounds::default(), gauges: HashMap::new(), telemetry, in_flight_history: Default::default() }
     }
 
     fn tick(&mut self) {
@@ -150,7 +152,7 @@ impl ScraperRoot {
             }
         }
         self.ask_peers(now);
-        self.show_in_flight();
+        self.show_in_flight(now);
         self.telemetry.flush();
         for note in self.scraper.take_notes() {
             log::warn!("wasm-epp scraper: {note}");
@@ -175,8 +177,11 @@ impl ScraperRoot {
 
     /// Copies the pickers' shared in-flight counts into the gauges (off the request path:
     /// one read a tick instead of two host calls a request).
-    fn show_in_flight(&mut self) {
+    fn show_in_flight(&mut self, now: u64) {
         let counts = in_flight::Snapshot::read(&host::HostStore);
+        if self.scraper.config().shares_scrapes() {
+            self.in_flight_history.record(now, counts.clone());
+        }
         let mut members: Vec<(usize, String)> = Vec::new();
         for (slot, address) in self.scraper.members() {
             members.push((slot, address.to_string()));
@@ -303,7 +308,8 @@ impl ScraperRoot {
             Err(why) => return log::warn!("wasm-epp scraper: peer {name}: {why}"),
         };
         let counts = in_flight::Snapshot::read(&host::HostStore);
-        self.scraper.adopt(&record, host::now_ms(), &|slot| counts.get(slot));
+        let history = &self.in_flight_history;
+        self.scraper.adopt(&record, host::now_ms(), &|slot, scraped_ms| history.count_at(slot, scraped_ms, &counts));
         if record.prefixes.is_empty() {
             return;
         }

@@ -66,7 +66,7 @@ impl Policy {
 
     /// The module with `scheduler`, as 4 workers × 2 proxies that are each other's peers.
     pub fn module(name: &str, scheduler: serde_json::Value) -> Policy {
-        Policy::Module { name: name.into(), scheduler, proxies: 2, workers: 4, peers: true, share_scrapes: true, round_trip: RoundTrip::default() }
+        Policy::Module { name: name.into(), scheduler, proxies: 2, workers: 4, peers: true, share_scrapes: false, round_trip: RoundTrip::default() }
     }
 
     pub fn name(&self) -> &str {

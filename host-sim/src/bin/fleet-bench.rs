@@ -35,9 +35,9 @@ struct Args {
     /// Replicas that do not share prefix assignments (no `peers` in their configuration).
     #[arg(long)]
     no_peers: bool,
-    /// Replicas that each scrape every server (no `share_scrapes`).
+    /// Replicas that share the scraping (`share_scrapes`; off by default, as in the module).
     #[arg(long)]
-    no_share_scrapes: bool,
+    share_scrapes: bool,
     /// Offered loads (requests/s) instead of each workload's own; the first is the table's.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
@@ -89,7 +89,7 @@ fn run(args: Args) -> Result<(), String> {
             }
             (*proxies, *workers) = (args.proxies.max(1), args.workers.max(1));
             *peers = !args.no_peers;
-            *share_scrapes = !args.no_share_scrapes;
+            *share_scrapes = args.share_scrapes;
         }
     }
     let workloads: Vec<Workload> = args

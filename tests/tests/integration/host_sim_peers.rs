@@ -109,7 +109,7 @@ fn the_record_is_served_only_to_peers() {
     let o = route(&mut w, 0, 0, &get(None));
     assert!(o.local_response.is_none() && o.upstream_header(DEST).is_some(), "{o:?}");
 
-    let secret = json!({"peers": [World::proxy_address(0), World::proxy_address(1)], "peer_token": "s3cret-s3cret-s3cret"});
+    let secret = json!({"peers": [World::proxy_address(0), World::proxy_address(1)], "share_scrapes": true, "peer_token": "s3cret-s3cret-s3cret"});
     let mut w = world_with(servers(3, ServerParams::default()), secret, 1, 2);
     w.advance_ms(200);
     route(&mut w, 0, 0, &long_chat("owls"));
@@ -186,7 +186,8 @@ fn scrape_load_does_not_grow_with_the_replica_count() {
 #[test]
 fn a_replica_whose_peer_is_gone_scrapes_everything_again() {
     let peers: Vec<String> = (0..2).map(World::proxy_address).collect();
-    let mut w = epp_tests::hostsim::picker_only_world(servers(16, ServerParams::default()), json!({"peers": peers, "models_path": "", "peer_token": "test-peer-token-0123456789"}), 2, 2);
+    let plugin = json!({"peers": peers, "share_scrapes": true, "models_path": "", "peer_token": "test-peer-token-0123456789"});
+    let mut w = epp_tests::hostsim::picker_only_world(servers(16, ServerParams::default()), plugin, 2, 2);
     w.advance_ms(1000);
     let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
     let rate = |w: &mut World| {
@@ -218,4 +219,27 @@ fn a_replica_whose_peer_is_gone_scrapes_everything_again() {
     let alone = rate(&mut w);
     assert!((18.0..=22.0).contains(&alone), "one replica scrapes everything: {alone}");
     assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0);
+}
+
+#[test]
+fn replicas_whose_scrapers_tick_together_still_share() {
+    // Singleton scrapers in one virtual clock run their rounds in step: a peer's row comes
+    // while this replica's own probe of the endpoint is out, and the probe answers after
+    // it. The owner's rows decide who scrapes, not whose row the table holds last.
+    let peers: Vec<String> = (0..2).map(World::proxy_address).collect();
+    let plugin = json!({"peers": peers, "share_scrapes": true, "models_path": "", "peer_token": "test-peer-token-0123456789"});
+    let proxy = host_sim::proxy::ProxyConfig { workers: 2, singleton: true, ..Default::default() };
+    let mut w = epp_tests::hostsim::world_from(&epp_tests::paths::epp_wasm(), servers(16, ServerParams::default()), plugin, proxy, 2);
+    w.advance_ms(1000);
+    let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
+    let before = scrapes(&w);
+    w.advance_ms(1000);
+    let per_server = (scrapes(&w) - before) as f64 / 16.0;
+    assert!((18.0..=22.0).contains(&per_server), "two replicas share: {per_server} per server per second");
+    for p in 0..2 {
+        let state = w.proxies[p].state.borrow();
+        let table = epp::table::Table::decode(&state.shared_data[epp::table::TABLE_KEY].0).expect("a table");
+        let scrapers: std::collections::HashSet<u64> = table.endpoints.iter().map(|e| e.scraped_by).collect();
+        assert_eq!((table.endpoints.len(), scrapers.len()), (16, 2), "proxy {p}: every row, from both replicas");
+    }
 }
