@@ -155,6 +155,44 @@ fn replicas_found_through_a_cluster_share_assignments() {
     replicas_share_assignments(ports, plugin, cluster);
 }
 
+#[test]
+fn replicas_that_share_scrapes_scrape_each_server_once() {
+    // Two replicas, each with its singleton scraper. Sharing, each server is scraped by its
+    // rendezvous owner alone: 20 times a second at 50 ms, where two replicas apart make 40.
+    let sims: Vec<Sim> = (0..4).map(|_| Sim::start(&[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let ports = [free_port(), free_port()];
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let token = "t0ken-t0ken-t0ken-t0ken";
+    let plugin = json!({"peers": peers, "peer_token": token, "share_scrapes": true});
+    let replicas: Vec<Envoy> = ports
+        .iter()
+        .map(|&port| {
+            let envoy = Envoy::start(&addrs(&refs), EnvoyOptions { plugin: plugin.clone(), listen_port: Some(port), ..Default::default() });
+            envoy.wait_for_table();
+            envoy
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1000)); // they hear each other and settle who scrapes
+    let before: Vec<u64> = sims.iter().map(Sim::metrics_requests).collect();
+    let started = std::time::Instant::now();
+    thread::sleep(Duration::from_millis(2000));
+    let seconds = started.elapsed().as_secs_f64();
+    let rates: Vec<f64> = sims.iter().zip(&before).map(|(s, b)| (s.metrics_requests() - b) as f64 / seconds).collect();
+    let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+    assert!((14.0..=28.0).contains(&mean), "/metrics per server per second: {rates:?}");
+    // Each replica serves the rows it scraped itself: together, every server's once.
+    let own_rows = |envoy: &Envoy| {
+        let (status, body) = envoy.client().get_bytes(&envoy.url("/.wasm-epp/v2/peer"), &[("x-wasm-epp-peer-token", token)]);
+        assert_eq!(status, 200);
+        epp::peer::Record::decode(&body).map_or(0, |r| r.rows.len())
+    };
+    assert_eq!(replicas.iter().map(own_rows).sum::<usize>(), sims.len());
+    for envoy in &replicas {
+        assert_eq!(envoy.post("/v1/chat/completions", &chat(MODEL, "hello", 1)).status, 200);
+    }
+}
+
 /// Two Envoy replicas on `ports` with `peers` settings (and `extra_clusters`): prompts that
 /// replica A sent where the test chose go to the same servers from replica B.
 fn replicas_share_assignments(ports: [u16; 2], peers: serde_json::Value, extra_clusters: String) {
