@@ -152,7 +152,11 @@ impl ScraperRoot {
             }
         }
         self.ask_peers(now);
-        self.show_in_flight(now);
+        let counts = in_flight::Snapshot::read(&host::HostStore);
+        self.show_in_flight(&counts);
+        if self.scraper.config().shares_scrapes() {
+            self.in_flight_history.record(now, counts);
+        }
         self.telemetry.flush();
         for note in self.scraper.take_notes() {
             log::warn!("wasm-epp scraper: {note}");
@@ -177,11 +181,7 @@ impl ScraperRoot {
 
     /// Copies the pickers' shared in-flight counts into the gauges (off the request path:
     /// one read a tick instead of two host calls a request).
-    fn show_in_flight(&mut self, now: u64) {
-        let counts = in_flight::Snapshot::read(&host::HostStore);
-        if self.scraper.config().shares_scrapes() {
-            self.in_flight_history.record(now, counts.clone());
-        }
+    fn show_in_flight(&mut self, counts: &in_flight::Snapshot) {
         let mut members: Vec<(usize, String)> = Vec::new();
         for (slot, address) in self.scraper.members() {
             members.push((slot, address.to_string()));
