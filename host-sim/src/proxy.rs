@@ -215,7 +215,7 @@ impl Proxy {
         let vm = &mut self.vms[index];
         let ctx = vm.new_context();
         let mut out = RequestOutcome { worker, context: ctx, ..Default::default() };
-        let fuel_before = vm.total_fuel;
+        let fuel_before = vm.total_fuel();
         let mut headers: HeaderMap = vec![
             (":method".into(), req.method.clone()),
             (":path".into(), req.path.clone()),
@@ -294,7 +294,7 @@ impl Proxy {
         if out.upstream_headers.is_some() {
             out.upstream_body = vm.state().streams.get(&ctx).map(|s| s.request_body.clone());
         }
-        out.fuel = vm.total_fuel - fuel_before;
+        out.fuel = vm.total_fuel() - fuel_before;
         out
     }
 

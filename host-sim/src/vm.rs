@@ -26,12 +26,16 @@ pub struct Vm {
     pub reports: Vec<CallReport>,
     pub record: bool,
     pub next_context_id: u32,
-    pub total_fuel: u64,
     /// Calls and wasm instructions by callback: where a request's instructions go.
     pub fuel_by_callback: std::collections::BTreeMap<&'static str, (u64, u64)>,
 }
 
 impl Vm {
+    /// Wasm instructions run so far, every callback's.
+    pub fn total_fuel(&self) -> u64 {
+        self.fuel_by_callback.values().map(|&(_, fuel)| fuel).sum()
+    }
+
     pub fn new(engine: &Engine, module: &Module, state: HostState) -> Result<Vm> {
         let mut linker: Linker<HostState> = Linker::new(engine);
         crate::hostcalls::define(&mut linker)?;
@@ -70,7 +74,6 @@ impl Vm {
             reports: Vec::new(),
             record: false,
             next_context_id: ROOT_CONTEXT + 1,
-            total_fuel: 0,
             fuel_by_callback: Default::default(),
         })
     }
@@ -110,7 +113,6 @@ impl Vm {
         }
         let result = self.call_raw(callback, args);
         let used = fuel::used(self.store.get_fuel().unwrap_or(0));
-        self.total_fuel += used;
         fuel::note(callback, used);
         let tally = self.fuel_by_callback.entry(callback).or_default();
         *tally = (tally.0 + 1, tally.1 + used);

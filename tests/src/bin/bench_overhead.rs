@@ -522,7 +522,7 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
         println!("{case}");
         cases.push(case);
     }
-    let method = "one Envoy (one worker, pinned to core 0), the module and the floor on two listeners, alternating 1 s wrk bursts at concurrency 64; medians over the pairs";
+    let method = format!("one Envoy (one worker, pinned to core 0), the module and the {} on two listeners, alternating 1 s wrk bursts at concurrency 64; medians over the pairs", if against.is_some() { "other build" } else { "floor" });
     match against {
         // Another build's figures stand in the floor's fields.
         Some(wasm) => json!({"plugin": plugin, "against": wasm.display().to_string(), "method": method, "cases": cases}),
@@ -713,9 +713,9 @@ fn fuel_section() -> Value {
 
     let mut w = world(256, json!({}));
     w.advance_ms(1000); // past start-up
-    let before = w.proxies[0].vms[0].total_fuel;
+    let before = w.proxies[0].vms[0].total_fuel();
     w.advance_ms(1000);
-    let per_second = w.proxies[0].vms[0].total_fuel - before;
+    let per_second = w.proxies[0].vms[0].total_fuel() - before;
     json!({
         "per_decision_by_body": by_body,
         "per_decision_by_endpoints": by_endpoints,

@@ -137,15 +137,37 @@ fn the_record_is_served_only_to_peers() {
     assert_ne!(other.replica, body.replica);
 }
 
+/// The plugin configuration of `replicas` replicas that list each other as peers.
+fn peers_config(replicas: usize, share: bool) -> Value {
+    let peers: Vec<String> = (0..replicas).map(World::proxy_address).collect();
+    json!({"peers": peers, "share_scrapes": share, "models_path": "", "peer_token": "test-peer-token-0123456789"})
+}
+
+/// `/metrics` requests the fleet has answered so far.
+fn scrapes(w: &World) -> u64 {
+    w.fleet.scrapes.values().sum()
+}
+
+/// `/metrics` requests per server per second over the next `seconds` of virtual time.
+fn scrape_rate(w: &mut World, seconds: u64) -> f64 {
+    let before = scrapes(w);
+    w.advance_ms(seconds * 1000);
+    (scrapes(w) - before) as f64 / w.fleet.addresses().len().max(1) as f64 / seconds as f64
+}
+
+/// The table proxy `p` holds.
+fn table_of(w: &World, p: usize) -> epp::table::Table {
+    let state = w.proxies[p].state.borrow();
+    let bytes = state.shared_data.get(epp::table::TABLE_KEY).map(|(b, _)| b.clone()).unwrap_or_default();
+    epp::table::Table::decode(&bytes).expect("a table")
+}
+
 /// Scrape load and data age for `replicas` gateway replicas × 4 workers (no singleton) over
 /// 64 servers, with or without shared scrapes: (`/metrics` per server per second, p50 and
 /// p99 age in ms of the row behind each decision, decisions).
 fn scrape_load(replicas: usize, share: bool) -> (f64, u64, u64, usize) {
-    let peers: Vec<String> = (0..replicas).map(World::proxy_address).collect();
-    let plugin = json!({"peers": peers, "share_scrapes": share, "models_path": "", "peer_token": "test-peer-token-0123456789"});
-    let mut w = epp_tests::hostsim::picker_only_world(servers(64, ServerParams::default()), plugin, 4, replicas);
+    let mut w = epp_tests::hostsim::picker_only_world(servers(64, ServerParams::default()), peers_config(replicas, share), 4, replicas);
     w.advance_ms(1000);
-    let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
     let before = scrapes(&w);
     let mut ages = Vec::new();
     let seconds = 2;
@@ -153,11 +175,7 @@ fn scrape_load(replicas: usize, share: bool) -> (f64, u64, u64, usize) {
         let proxy = i % replicas;
         let o = route(&mut w, proxy, i / replicas, &epp_tests::hostsim::chat(MODEL));
         let chosen = first(&o);
-        let table = {
-            let state = w.proxies[proxy].state.borrow();
-            let bytes = state.shared_data.get(epp::table::TABLE_KEY).map(|(b, _)| b.clone()).unwrap_or_default();
-            epp::table::Table::decode(&bytes).expect("a table")
-        };
+        let table = table_of(&w, proxy);
         let row = table.endpoints.iter().find(|e| e.address == chosen).expect("the chosen endpoint's row");
         ages.push(w.now_us() / 1000 - row.checked_ms);
         w.advance_ms(2);
@@ -185,17 +203,9 @@ fn scrape_load_does_not_grow_with_the_replica_count() {
 
 #[test]
 fn a_replica_whose_peer_is_gone_scrapes_everything_again() {
-    let peers: Vec<String> = (0..2).map(World::proxy_address).collect();
-    let plugin = json!({"peers": peers, "share_scrapes": true, "models_path": "", "peer_token": "test-peer-token-0123456789"});
-    let mut w = epp_tests::hostsim::picker_only_world(servers(16, ServerParams::default()), plugin, 2, 2);
+    let mut w = epp_tests::hostsim::picker_only_world(servers(16, ServerParams::default()), peers_config(2, true), 2, 2);
     w.advance_ms(1000);
-    let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
-    let rate = |w: &mut World| {
-        let before = scrapes(w);
-        w.advance_ms(1000);
-        (scrapes(w) - before) as f64 / 16.0
-    };
-    let shared = rate(&mut w);
+    let shared = scrape_rate(&mut w, 1);
     assert!((18.0..=22.0).contains(&shared), "two replicas share: {shared} per server per second");
     // Replica 1 dies whole. Its rows age out within a few intervals; replica 0 scrapes them.
     for vm in &mut w.proxies[1].vms {
@@ -207,8 +217,7 @@ fn a_replica_whose_peer_is_gone_scrapes_everything_again() {
         w.advance_ms(10);
         let o = route(&mut w, 0, 0, &epp_tests::hostsim::chat(MODEL));
         assert!(o.upstream_header(DEST).is_some());
-        let state = w.proxies[0].state.borrow();
-        let table = epp::table::Table::decode(&state.shared_data[epp::table::TABLE_KEY].0).expect("a table");
+        let table = table_of(&w, 0);
         let now_ms = w.now_us() / 1000;
         if all_fresh.is_none() && table.endpoints.iter().all(|e| now_ms - e.checked_ms <= 100 && e.scraped_by == table.endpoints[0].scraped_by) {
             all_fresh = Some((w.now_us() - died) / 1000);
@@ -216,7 +225,7 @@ fn a_replica_whose_peer_is_gone_scrapes_everything_again() {
     }
     let took = all_fresh.expect("replica 0 scrapes every server itself");
     assert!(took <= 400, "{took} ms after the peer died");
-    let alone = rate(&mut w);
+    let alone = scrape_rate(&mut w, 1);
     assert!((18.0..=22.0).contains(&alone), "one replica scrapes everything: {alone}");
     assert_eq!(w.proxies[0].metric("wasm_epp.fail_open"), 0);
 }
@@ -226,19 +235,13 @@ fn replicas_whose_scrapers_tick_together_still_share() {
     // Singleton scrapers in one virtual clock run their rounds in step: a peer's row comes
     // while this replica's own probe of the endpoint is out, and the probe answers after
     // it. The owner's rows decide who scrapes, not whose row the table holds last.
-    let peers: Vec<String> = (0..2).map(World::proxy_address).collect();
-    let plugin = json!({"peers": peers, "share_scrapes": true, "models_path": "", "peer_token": "test-peer-token-0123456789"});
     let proxy = host_sim::proxy::ProxyConfig { workers: 2, singleton: true, ..Default::default() };
-    let mut w = epp_tests::hostsim::world_from(&epp_tests::paths::epp_wasm(), servers(16, ServerParams::default()), plugin, proxy, 2);
+    let mut w = epp_tests::hostsim::world_from(&epp_tests::paths::epp_wasm(), servers(16, ServerParams::default()), peers_config(2, true), proxy, 2);
     w.advance_ms(1000);
-    let scrapes = |w: &World| w.fleet.scrapes.values().sum::<u64>();
-    let before = scrapes(&w);
-    w.advance_ms(1000);
-    let per_server = (scrapes(&w) - before) as f64 / 16.0;
+    let per_server = scrape_rate(&mut w, 1);
     assert!((18.0..=22.0).contains(&per_server), "two replicas share: {per_server} per server per second");
     for p in 0..2 {
-        let state = w.proxies[p].state.borrow();
-        let table = epp::table::Table::decode(&state.shared_data[epp::table::TABLE_KEY].0).expect("a table");
+        let table = table_of(&w, p);
         let scrapers: std::collections::HashSet<u64> = table.endpoints.iter().map(|e| e.scraped_by).collect();
         assert_eq!((table.endpoints.len(), scrapers.len()), (16, 2), "proxy {p}: every row, from both replicas");
     }
