@@ -248,11 +248,7 @@ fn numbered(body: &str, n: usize) -> String {
 }
 
 /// A chat body of about `bytes` bytes and the wrk script that posts it, under `work`.
-fn body_and_script(work: &Path, section: &str, bytes: usize) -> (String, PathBuf) {
-    body_and_script_of(work, section, bytes, Prompts::Repeated)
-}
-
-fn body_and_script_of(work: &Path, section: &str, bytes: usize, prompts: Prompts) -> (String, PathBuf) {
+fn body_and_script(work: &Path, section: &str, bytes: usize, prompts: Prompts) -> (String, PathBuf) {
     let body = chat_body(bytes);
     let script = work.join(format!("post-{section}{bytes}.lua"));
     write_script(&script, &work.join(format!("body-{section}{bytes}.json")), &body, prompts);
@@ -297,7 +293,7 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
     let (_upstreams, endpoints) = instant_upstreams();
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024, 220 * 1024] {
-        let (body, script) = body_and_script(work, "", body_bytes);
+        let (body, script) = body_and_script(work, "", body_bytes, Prompts::Repeated);
         for concurrency in [1u32, 64] {
             let runs: Vec<[Value; 5]> = (0..rounds).map(|round| run_round(round, &endpoints, plugin, &script, concurrency, seconds)).collect();
             let med = |f: &dyn Fn(&[Value; 5]) -> f64| median(runs.iter().map(f).collect());
@@ -391,7 +387,7 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
     let (_upstreams, endpoints) = instant_upstreams();
     let mut by_body = Vec::new();
     for body_bytes in [1024usize, 16 * 1024] {
-        let (body, script) = body_and_script(work, "steps-", body_bytes);
+        let (body, script) = body_and_script(work, "steps-", body_bytes, Prompts::Repeated);
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for _ in 0..rounds {
             for (i, (_, variant, plugin)) in variants.iter().enumerate() {
@@ -423,7 +419,7 @@ fn perf_section(work: &Path, rounds: usize) -> Value {
     let (_upstreams, endpoints) = instant_upstreams();
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024, 220 * 1024] {
-        let (body, script) = body_and_script(work, "perf-", body_bytes);
+        let (body, script) = body_and_script(work, "perf-", body_bytes, Prompts::Repeated);
         let mut rows: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 2];
         for round in 0..rounds {
             for (i, variant) in [Variant::Floor, Variant::Epp].into_iter().enumerate() {
@@ -527,7 +523,7 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
     let urls = [envoy.url("/v1/chat/completions"), format!("http://{second_address}/v1/chat/completions")];
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024] {
-        let (body, script) = body_and_script_of(work, "paired-", body_bytes, prompts);
+        let (body, script) = body_and_script(work, "paired-", body_bytes, prompts);
         for url in &urls {
             wrk(&script, url, 64, 1); // warm-up
         }
