@@ -590,11 +590,13 @@ fn write_script(script: &Path, body_path: &Path, body: &str, prompts: Prompts) {
         Prompts::Unique => {
             let at = user_text_start(body);
             format!(
-                // Counted from the clock: the bursts of one Envoy do not repeat each other's.
-                r#"local head, tail, n = string.sub(wrk.body, 1, {at}), string.sub(wrk.body, {}), os.time() * 100000
+                // Counted from the clock, so that the bursts of one Envoy do not repeat each
+                // other's, and kept below 10^14: Lua writes numbers with 14 digits, and
+                // larger ones come out alike ("1.7966324840000e+14").
+                r#"local head, tail, n = string.sub(wrk.body, 1, {at}), string.sub(wrk.body, {}), (os.time() % 100000) * 100000
 request = function()
   n = n + 1
-  return wrk.format(nil, nil, nil, head .. n .. ": " .. tail)
+  return wrk.format(nil, nil, nil, head .. string.format("%d", n) .. ": " .. tail)
 end
 "#,
                 at + 1
@@ -847,7 +849,7 @@ mod tests {
         let at = user_text_start(&body);
         // Lua's string.sub counts from 1, both ends included.
         assert!(lua.contains(&format!("string.sub(wrk.body, 1, {at}), string.sub(wrk.body, {})", at + 1)), "{lua}");
-        assert!(lua.contains(r#"head .. n .. ": " .. tail"#), "the counter and its separator as `numbered` puts them");
+        assert!(lua.contains(r#"head .. string.format("%d", n) .. ": " .. tail"#), "the counter and its separator as `numbered` puts them");
         write_script(&script, &dir.join("body.json"), &body, Prompts::Repeated);
         assert!(!std::fs::read_to_string(&script).unwrap_or_default().contains("request = function"));
         let _ = std::fs::remove_dir_all(&dir);
