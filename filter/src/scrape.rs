@@ -51,7 +51,7 @@ struct Target {
 
 impl Target {
     fn new(address: &str, slot: usize) -> Target {
-        let state = EndpointState { address: address.to_string(), slot: slot as u32, ..Default::default() };
+        let state = EndpointState { slot: slot as u32, ..EndpointState::new(address) };
         Target { state, ..Default::default() }
     }
 

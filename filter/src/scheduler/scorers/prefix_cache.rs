@@ -191,7 +191,7 @@ impl Scorer for PrefixCacheScorer {
             return;
         }
         for (s, c) in scores.iter_mut().zip(candidates) {
-            let id = prefix_record::endpoint_id(&c.address);
+            let id = c.id();
             let found = self.index.matched(id, &self.hashes);
             self.matches.push((id, found));
             *s = found.blocks as f64 / n as f64;
@@ -245,7 +245,7 @@ impl Scorer for PrefixCacheScorer {
 
     fn picked(&mut self, request: &SchedulingRequest, chosen: &Candidate) {
         let capacity = self.capacity(chosen);
-        let id = prefix_record::endpoint_id(&chosen.address);
+        let id = chosen.id();
         let found = self.matches.iter().find(|&&(e, _)| e == id).map_or(Match::default(), |&(_, m)| m);
         self.index.record(id, &self.hashes, found, capacity);
         if let (Some(anchor), Some(store)) = (self.anchor, request.store) {
