@@ -210,9 +210,12 @@ fn spread(alive: Option<&[usize]>, values: &[f64], n: usize) -> Vec<f64> {
 /// GIE's normalisation for "less is better" gauges: (max − x) / (max − min), and 1 for all
 /// when they are equal.
 pub(crate) fn less_is_better(values: impl Iterator<Item = f64> + Clone, scores: &mut [f64]) {
-    let (min, max) = values
-        .clone()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    // Compared, not `f64::min`/`max`: wasm32 has no instruction with their NaN rule, so
+    // they compile to calls to libm's `fmin`/`fmax` (a tenth of a decision over 256
+    // endpoints). A NaN is passed over here as they pass it over.
+    let (min, max) = values.clone().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (if v < lo { v } else { lo }, if v > hi { v } else { hi })
+    });
     let range = max - min;
     for (s, v) in scores.iter_mut().zip(values) {
         *s = if range > 0.0 { (max - v) / range } else { 1.0 };
