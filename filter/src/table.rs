@@ -59,7 +59,7 @@ pub struct EndpointState {
 }
 
 /// An endpoint's id kept beside its address: a decision needs it for every candidate, and
-/// hashing each address again cost a tenth of a decision over 256 endpoints. It is no
+/// hashing each address again cost a seventh of a decision over 256 endpoints. It is no
 /// part of a row's value: two rows are equal or not by their data, filled in or not.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CachedId(u32);
