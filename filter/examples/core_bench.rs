@@ -66,13 +66,13 @@ fn fleet() -> (Router, Table, MemoryStore) {
         .into_iter()
         .enumerate()
         .map(|(slot, address)| EndpointState {
-            address,
             slot: slot as u32,
             health: Health::Healthy,
             checked_ms: NOW_MS,
             last_ok_ms: NOW_MS,
             models: vec![MODEL.into()],
-            ..Default::default()
+            // As a picker reads a table: each row's id worked out once.
+            ..EndpointState::new(&address)
         })
         .collect();
     let table = Table { published_ms: NOW_MS, generation: 1, replicas: 1, endpoints };

@@ -53,9 +53,10 @@ pub struct EndpointState {
     /// The replica whose scraper read these numbers (`peer::replica_id`); 0 where replicas
     /// do not share their scrapes.
     pub scraped_by: u64,
-    /// Its `id()`, once worked out (`remember_id`). Not sent: every reader works it out.
+    /// Its `id()`, once worked out (`remember_id`; again after changing `address`). Not
+    /// sent: every reader works it out.
     #[serde(skip)]
-    pub(crate) cached_id: CachedId,
+    pub cached_id: CachedId,
 }
 
 /// An endpoint's id kept beside its address: a decision needs it for every candidate, and
