@@ -307,9 +307,11 @@ impl ScraperRoot {
             Ok(r) => r,
             Err(why) => return log::warn!("wasm-epp scraper: peer {name}: {why}"),
         };
-        let counts = in_flight::Snapshot::read(&host::HostStore);
+        // Read only when the history has none: a proxy that does not share its scrapes
+        // adopts no rows, and its peers' answers bring prefix assignments alone.
         let history = &self.in_flight_history;
-        self.scraper.adopt(&record, host::now_ms(), &|slot, scraped_ms| history.count_at(slot, scraped_ms, &counts));
+        let now_counts = || in_flight::Snapshot::read(&host::HostStore);
+        self.scraper.adopt(&record, host::now_ms(), &|slot, scraped_ms| history.count_at(slot, scraped_ms, now_counts));
         if record.prefixes.is_empty() {
             return;
         }
