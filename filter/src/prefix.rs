@@ -124,9 +124,12 @@ type BlockSet = HashSet<u64, BuildHasherDefault<Identity>>;
 
 /// The block hashes one endpoint was sent, at most about `capacity`, least recently used
 /// forgotten first. Two generations approximate LRU in O(1): hits are copied to the
-/// current one; when it fills, the previous generation is dropped. (A copy left behind in
-/// the previous generation changes no answer, and removing it cost every new block a
-/// probe there: 6% of a decision on a new 16 KB prompt.)
+/// current one; when the next prompt would overfill it, the previous generation is
+/// dropped. A generation turns over between prompts, never inside one: a prompt's later
+/// blocks never outlive its first ones (nothing could match them), and what a generation
+/// holds of any prompt is a leading run. (A copy left behind in the previous generation
+/// changes no answer, and removing it cost every new block a probe there: 6% of a
+/// decision on a new 16 KB prompt.)
 #[derive(Debug, Default)]
 struct Recent {
     current: BlockSet,
@@ -138,13 +141,38 @@ impl Recent {
         self.current.contains(h) || self.previous.contains(h)
     }
 
-    fn insert(&mut self, h: u64, capacity: usize) {
-        if self.current.insert(h) && self.current.len() >= capacity.div_ceil(2).max(1) {
+    /// Records a prompt whose first `from` blocks are in the current generation already
+    /// (a bisection checks past them). If the rest would overfill it, the generation turns
+    /// over first and the whole prompt goes into the new one.
+    fn insert_prompt(&mut self, hashes: &[u64], from: usize, capacity: usize) {
+        let from = from.min(hashes.len());
+        let from = from + Self::leading_run(&hashes[from..], |h| self.current.contains(h));
+        let new = &hashes[from..];
+        if new.is_empty() {
+            return;
+        }
+        if !self.current.is_empty() && self.current.len() + new.len() > capacity.div_ceil(2).max(1) {
             // The dropped generation's table, emptied, holds the next one: a generation
             // grows to its size once, not again after every turn (its rehashes were a
             // tenth of a 16 KB decision's cost).
             std::mem::swap(&mut self.previous, &mut self.current);
             self.current.clear();
+            self.current.extend(hashes);
+        } else {
+            self.current.extend(new);
+        }
+    }
+
+    /// How many leading blocks of `hashes` one generation (`has`) holds. It holds prompts
+    /// from their first block, and a block's hash covers every block before it, so what it
+    /// holds is a leading run: two lookups find a whole match and a bisection a partial
+    /// one, where a scan looked up every block (a tenth of a 16 KB decision).
+    fn leading_run(hashes: &[u64], has: impl Fn(&u64) -> bool) -> usize {
+        match hashes {
+            [] => 0,
+            [first, ..] if !has(first) => 0,
+            [.., last] if has(last) => hashes.len(),
+            _ => hashes.partition_point(has),
         }
     }
 }
@@ -173,11 +201,13 @@ pub struct PrefixIndex {
 pub const MAX_ENDPOINTS: usize = 1024;
 
 impl PrefixIndex {
-    /// How many leading blocks of `hashes` were sent to `endpoint` (stops at the first miss).
+    /// How many leading blocks of `hashes` were sent to `endpoint` (up to the first miss).
+    /// `hashes` is a chain, as `block_hashes` makes it: each block's hash covers the
+    /// blocks before it.
     pub fn matched(&self, endpoint: u32, hashes: &[u64]) -> Match {
         let Some((r, _)) = self.endpoints.get(&endpoint) else { return Match::default() };
-        let current = hashes.iter().take_while(|&h| r.current.contains(h)).count();
-        let older = hashes[current..].iter().take_while(|h| r.contains(h)).count();
+        let current = Recent::leading_run(hashes, |h| r.current.contains(h));
+        let older = Recent::leading_run(&hashes[current..], |h| r.contains(h));
         Match { blocks: current + older, current }
     }
 
@@ -204,9 +234,7 @@ impl PrefixIndex {
         let records = self.records;
         if let Some((r, at)) = self.endpoints.get_mut(&endpoint) {
             *at = records;
-            for &h in hashes.get(matched.current..).unwrap_or_default() {
-                r.insert(h, capacity);
-            }
+            r.insert_prompt(hashes, matched.current, capacity);
         }
     }
 }
@@ -334,6 +362,57 @@ mod tests {
                 assert_eq!(skipping.matched(a, q), full.matched(a, q));
             }
         }
+    }
+
+    /// What `matched` found by looking up every block up to the first miss.
+    fn scanned(index: &PrefixIndex, endpoint: u32, hashes: &[u64]) -> Match {
+        let Some((r, _)) = index.endpoints.get(&endpoint) else { return Match::default() };
+        let current = hashes.iter().take_while(|&h| r.current.contains(h)).count();
+        let older = hashes[current..].iter().take_while(|h| r.contains(h)).count();
+        Match { blocks: current + older, current }
+    }
+
+    #[test]
+    fn the_bisection_finds_what_a_scan_of_every_block_finds() {
+        // Conversations that grow and branch off each other, in indexes small enough that
+        // generations turn over in the middle of prompts: after every record, each
+        // prompt's match is what a block-by-block scan finds.
+        let mut rng = crate::rng::Rng::new(11);
+        let mut below = |n: usize| (rng.next_u64() % n.max(1) as u64) as usize;
+        let a = endpoint_id("a");
+        let (mut partial, mut split) = (0, 0);
+        for capacity in [3, 8, 20, 64] {
+            let mut index = PrefixIndex::default();
+            let mut prompts: Vec<Vec<u64>> = Vec::new();
+            for step in 0..400u64 {
+                // A known prompt again, or a leading part of one (or nothing) and new blocks.
+                let mut p = match prompts.len() {
+                    n if n > 0 && below(4) == 0 => prompts[below(n)].clone(),
+                    n => {
+                        let known = if n > 0 { prompts[below(n)].clone() } else { vec![] };
+                        let mut p = known[..below(known.len() + 1)].to_vec();
+                        for k in 0..1 + below(12) {
+                            // Chained, as `block_hashes`: a block's hash covers the ones before.
+                            let before = p.last().copied().unwrap_or(1);
+                            p.push((before ^ (step << 8 | k as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+                        }
+                        p
+                    }
+                };
+                p.truncate(40);
+                let found = index.matched(a, &p);
+                assert_eq!(found, scanned(&index, a, &p), "capacity {capacity}, step {step}");
+                index.record(a, &p, found, capacity);
+                prompts.push(p);
+                for q in &prompts {
+                    let m = index.matched(a, q);
+                    assert_eq!(m, scanned(&index, a, q), "capacity {capacity}, step {step}: {q:?}");
+                    partial += usize::from(m.blocks > 0 && m.blocks < q.len());
+                    split += usize::from(m.current < m.blocks);
+                }
+            }
+        }
+        assert!(partial > 1000 && split > 1000, "the cases a bisection could get wrong came up: {partial} partial, {split} split");
     }
 
     #[test]
