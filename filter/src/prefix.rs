@@ -207,7 +207,8 @@ impl PrefixIndex {
     pub fn matched(&self, endpoint: u32, hashes: &[u64]) -> Match {
         let Some((r, _)) = self.endpoints.get(&endpoint) else { return Match::default() };
         let current = Recent::leading_run(hashes, |h| r.current.contains(h));
-        let older = Recent::leading_run(&hashes[current..], |h| r.contains(h));
+        // Past the current generation's run, none of the prompt's blocks is in it.
+        let older = Recent::leading_run(&hashes[current..], |h| r.previous.contains(h));
         Match { blocks: current + older, current }
     }
 
@@ -375,8 +376,8 @@ mod tests {
     #[test]
     fn the_bisection_finds_what_a_scan_of_every_block_finds() {
         // Conversations that grow and branch off each other, in indexes small enough that
-        // generations turn over in the middle of prompts: after every record, each
-        // prompt's match is what a block-by-block scan finds.
+        // generations turn over every few prompts: after every record, each prompt's match
+        // is what a block-by-block scan of both generations finds.
         let mut rng = crate::rng::Rng::new(11);
         let mut below = |n: usize| (rng.next_u64() % n.max(1) as u64) as usize;
         let a = endpoint_id("a");
