@@ -137,10 +137,6 @@ struct Recent {
 }
 
 impl Recent {
-    fn contains(&self, h: &u64) -> bool {
-        self.current.contains(h) || self.previous.contains(h)
-    }
-
     /// Records a prompt whose first `from` blocks are in the current generation already
     /// (a bisection checks past them). If the rest would overfill it, the generation turns
     /// over first and the whole prompt goes into the new one.
@@ -369,7 +365,7 @@ mod tests {
     fn scanned(index: &PrefixIndex, endpoint: u32, hashes: &[u64]) -> Match {
         let Some((r, _)) = index.endpoints.get(&endpoint) else { return Match::default() };
         let current = hashes.iter().take_while(|&h| r.current.contains(h)).count();
-        let older = hashes[current..].iter().take_while(|h| r.contains(h)).count();
+        let older = hashes[current..].iter().take_while(|&h| r.current.contains(h) || r.previous.contains(h)).count();
         Match { blocks: current + older, current }
     }
 

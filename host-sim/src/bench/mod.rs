@@ -7,5 +7,5 @@ pub mod run;
 pub mod workload;
 
 pub use policy::Policy;
-pub use run::{run, sweep, RunResult};
+pub use run::{run, sweep, Balancer, RunResult};
 pub use workload::{Arrival, Workload};

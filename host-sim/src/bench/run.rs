@@ -7,7 +7,7 @@ use std::path::Path;
 use model_sim::engine::Event;
 use model_sim::{Request, ServerParams};
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::policy::{self, Policy, ProxyView};
@@ -52,6 +52,40 @@ struct Track {
     stream: Option<RequestOutcome>,
 }
 
+/// How the load balancer in front deals requests to the proxies, and each proxy to its
+/// workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Balancer {
+    /// Strictly in turn: request k to proxy k mod P, and each proxy's to its workers in turn.
+    #[default]
+    Turns,
+    /// Each request to a proxy and a worker at random, as an L4 balancer spreads many
+    /// clients' connections over the replicas and the kernel over Envoy's workers.
+    Random,
+}
+
+impl std::str::FromStr for Balancer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "turns" => Ok(Balancer::Turns),
+            "random" => Ok(Balancer::Random),
+            other => Err(format!("unknown balancer {other:?}; balancers: turns, random")),
+        }
+    }
+}
+
+impl Balancer {
+    /// The proxy and the worker of request `k`.
+    fn deal(self, k: usize, proxies: usize, workers: usize, rng: &mut SmallRng) -> (usize, usize) {
+        let (proxies, workers) = (proxies.max(1), workers.max(1));
+        match self {
+            Balancer::Turns => (k % proxies, (k / proxies) % workers),
+            Balancer::Random => (rng.gen_range(0..proxies), rng.gen_range(0..workers)),
+        }
+    }
+}
+
 pub fn addresses(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("10.0.{}.{}:8000", i / 256, i % 256)).collect()
 }
@@ -71,6 +105,7 @@ pub fn run(
     policy: &Policy,
     objectives: &serde_json::Value,
     seed: u64,
+    balancer: Balancer,
 ) -> Result<RunResult, String> {
     let addrs = addresses(servers.len());
     let fleet = Fleet::new(addrs.iter().zip(servers).map(|(a, p)| SimServer::new(a, p.clone())).collect());
@@ -105,6 +140,8 @@ pub fn run(
     };
     sim.start_us = sim.world.now_us();
     let mut rng = SmallRng::seed_from_u64(seed);
+    // Apart from the run's other draws, so that the balancers share everything else.
+    let mut dealer = SmallRng::seed_from_u64(seed ^ 0xba1a_7ce5);
     let block_size = servers.first().map_or(16, |p| p.block_size);
     let round_trip = match policy {
         Policy::Module { round_trip, .. } => round_trip.clone(),
@@ -133,14 +170,14 @@ pub fn run(
             continue;
         }
         let Some(Pending(a, _)) = queue.pop() else { break };
-        let proxy = k % views;
+        let (proxy, worker) = balancer.deal(k, views, workers, &mut dealer);
         let adapter = (a.model != servers[0].model).then(|| a.model.clone());
         let mut req = Request::for_prompt(k as u64, &a.prompt, a.max_tokens, adapter, block_size);
         if let Some(answer) = &a.answer {
             req = req.answering(&a.prompt, answer, block_size);
         }
         let (server, stream) = match policy {
-            Policy::Module { .. } => match sim.through_module(proxy, (k / views) % workers, &a) {
+            Policy::Module { .. } => match sim.through_module(proxy, worker, &a) {
                 Some(routed) => routed,
                 None => {
                     k += 1;
@@ -322,7 +359,7 @@ impl Sim {
 }
 
 /// Every rate of `workload` through `policy`.
-pub fn sweep(wasm: &Path, workload: &Workload, policy: &Policy, seed: u64) -> Result<Vec<RunResult>, String> {
+pub fn sweep(wasm: &Path, workload: &Workload, policy: &Policy, seed: u64, balancer: Balancer) -> Result<Vec<RunResult>, String> {
     workload
         .rates
         .iter()
@@ -330,9 +367,31 @@ pub fn sweep(wasm: &Path, workload: &Workload, policy: &Policy, seed: u64) -> Re
             let arrivals = workload.arrivals(rate, seed);
             let follow_up = |a: &Arrival, at: u64| workload.follow_up(a, at, seed);
             let horizon_us = (workload.duration_s * 2e6) as u64;
-            let mut r = run(wasm, &workload.servers, &arrivals, &follow_up, horizon_us, policy, &workload.objectives, seed)?;
+            let mut r = run(wasm, &workload.servers, &arrivals, &follow_up, horizon_us, policy, &workload.objectives, seed, balancer)?;
             r.rate = rate;
             Ok(r)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_deal_in_order_and_random_spreads_without_a_pattern() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let turns: Vec<_> = (0..6).map(|k| Balancer::Turns.deal(k, 2, 3, &mut rng)).collect();
+        assert_eq!(turns, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]);
+        let dealt: Vec<_> = (0..8000).map(|k| Balancer::Random.deal(k, 2, 4, &mut rng)).collect();
+        let mut counts = [[0; 4]; 2];
+        for &(p, w) in &dealt {
+            counts[p][w] += 1;
+        }
+        assert!(counts.iter().flatten().all(|&n| (850..1150).contains(&n)), "every proxy and worker about an eighth: {counts:?}");
+        let same_in_a_row = dealt.windows(2).filter(|w| w[0].0 == w[1].0).count();
+        assert!((3600..4400).contains(&same_in_a_row), "a proxy gets two in a row about half the time: {same_in_a_row}");
+        assert_eq!("random".parse(), Ok(Balancer::Random));
+        assert!("round-robin".parse::<Balancer>().is_err());
+    }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use clap::Parser;
-use host_sim::bench::{report, sweep, Policy, Workload};
+use host_sim::bench::{report, sweep, Balancer, Policy, Workload};
 use serde_json::Value;
 
 #[derive(Parser, Debug)]
@@ -38,6 +38,10 @@ struct Args {
     /// Replicas that share the scraping (`share_scrapes`; off by default, as in the module).
     #[arg(long)]
     share_scrapes: bool,
+    /// How requests reach the proxies and their workers: `turns` (strictly in turn) or
+    /// `random` (as an L4 balancer spreads many clients).
+    #[arg(long, default_value = "turns")]
+    balancer: Balancer,
     /// Offered loads (requests/s) instead of each workload's own; the first is the table's.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
@@ -114,7 +118,7 @@ fn run(args: Args) -> Result<(), String> {
         for _ in 0..args.jobs.max(1) {
             s.spawn(|| loop {
                 let Some((w, p)) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else { return };
-                let result = sweep(&args.wasm, &workloads[w], &policies[p], args.seed);
+                let result = sweep(&args.wasm, &workloads[w], &policies[p], args.seed, args.balancer);
                 if let Ok(runs) = &result {
                     for r in runs {
                         if let Some(trap) = r.traps.first() {
