@@ -30,7 +30,7 @@ fn hit_rate(policy: &str, proxies: usize, workers: usize) -> f64 {
     let arrivals = workload.arrivals(60.0, 11);
     let Some(Policy::Module { name, scheduler, round_trip, .. }) = Policy::by_name(policy) else { panic!("{policy}") };
     let policy = Policy::Module { name, scheduler, proxies, workers, peers: true, share_scrapes: false, round_trip };
-    let r = bench::run(&epp_tests::paths::epp_wasm(), &workload.servers, &arrivals, &|_, _| None, 0, &policy, &workload.objectives, 11)
+    let r = bench::run(&epp_tests::paths::epp_wasm(), &workload.servers, &arrivals, &|_, _| None, 0, &policy, &workload.objectives, 11, bench::Balancer::Turns)
         .expect("run");
     assert!(r.traps.is_empty(), "{:?}", r.traps);
     assert_eq!(r.errors, 0);
