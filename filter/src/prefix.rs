@@ -142,7 +142,7 @@ impl Recent {
     /// over first and the whole prompt goes into the new one.
     fn insert_prompt(&mut self, hashes: &[u64], from: usize, capacity: usize) {
         let from = from.min(hashes.len());
-        let from = from + Self::leading_run(&hashes[from..], |h| self.current.contains(h));
+        let from = from + leading_run(&hashes[from..], |h| self.current.contains(h));
         let new = &hashes[from..];
         if new.is_empty() {
             return;
@@ -158,18 +158,18 @@ impl Recent {
             self.current.extend(new);
         }
     }
+}
 
-    /// How many leading blocks of `hashes` one generation (`has`) holds. It holds prompts
-    /// from their first block, and a block's hash covers every block before it, so what it
-    /// holds is a leading run: two lookups find a whole match and a bisection a partial
-    /// one, where a scan looked up every block (a tenth of a 16 KB decision).
-    fn leading_run(hashes: &[u64], has: impl Fn(&u64) -> bool) -> usize {
-        match hashes {
-            [] => 0,
-            [first, ..] if !has(first) => 0,
-            [.., last] if has(last) => hashes.len(),
-            _ => hashes.partition_point(has),
-        }
+/// How many leading blocks of `hashes` a generation (`has`) holds. It holds prompts from
+/// their first block, and a block's hash covers every block before it, so what it holds is
+/// a leading run: two lookups find a whole match and a bisection a partial one, where a
+/// scan looked up every block (a tenth of a 16 KB decision).
+fn leading_run(hashes: &[u64], has: impl Fn(&u64) -> bool) -> usize {
+    match hashes {
+        [] => 0,
+        [first, ..] if !has(first) => 0,
+        [.., last] if has(last) => hashes.len(),
+        _ => hashes.partition_point(has),
     }
 }
 
@@ -202,9 +202,9 @@ impl PrefixIndex {
     /// blocks before it.
     pub fn matched(&self, endpoint: u32, hashes: &[u64]) -> Match {
         let Some((r, _)) = self.endpoints.get(&endpoint) else { return Match::default() };
-        let current = Recent::leading_run(hashes, |h| r.current.contains(h));
+        let current = leading_run(hashes, |h| r.current.contains(h));
         // Past the current generation's run, none of the prompt's blocks is in it.
-        let older = Recent::leading_run(&hashes[current..], |h| r.previous.contains(h));
+        let older = leading_run(&hashes[current..], |h| r.previous.contains(h));
         Match { blocks: current + older, current }
     }
 
@@ -216,7 +216,8 @@ impl PrefixIndex {
     /// `endpoint` was sent a prompt with these blocks; it keeps about `capacity` of them.
     /// `matched` is what `matched` found for it since the index last changed: the blocks
     /// already in its current generation are left as they are (the decision's own lookups
-    /// told where they are, and inserting them again would change nothing).
+    /// told where they are; one more lookup checks the block after them, so that an older
+    /// `matched` still turns the generation over where recording everything would).
     pub fn record(&mut self, endpoint: u32, hashes: &[u64], matched: Match, capacity: usize) {
         self.records += 1;
         if !self.endpoints.contains_key(&endpoint) {
