@@ -102,8 +102,16 @@ build_wasm() {
   say "building dist/epp.wasm"
   cargo rustc --profile wasm -p epp --target wasm32-wasip1 --crate-type cdylib
   mkdir -p dist
-  cp "$TARGET/wasm32-wasip1/wasm/epp.wasm" dist/epp.wasm
+  trim_exports "$TARGET/wasm32-wasip1/wasm/epp.wasm" dist/epp.wasm
   echo "dist/epp.wasm: $(wc -c <dist/epp.wasm) bytes" >&2
+}
+
+# The SDK exports every proxy-wasm callback, and Envoy calls each exported one on its
+# event: proxy_on_response_body on every chunk of a streamed answer. Those the module does
+# not use (filter/src/names.rs, UNUSED_CALLBACKS) leave its exports (filter/examples/trim_exports.rs).
+trim_exports() {
+  cargo build -q --release -p epp --no-default-features --example trim-exports
+  "$TARGET/release/examples/trim-exports" "$1" "$2"
 }
 
 # Always the whole workspace: the same package set means the same features, so cargo
@@ -127,7 +135,8 @@ build_floor_wasm() {
   say "building dist/bench/floor.wasm (the floor: a filter that reads the body and picks nothing)"
   cargo build --profile wasm -p epp --target wasm32-wasip1 --example floor
   mkdir -p dist/bench
-  cp "$TARGET/wasm32-wasip1/wasm/examples/floor.wasm" dist/bench/floor.wasm
+  # As the module's: what the floor does not use, Envoy should not call either.
+  trim_exports "$TARGET/wasm32-wasip1/wasm/examples/floor.wasm" dist/bench/floor.wasm
 }
 
 # What the tests run besides Envoy: openssl (the mTLS test's certificates), curl (HTTP/2 clients), the reference

@@ -1,6 +1,6 @@
-//! Every header and shared-data key the module reads or writes, in one place: the map an
-//! operator needs (what the module touches on a request, what it keeps in the proxy's
-//! shared data) and the one a contributor changes.
+//! Every header and shared-data key the module reads or writes, and the host callbacks it
+//! leaves out, in one place: the map an operator needs (what the module touches on a
+//! request, what it keeps in the proxy's shared data) and the one a contributor changes.
 
 /// Request headers.
 pub mod headers {
@@ -30,6 +30,13 @@ pub mod headers {
     /// A response header with each decision's scores (`explain`).
     pub const EXPLAIN: &str = "x-wasm-epp-explain";
 }
+
+/// The proxy-wasm callbacks the SDK exports that the module has no use for. The host calls
+/// an exported callback for every event it stands for, `proxy_on_response_body` for every
+/// chunk of a streamed answer, and skips one the module does not export; so build.sh
+/// takes these out of the built module's exports (`filter/examples/trim_exports.rs`). A
+/// filter that comes to need one (`on_http_response_body`, say) takes it out of this list.
+pub const UNUSED_CALLBACKS: &[&str] = &["proxy_on_response_body", "proxy_on_response_trailers"];
 
 /// Keys of the proxy's shared data (one store per `vm_id`). The version in a key lets two
 /// module versions that share a `vm_id` during a rollout keep their own values.

@@ -307,6 +307,9 @@ fn reject(stats: &mut Stats, r: &Rejection, model_label: &str) -> Action {
 
 impl Context for PickerStream {}
 
+// The response body and trailers are never seen: their callbacks are not exported
+// (`names::UNUSED_CALLBACKS`), so Envoy does not call into the VM for each chunk of an
+// answer. An `on_http_response_body` here needs its name out of that list.
 impl HttpContext for PickerStream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         // Every header in one host call; the few the picker needs are read from it.

@@ -16,10 +16,13 @@
 //!    timers, scrapes and membership reads (`idle_section`); the main run measures it too.
 //! 6. `--paired`: the module against the floor inside one Envoy, on two listeners, in
 //!    short alternating bursts, so that the machine's drift cancels (`paired_section`);
-//!    with `--unique-prompts`, every request's prompt its own (`Prompts`).
+//!    with `--unique-prompts`, every request's prompt its own (`Prompts`); with
+//!    `--stream-tokens N`, every answer streamed in N events (`Answers`).
+//! 7. `--streamed`: every variant of 1. with answers streamed in 100 events, as chat
+//!    answers come (`streamed_section`); the main run measures it too.
 //!
-//! Writes bench/overhead.json; `--fuel-only`, `--steps`, `--perf`, `--idle` and `--paired`
-//! refresh only their part.
+//! Writes bench/overhead.json; `--fuel-only`, `--steps`, `--perf`, `--idle`, `--paired`
+//! and `--streamed` refresh only their part.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,11 +44,14 @@ bench-overhead: what picking inside the proxy costs on the data path (writes ben
   bench-overhead --perf           Envoy's time split by perf: the module's calls or Envoy's own
   bench-overhead --idle           Envoy's CPU with no traffic: what the module's timers and scrapes cost
   bench-overhead --paired         the module against the floor in one Envoy, alternating 1 s bursts (about 5 min)
+  bench-overhead --streamed       every variant with streamed answers of 100 tokens (about 4 min)
   --quick                         one round instead of several (2 s a variant in the main run)
   --plugin JSON                   plugin configuration keys to measure with (the main run and --paired)
   --against FILE.wasm             with --paired: another build of the module in the floor's place
   --unique-prompts                with --paired: every request's prompt its own (a counter starts the user
-                                  message), so the prefix index records all its blocks, as most real traffic has it";
+                                  message), so the prefix index records all its blocks, as most real traffic has it
+  --stream-tokens N               with --paired: every answer streamed, N tokens as N events, from upstreams that
+                                  decode a token a millisecond (1 KB bodies, 10 s bursts): what a chat answer costs";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -93,28 +99,47 @@ fn main() {
     // `--unique-prompts` (with --paired): no two requests share a prompt block.
     let prompts = if flag("--unique-prompts") { Prompts::Unique } else { Prompts::Repeated };
 
+    // `--stream-tokens N` (with --paired): streamed answers of N tokens.
+    let answers = match args.iter().position(|a| a == "--stream-tokens").and_then(|i| args.get(i + 1)) {
+        Some(n) => Answers::Streamed(n.parse().expect("--stream-tokens takes a token count")),
+        None => Answers::Instant,
+    };
+
     // The modes that measure one part of the report each: (flag, part, what it measures).
-    let modes: [(&str, &str, &str, &dyn Fn() -> Value); 3] = [
+    let modes: [(&str, &str, &str, &dyn Fn() -> Value); 4] = [
         ("--steps", "steps", "where the cost goes: the floor doing the picker's chores one at a time", &|| {
             steps_section(&work, if quick { 1 } else { 5 })
         }),
         ("--paired", "paired", "the module against the floor, in one Envoy, alternating bursts", &|| {
-            paired_section(&work, if quick { 8 } else { 30 }, &plugin, against.as_deref(), prompts)
+            let pairs = match (answers, quick) {
+                (Answers::Instant, false) => 30,
+                (Answers::Instant, true) => 8,
+                (Answers::Streamed(_), false) => 12,
+                (Answers::Streamed(_), true) => 4,
+            };
+            paired_section(&work, pairs, &plugin, against.as_deref(), prompts, answers)
         }),
         ("--idle", "idle", "Envoy's CPU with no traffic", &|| idle_section(if quick { 5 } else { 10 })),
+        ("--streamed", "streamed", "every variant with streamed answers", &|| streamed_section(&work, if quick { 1 } else { 3 }, &plugin)),
     ];
     for (name, part, what, measure) in modes {
         if flag(name) {
             println!("== {what}");
             // Two builds compared are not the module against the floor, nor unique prompts
-            // repeated ones: each kept apart.
-            let part = match (part, against.is_some(), prompts) {
-                ("paired", true, Prompts::Repeated) => "paired_against",
-                ("paired", true, Prompts::Unique) => "paired_against_unique_prompts",
-                ("paired", false, Prompts::Unique) => "paired_unique_prompts",
-                _ => part,
-            };
-            report[part] = measure();
+            // repeated ones, nor streamed answers one-token ones: each kept apart.
+            let mut part = part.to_string();
+            if part == "paired" {
+                if against.is_some() {
+                    part += "_against";
+                }
+                if prompts == Prompts::Unique {
+                    part += "_unique_prompts";
+                }
+                if answers != Answers::Instant {
+                    part += "_streamed";
+                }
+            }
+            report[part.as_str()] = measure();
             write(&report, &format!("the {part} part"));
             return;
         }
@@ -136,6 +161,8 @@ fn main() {
     report["command"] = json!("./build.sh bench-overhead");
     report["plugin"] = plugin;
     report["cases"] = json!(cases);
+    println!("\n== every variant with streamed answers");
+    report["streamed"] = streamed_section(&work, if quick { 1 } else { 3 }, &report["plugin"]);
     println!("\n== Envoy's CPU with no traffic");
     report["idle"] = idle_section(if quick { 5 } else { 10 });
     write(&report, "the Envoy, idle and fuel parts");
@@ -218,9 +245,45 @@ fn start_envoy(variant: Variant, endpoints: &[String], plugin: &Value, extproc: 
 
 /// The two instant upstreams every section measures against, and their addresses.
 fn instant_upstreams() -> ([Sim; 2], Vec<String>) {
-    let upstreams = [Sim::start(&["--instant"]), Sim::start(&["--instant"])];
+    upstreams(&["--instant"])
+}
+
+fn upstreams(args: &[&str]) -> ([Sim; 2], Vec<String>) {
+    let upstreams = [Sim::start(args), Sim::start(args)];
     let endpoints = upstreams.iter().map(|s| s.addr.clone()).collect();
     (upstreams, endpoints)
+}
+
+/// What the upstreams answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Answers {
+    /// One token, at once (`model-sim --instant`): the request's own cost alone.
+    Instant,
+    /// This many tokens streamed as server-sent events, each its own write, as a model
+    /// server streams a chat answer: Envoy handles every one on the way back.
+    Streamed(u32),
+}
+
+impl Answers {
+    /// The upstreams that give these answers: for streamed ones, engines that decode a
+    /// token a millisecond for every sequence (no prefill time, room for all of them).
+    fn upstreams(self) -> ([Sim; 2], Vec<String>) {
+        match self {
+            Answers::Instant => instant_upstreams(),
+            Answers::Streamed(_) => upstreams(&[
+                "--step-ms", "1", "--step-per-seq-ms", "0", "--prefill-us-per-token", "0", "--max-num-seqs", "128", "--num-blocks", "8192",
+            ]),
+        }
+    }
+
+    /// `body` asking for these answers.
+    fn ask(self, body: String) -> String {
+        let Answers::Streamed(tokens) = self else { return body };
+        let mut body: Value = serde_json::from_str(&body).expect("a chat body");
+        body["max_tokens"] = json!(tokens);
+        body["stream"] = json!(true);
+        body.to_string()
+    }
 }
 
 /// Whether the requests of a run repeat one prompt or each have their own.
@@ -248,8 +311,8 @@ fn numbered(body: &str, n: usize) -> String {
 }
 
 /// A chat body of about `bytes` bytes and the wrk script that posts it, under `work`.
-fn body_and_script(work: &Path, section: &str, bytes: usize, prompts: Prompts) -> (String, PathBuf) {
-    let body = chat_body(bytes);
+fn body_and_script(work: &Path, section: &str, bytes: usize, prompts: Prompts, answers: Answers) -> (String, PathBuf) {
+    let body = answers.ask(chat_body(bytes));
     let script = work.join(format!("post-{section}{bytes}.lua"));
     write_script(&script, &work.join(format!("body-{section}{bytes}.json")), &body, prompts);
     (body, script)
@@ -293,7 +356,7 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
     let (_upstreams, endpoints) = instant_upstreams();
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024, 220 * 1024] {
-        let (body, script) = body_and_script(work, "", body_bytes, Prompts::Repeated);
+        let (body, script) = body_and_script(work, "", body_bytes, Prompts::Repeated, Answers::Instant);
         for concurrency in [1u32, 64] {
             let runs: Vec<[Value; 5]> = (0..rounds).map(|round| run_round(round, &endpoints, plugin, &script, concurrency, seconds)).collect();
             let med = |f: &dyn Fn(&[Value; 5]) -> f64| median(runs.iter().map(f).collect());
@@ -354,6 +417,46 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
     cases
 }
 
+/// Every variant with streamed answers (1 KB bodies, answers of `STREAMED_TOKENS` tokens
+/// as as many events, concurrency 64, 10 s runs): what a request costs when Envoy also
+/// carries its answer back event by event, as a chat answer comes. In GIE's duplex mode
+/// every event goes to the ext_proc picker and back; the module sees none of them. Every
+/// prompt its own: one repeated prompt would send every request to the server that holds
+/// it, and one server streaming them all answers slower than two (the machine's second
+/// core runs both servers and wrk), which no other variant would pay.
+fn streamed_section(work: &Path, rounds: usize, plugin: &Value) -> Value {
+    let answers = Answers::Streamed(STREAMED_TOKENS);
+    let (_upstreams, endpoints) = answers.upstreams();
+    let (body, script) = body_and_script(work, "streamed-", 1024, Prompts::Unique, answers);
+    let runs: Vec<[Value; 5]> = (0..rounds).map(|round| run_round(round, &endpoints, plugin, &script, 64, 10)).collect();
+    let med = |f: &dyn Fn(&[Value; 5]) -> f64| (median(runs.iter().map(f).collect()) * 10.0).round() / 10.0;
+    let ratio = |f: &dyn Fn(&[Value; 5]) -> f64| (median(runs.iter().map(f).collect()) * 1000.0).round() / 1000.0;
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let by_variant = |k: &str| {
+        let names = ["base", "floor", "epp", "extproc", "extproc_buffered"];
+        Value::Object(names.iter().enumerate().map(|(i, n)| (n.to_string(), json!(med(&|r| num(&r[i], k))))).collect())
+    };
+    let case = json!({
+        "body_bytes": body.len(),
+        "stream_tokens": STREAMED_TOKENS,
+        "concurrency": 64,
+        "rounds": rounds,
+        "rps": by_variant("rps"),
+        // Envoy's alone; `total_…` adds the ext_proc picker's process.
+        "envoy_cpu_us_per_request": by_variant("envoy_cpu_us_per_request"),
+        "total_cpu_us_per_request": by_variant("total_cpu_us_per_request"),
+        "epp_cpu_over_floor_us": med(&|r| num(&r[2], "envoy_cpu_us_per_request") - num(&r[1], "envoy_cpu_us_per_request")),
+        "epp_to_extproc_cpu": ratio(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[3], "total_cpu_us_per_request").max(1e-9)),
+        "epp_to_extproc_buffered_cpu": ratio(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[4], "total_cpu_us_per_request").max(1e-9)),
+        "errors": runs.iter().map(|r| r.iter().map(|v| v["errors"].as_u64().unwrap_or(0)).sum::<u64>()).sum::<u64>(),
+    });
+    println!("{case}");
+    case
+}
+
+/// The answer's length in `streamed_section`: a short chat answer.
+const STREAMED_TOKENS: u32 = 100;
+
 /// One run of every variant. Odd rounds run them in reverse order, so that a machine
 /// drifting within a round does not favour the variants that come first.
 fn run_round(round: usize, endpoints: &[String], plugin: &Value, script: &Path, concurrency: u32, seconds: u32) -> [Value; 5] {
@@ -387,7 +490,7 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
     let (_upstreams, endpoints) = instant_upstreams();
     let mut by_body = Vec::new();
     for body_bytes in [1024usize, 16 * 1024] {
-        let (body, script) = body_and_script(work, "steps-", body_bytes, Prompts::Repeated);
+        let (body, script) = body_and_script(work, "steps-", body_bytes, Prompts::Repeated, Answers::Instant);
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for _ in 0..rounds {
             for (i, (_, variant, plugin)) in variants.iter().enumerate() {
@@ -419,7 +522,7 @@ fn perf_section(work: &Path, rounds: usize) -> Value {
     let (_upstreams, endpoints) = instant_upstreams();
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024, 220 * 1024] {
-        let (body, script) = body_and_script(work, "perf-", body_bytes, Prompts::Repeated);
+        let (body, script) = body_and_script(work, "perf-", body_bytes, Prompts::Repeated, Answers::Instant);
         let mut rows: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 2];
         for round in 0..rounds {
             for (i, variant) in [Variant::Floor, Variant::Epp].into_iter().enumerate() {
@@ -483,15 +586,15 @@ fn idle_section(seconds: u64) -> Value {
 
 /// The module and the floor in one Envoy (one worker, pinned), each on a listener of its
 /// own, and 1 s bursts of concurrency 64 alternating between them, `pairs` times a body
-/// size, the order swapped every pair. Adjacent bursts see the machine at the same speed,
+/// size, the order swapped every pair (10 s bursts of 1 KB bodies for streamed answers). Adjacent bursts see the machine at the same speed,
 /// so their ratio keeps what the module costs a request and drops the drift that moves
 /// whole runs by ±30%. The module's scraper and timers run during both bursts: the
 /// per-second cost is `idle_section`'s.
 ///
 /// `against`: another build of the module in the second listener instead of the floor (its
 /// own `vm_id`, so its own shared data and scraper lease): two builds compared the same way.
-fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Path>, prompts: Prompts) -> Value {
-    let (_upstreams, endpoints) = instant_upstreams();
+fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Path>, prompts: Prompts, answers: Answers) -> Value {
+    let (_upstreams, endpoints) = answers.upstreams();
     let template = std::fs::read_to_string(paths::envoy_config("envoy.yaml")).expect("envoy/envoy.yaml");
     // The module's admin cluster must name the admin's real port.
     let template = template.replace("port_value: 9901", &format!("port_value: {}", epp_tests::envoy::free_port()));
@@ -521,19 +624,25 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
     envoy.wait_for_table();
     let second_address = envoy.listener_address(&second_listener).expect("the second listener");
     let urls = [envoy.url("/v1/chat/completions"), format!("http://{second_address}/v1/chat/completions")];
+    // A streamed answer takes a few hundred ms: longer bursts hold enough of them, and
+    // the answer's cost, not the prompt's, is what they measure.
+    let (body_sizes, seconds): (&[usize], u32) = match answers {
+        Answers::Instant => (&[1024, 16 * 1024], 1),
+        Answers::Streamed(_) => (&[1024], 10),
+    };
     let mut cases = Vec::new();
-    for body_bytes in [1024usize, 16 * 1024] {
-        let (body, script) = body_and_script(work, "paired-", body_bytes, prompts);
+    for &body_bytes in body_sizes {
+        let (body, script) = body_and_script(work, "paired-", body_bytes, prompts, answers);
         for url in &urls {
             wrk(&script, url, 64, 1); // warm-up
         }
         let burst = |url: &str| {
             let before = cpu_ticks(envoy.pid());
-            let r = wrk(&script, url, 64, 1);
+            let r = wrk(&script, url, 64, seconds);
             let requests = r["requests"].as_f64().unwrap_or(0.0).max(1.0);
             (cpu_ticks(envoy.pid()).saturating_sub(before) as f64 * 10_000.0 / requests, requests / (r["duration_us"].as_f64().unwrap_or(1.0) / 1e6))
         };
-        let (mut over, mut ratio) = (Vec::new(), Vec::new());
+        let (mut over, mut ratio, mut own, mut others) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for pair in 0..pairs {
             let (module, second) = if pair % 2 == 0 {
                 let m = burst(&urls[0]);
@@ -544,6 +653,8 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
             };
             over.push(module.0 - second.0);
             ratio.push(module.1 / second.1.max(1e-9));
+            own.push(module.0);
+            others.push(second.0);
         }
         ratio.sort_by(f64::total_cmp);
         let q = |f: f64| (ratio[((ratio.len() - 1) as f64 * f).round() as usize] * 1000.0).round() / 1000.0;
@@ -552,6 +663,8 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
             "concurrency": 64,
             "pairs": pairs,
             "epp_cpu_over_floor_us": (median(over) * 10.0).round() / 10.0,
+            "epp_cpu_us_per_request": (median(own) * 10.0).round() / 10.0,
+            "floor_cpu_us_per_request": (median(others) * 10.0).round() / 10.0,
             "throughput_to_floor": q(0.5),
             "throughput_to_floor_quartiles": [q(0.25), q(0.75)],
         });
@@ -559,11 +672,15 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
         cases.push(case);
     }
     let method = format!(
-        "one Envoy (one worker, pinned to core 0), the module and the {} on two listeners, alternating 1 s wrk bursts at concurrency 64; {}; medians over the pairs",
+        "one Envoy (one worker, pinned to core 0), the module and the {} on two listeners, alternating {seconds} s wrk bursts at concurrency 64; {}; {}; medians over the pairs",
         if against.is_some() { "other build" } else { "floor" },
         match prompts {
             Prompts::Repeated => "one body for every request",
             Prompts::Unique => "every request's prompt its own (a counter starts the user message)",
+        },
+        match answers {
+            Answers::Instant => "one-token answers at once".to_string(),
+            Answers::Streamed(n) => format!("answers of {n} tokens streamed as {n} events, a token a millisecond"),
         }
     );
     match against {

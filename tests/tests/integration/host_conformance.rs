@@ -245,3 +245,34 @@ fn every_host_function_the_module_imports_is_exercised() {
         .collect();
     assert!(untested.is_empty(), "imported but never exercised: {untested:?}");
 }
+
+/// Envoy calls every callback a module exports on its event, `proxy_on_response_body` on
+/// each chunk of a streamed answer, and skips those it does not export. The shipped module
+/// and the bench floor leave out the ones they have no use for (build.sh's trim-exports),
+/// and keep every one their work needs.
+#[test]
+fn the_module_exports_the_callbacks_it_uses_and_no_other_per_event_one() {
+    let needed = [
+        "proxy_on_memory_allocate",
+        "proxy_on_vm_start",
+        "proxy_on_configure",
+        "proxy_on_tick",
+        "proxy_on_http_call_response",
+        "proxy_on_context_create",
+        "proxy_on_request_headers",
+        "proxy_on_request_body",
+        "proxy_on_request_trailers",
+        "proxy_on_response_headers",
+        "proxy_on_log",
+        "proxy_on_done",
+        "proxy_on_delete",
+    ];
+    for wasm in [epp_tests::paths::epp_wasm(), epp_tests::paths::floor_wasm()] {
+        let (_, module) = host_sim::world::load_module(&wasm).expect("module");
+        let exports: BTreeSet<&str> = module.exports().map(|e| e.name()).collect();
+        let unused: Vec<&&str> = epp::names::UNUSED_CALLBACKS.iter().filter(|c| exports.contains(**c)).collect();
+        assert!(unused.is_empty(), "{} exports {unused:?}: build.sh's trim-exports did not run", wasm.display());
+        let missing: Vec<&&str> = needed.iter().filter(|c| !exports.contains(**c)).collect();
+        assert!(missing.is_empty(), "{} lost {missing:?}", wasm.display());
+    }
+}
