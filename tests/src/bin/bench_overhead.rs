@@ -243,11 +243,7 @@ fn start_envoy(variant: Variant, endpoints: &[String], plugin: &Value, extproc: 
     envoy
 }
 
-/// The two instant upstreams every section measures against, and their addresses.
-fn instant_upstreams() -> ([Sim; 2], Vec<String>) {
-    upstreams(&["--instant"])
-}
-
+/// Two model-sims started with `args`, and their addresses.
 fn upstreams(args: &[&str]) -> ([Sim; 2], Vec<String>) {
     let upstreams = [Sim::start(args), Sim::start(args)];
     let endpoints = upstreams.iter().map(|s| s.addr.clone()).collect();
@@ -257,7 +253,8 @@ fn upstreams(args: &[&str]) -> ([Sim; 2], Vec<String>) {
 /// What the upstreams answer.
 #[derive(Clone, Copy, PartialEq)]
 enum Answers {
-    /// One token, at once (`model-sim --instant`): the request's own cost alone.
+    /// One token, at once (`model-sim --instant`): the request's own cost alone. What
+    /// every section but the streamed ones measures against.
     Instant,
     /// This many tokens streamed as server-sent events, each its own write, as a model
     /// server streams a chat answer: Envoy handles every one on the way back.
@@ -269,7 +266,7 @@ impl Answers {
     /// token a millisecond for every sequence (no prefill time, room for all of them).
     fn upstreams(self) -> ([Sim; 2], Vec<String>) {
         match self {
-            Answers::Instant => instant_upstreams(),
+            Answers::Instant => upstreams(&["--instant"]),
             Answers::Streamed(_) => upstreams(&[
                 "--step-ms", "1", "--step-per-seq-ms", "0", "--prefill-us-per-token", "0", "--max-num-seqs", "128", "--num-blocks", "8192",
             ]),
@@ -349,19 +346,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+fn rounded(x: f64, digits: i32) -> f64 {
+    (x * 10f64.powi(digits)).round() / 10f64.powi(digits)
+}
+
+/// Field `k` of one variant's run.
+fn num(run: &Value, k: &str) -> f64 {
+    run[k].as_f64().unwrap_or(0.0)
+}
+
+/// Failed requests over every run of every round.
+fn errors(runs: &[[Value; 5]]) -> u64 {
+    runs.iter().flatten().map(|v| v["errors"].as_u64().unwrap_or(0)).sum()
+}
+
 /// Each case runs base, floor and epp back to back, `rounds` times over: machines like
 /// this one drift by ±15% within minutes, so a case's figures are the medians over rounds
 /// of numbers taken minutes apart at most, and each ratio is taken within a round.
 fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Vec<Value> {
-    let (_upstreams, endpoints) = instant_upstreams();
+    let (_upstreams, endpoints) = Answers::Instant.upstreams();
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024, 220 * 1024] {
         let (body, script) = body_and_script(work, "", body_bytes, Prompts::Repeated, Answers::Instant);
         for concurrency in [1u32, 64] {
             let runs: Vec<[Value; 5]> = (0..rounds).map(|round| run_round(round, &endpoints, plugin, &script, concurrency, seconds)).collect();
             let med = |f: &dyn Fn(&[Value; 5]) -> f64| median(runs.iter().map(f).collect());
-            let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
-            let round = |x: f64, digits: i32| (x * 10f64.powi(digits)).round() / 10f64.powi(digits);
             let case = json!({
                 "body_bytes": body.len(),
                 "concurrency": concurrency,
@@ -369,46 +378,46 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
                 "rps_base": med(&|r| num(&r[0], "rps")).round(),
                 "rps_floor": med(&|r| num(&r[1], "rps")).round(),
                 "rps_epp": med(&|r| num(&r[2], "rps")).round(),
-                "ratio": round(med(&|r| num(&r[2], "rps") / num(&r[0], "rps").max(1e-9)), 3),
-                "ratio_floor": round(med(&|r| num(&r[1], "rps") / num(&r[0], "rps").max(1e-9)), 3),
-                "ratio_epp_to_floor": round(med(&|r| num(&r[2], "rps") / num(&r[1], "rps").max(1e-9)), 3),
+                "ratio": rounded(med(&|r| num(&r[2], "rps") / num(&r[0], "rps").max(1e-9)), 3),
+                "ratio_floor": rounded(med(&|r| num(&r[1], "rps") / num(&r[0], "rps").max(1e-9)), 3),
+                "ratio_epp_to_floor": rounded(med(&|r| num(&r[2], "rps") / num(&r[1], "rps").max(1e-9)), 3),
                 "p50_added_us": med(&|r| num(&r[2], "p50_us") - num(&r[0], "p50_us")),
                 "p99_added_us": med(&|r| num(&r[2], "p99_us") - num(&r[0], "p99_us")),
                 "p50_added_over_floor_us": med(&|r| num(&r[2], "p50_us") - num(&r[1], "p50_us")),
                 "envoy_cpu_us_per_request": {
-                    "base": round(med(&|r| num(&r[0], "envoy_cpu_us_per_request")), 1),
-                    "floor": round(med(&|r| num(&r[1], "envoy_cpu_us_per_request")), 1),
-                    "epp": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request")), 1),
-                    "extproc": round(med(&|r| num(&r[3], "envoy_cpu_us_per_request")), 1),
-                    "extproc_buffered": round(med(&|r| num(&r[4], "envoy_cpu_us_per_request")), 1),
+                    "base": rounded(med(&|r| num(&r[0], "envoy_cpu_us_per_request")), 1),
+                    "floor": rounded(med(&|r| num(&r[1], "envoy_cpu_us_per_request")), 1),
+                    "epp": rounded(med(&|r| num(&r[2], "envoy_cpu_us_per_request")), 1),
+                    "extproc": rounded(med(&|r| num(&r[3], "envoy_cpu_us_per_request")), 1),
+                    "extproc_buffered": rounded(med(&|r| num(&r[4], "envoy_cpu_us_per_request")), 1),
                 },
                 // The module runs inside Envoy: its figures are Envoy's. The ext_proc
                 // figures are Envoy and the picker's process together (GIE's duplex mode;
                 // `_buffered`: request headers and the buffered body only).
-                "floor_cpu_us_per_request": round(med(&|r| num(&r[1], "envoy_cpu_us_per_request")), 1),
-                "epp_cpu_us_per_request": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request")), 1),
-                "epp_cpu_over_floor_us": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request") - num(&r[1], "envoy_cpu_us_per_request")), 1),
+                "floor_cpu_us_per_request": rounded(med(&|r| num(&r[1], "envoy_cpu_us_per_request")), 1),
+                "epp_cpu_us_per_request": rounded(med(&|r| num(&r[2], "envoy_cpu_us_per_request")), 1),
+                "epp_cpu_over_floor_us": rounded(med(&|r| num(&r[2], "envoy_cpu_us_per_request") - num(&r[1], "envoy_cpu_us_per_request")), 1),
                 "extproc_rps": med(&|r| num(&r[3], "rps")).round(),
                 "extproc_p50_added_us": med(&|r| num(&r[3], "p50_us") - num(&r[0], "p50_us")),
                 "extproc_p99_added_us": med(&|r| num(&r[3], "p99_us") - num(&r[0], "p99_us")),
-                "extproc_cpu_us_per_request": round(med(&|r| num(&r[3], "total_cpu_us_per_request")), 1),
-                "extproc_server_cpu_us_per_request": round(med(&|r| num(&r[3], "server_cpu_us_per_request")), 1),
+                "extproc_cpu_us_per_request": rounded(med(&|r| num(&r[3], "total_cpu_us_per_request")), 1),
+                "extproc_server_cpu_us_per_request": rounded(med(&|r| num(&r[3], "server_cpu_us_per_request")), 1),
                 "extproc_buffered_rps": med(&|r| num(&r[4], "rps")).round(),
                 "extproc_buffered_p50_added_us": med(&|r| num(&r[4], "p50_us") - num(&r[0], "p50_us")),
                 "extproc_buffered_p99_added_us": med(&|r| num(&r[4], "p99_us") - num(&r[0], "p99_us")),
-                "extproc_buffered_cpu_us_per_request": round(med(&|r| num(&r[4], "total_cpu_us_per_request")), 1),
+                "extproc_buffered_cpu_us_per_request": rounded(med(&|r| num(&r[4], "total_cpu_us_per_request")), 1),
                 // wasm-epp against each ext_proc variant, within each round.
                 "epp_to_extproc": {
-                    "cpu": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[3], "total_cpu_us_per_request").max(1e-9)), 3),
-                    "p50_added": round(med(&|r| (num(&r[2], "p50_us") - num(&r[0], "p50_us")).max(1.0) / (num(&r[3], "p50_us") - num(&r[0], "p50_us")).max(1.0)), 3),
-                    "rps": round(med(&|r| num(&r[2], "rps") / num(&r[3], "rps").max(1e-9)), 3),
+                    "cpu": rounded(med(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[3], "total_cpu_us_per_request").max(1e-9)), 3),
+                    "p50_added": rounded(med(&|r| (num(&r[2], "p50_us") - num(&r[0], "p50_us")).max(1.0) / (num(&r[3], "p50_us") - num(&r[0], "p50_us")).max(1.0)), 3),
+                    "rps": rounded(med(&|r| num(&r[2], "rps") / num(&r[3], "rps").max(1e-9)), 3),
                 },
                 "epp_to_extproc_buffered": {
-                    "cpu": round(med(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[4], "total_cpu_us_per_request").max(1e-9)), 3),
-                    "p50_added": round(med(&|r| (num(&r[2], "p50_us") - num(&r[0], "p50_us")).max(1.0) / (num(&r[4], "p50_us") - num(&r[0], "p50_us")).max(1.0)), 3),
-                    "rps": round(med(&|r| num(&r[2], "rps") / num(&r[4], "rps").max(1e-9)), 3),
+                    "cpu": rounded(med(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[4], "total_cpu_us_per_request").max(1e-9)), 3),
+                    "p50_added": rounded(med(&|r| (num(&r[2], "p50_us") - num(&r[0], "p50_us")).max(1.0) / (num(&r[4], "p50_us") - num(&r[0], "p50_us")).max(1.0)), 3),
+                    "rps": rounded(med(&|r| num(&r[2], "rps") / num(&r[4], "rps").max(1e-9)), 3),
                 },
-                "errors": runs.iter().map(|r| r.iter().map(|v| v["errors"].as_u64().unwrap_or(0)).sum::<u64>()).sum::<u64>(),
+                "errors": errors(&runs),
             });
             println!("{case}");
             cases.push(case);
@@ -429,9 +438,8 @@ fn streamed_section(work: &Path, rounds: usize, plugin: &Value) -> Value {
     let (_upstreams, endpoints) = answers.upstreams();
     let (body, script) = body_and_script(work, "streamed-", 1024, Prompts::Unique, answers);
     let runs: Vec<[Value; 5]> = (0..rounds).map(|round| run_round(round, &endpoints, plugin, &script, 64, 10)).collect();
-    let med = |f: &dyn Fn(&[Value; 5]) -> f64| (median(runs.iter().map(f).collect()) * 10.0).round() / 10.0;
-    let ratio = |f: &dyn Fn(&[Value; 5]) -> f64| (median(runs.iter().map(f).collect()) * 1000.0).round() / 1000.0;
-    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let med = |f: &dyn Fn(&[Value; 5]) -> f64| rounded(median(runs.iter().map(f).collect()), 1);
+    let ratio = |f: &dyn Fn(&[Value; 5]) -> f64| rounded(median(runs.iter().map(f).collect()), 3);
     let by_variant = |k: &str| {
         let names = ["base", "floor", "epp", "extproc", "extproc_buffered"];
         Value::Object(names.iter().enumerate().map(|(i, n)| (n.to_string(), json!(med(&|r| num(&r[i], k))))).collect())
@@ -448,7 +456,7 @@ fn streamed_section(work: &Path, rounds: usize, plugin: &Value) -> Value {
         "epp_cpu_over_floor_us": med(&|r| num(&r[2], "envoy_cpu_us_per_request") - num(&r[1], "envoy_cpu_us_per_request")),
         "epp_to_extproc_cpu": ratio(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[3], "total_cpu_us_per_request").max(1e-9)),
         "epp_to_extproc_buffered_cpu": ratio(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[4], "total_cpu_us_per_request").max(1e-9)),
-        "errors": runs.iter().map(|r| r.iter().map(|v| v["errors"].as_u64().unwrap_or(0)).sum::<u64>()).sum::<u64>(),
+        "errors": errors(&runs),
     });
     println!("{case}");
     case
@@ -487,7 +495,7 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
     }
     variants.push(("wasm-epp, random picker only".into(), Variant::Epp, random_only));
     variants.push(("wasm-epp".into(), Variant::Epp, json!({})));
-    let (_upstreams, endpoints) = instant_upstreams();
+    let (_upstreams, endpoints) = Answers::Instant.upstreams();
     let mut by_body = Vec::new();
     for body_bytes in [1024usize, 16 * 1024] {
         let (body, script) = body_and_script(work, "steps-", body_bytes, Prompts::Repeated, Answers::Instant);
@@ -506,7 +514,7 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
             .zip(&cpu)
             .map(|((name, _, _), &c)| {
                 println!("{name:<30} {c:>12.1} {:>10.1}", c - base);
-                json!({"variant": name, "envoy_cpu_us_per_request": (c * 10.0).round() / 10.0})
+                json!({"variant": name, "envoy_cpu_us_per_request": rounded(c, 1)})
             })
             .collect();
         by_body.push(json!({"body_bytes": body.len(), "concurrency": 64, "rounds": rounds, "variants": rows}));
@@ -519,7 +527,7 @@ fn steps_section(work: &Path, rounds: usize) -> Value {
 /// costs (docs/experiments.md, 2026-12-02); the time inside the module's calls is the
 /// module's, and the floor's shows what any body-reading filter pays there.
 fn perf_section(work: &Path, rounds: usize) -> Value {
-    let (_upstreams, endpoints) = instant_upstreams();
+    let (_upstreams, endpoints) = Answers::Instant.upstreams();
     let mut cases = Vec::new();
     for body_bytes in [1024usize, 16 * 1024, 220 * 1024] {
         let (body, script) = body_and_script(work, "perf-", body_bytes, Prompts::Repeated, Answers::Instant);
@@ -534,7 +542,7 @@ fn perf_section(work: &Path, rounds: usize) -> Value {
                 }
             }
         }
-        let med = |v: &[(f64, f64, f64)], f: &dyn Fn(&(f64, f64, f64)) -> f64| (median(v.iter().map(f).collect()) * 10.0).round() / 10.0;
+        let med = |v: &[(f64, f64, f64)], f: &dyn Fn(&(f64, f64, f64)) -> f64| rounded(median(v.iter().map(f).collect()), 1);
         let part = |v: &[(f64, f64, f64)]| {
             json!({
                 "module_code_us": med(v, &|x| x.0),
@@ -542,7 +550,7 @@ fn perf_section(work: &Path, rounds: usize) -> Value {
                 "envoy_own_us": med(v, &|x| x.2),
                 // The module's share against Envoy's own work: steadier than µs, which
                 // move with the machine.
-                "in_wasm_per_envoy_own": (median(v.iter().map(|x| (x.0 + x.1) / x.2.max(1e-9)).collect()) * 1000.0).round() / 1000.0,
+                "in_wasm_per_envoy_own": rounded(median(v.iter().map(|x| (x.0 + x.1) / x.2.max(1e-9)).collect()), 3),
             })
         };
         let (floor, epp) = (part(&rows[0]), part(&rows[1]));
@@ -553,7 +561,7 @@ fn perf_section(work: &Path, rounds: usize) -> Value {
             "rounds": rounds,
             "floor": floor,
             "epp": epp,
-            "epp_in_wasm_over_floor_us": ((in_wasm(&epp) - in_wasm(&floor)) * 10.0).round() / 10.0,
+            "epp_in_wasm_over_floor_us": rounded(in_wasm(&epp) - in_wasm(&floor), 1),
         });
         println!("{case}");
         cases.push(case);
@@ -566,7 +574,7 @@ fn perf_section(work: &Path, rounds: usize) -> Value {
 /// admin interface): a cost per second, which the main run's figures spread over
 /// requests at whatever rate they came.
 fn idle_section(seconds: u64) -> Value {
-    let (_upstreams, endpoints) = instant_upstreams();
+    let (_upstreams, endpoints) = Answers::Instant.upstreams();
     let mut rows = serde_json::Map::new();
     for (name, variant) in [("base", Variant::Base), ("floor", Variant::Floor), ("epp", Variant::Epp)] {
         let envoy = start_envoy(variant, &endpoints, &json!({}), None);
@@ -575,7 +583,7 @@ fn idle_section(seconds: u64) -> Value {
         // Clock ticks are 10 ms: ms of CPU per second.
         let ms_per_s = cpu_ticks(envoy.pid()).saturating_sub(before) as f64 * 10.0 / seconds as f64;
         println!("{name}: {ms_per_s:.1} ms of CPU a second");
-        rows.insert(name.to_string(), json!((ms_per_s * 10.0).round() / 10.0));
+        rows.insert(name.to_string(), json!(rounded(ms_per_s, 1)));
     }
     json!({
         "seconds": seconds,
@@ -657,14 +665,14 @@ fn paired_section(work: &Path, pairs: usize, plugin: &Value, against: Option<&Pa
             others.push(second.0);
         }
         ratio.sort_by(f64::total_cmp);
-        let q = |f: f64| (ratio[((ratio.len() - 1) as f64 * f).round() as usize] * 1000.0).round() / 1000.0;
+        let q = |f: f64| rounded(ratio[((ratio.len() - 1) as f64 * f).round() as usize], 3);
         let case = json!({
             "body_bytes": body.len(),
             "concurrency": 64,
             "pairs": pairs,
-            "epp_cpu_over_floor_us": (median(over) * 10.0).round() / 10.0,
-            "epp_cpu_us_per_request": (median(own) * 10.0).round() / 10.0,
-            "floor_cpu_us_per_request": (median(others) * 10.0).round() / 10.0,
+            "epp_cpu_over_floor_us": rounded(median(over), 1),
+            "epp_cpu_us_per_request": rounded(median(own), 1),
+            "floor_cpu_us_per_request": rounded(median(others), 1),
             "throughput_to_floor": q(0.5),
             "throughput_to_floor_quartiles": [q(0.25), q(0.75)],
         });
