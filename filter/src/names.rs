@@ -36,7 +36,7 @@ pub mod headers {
 /// chunk of a streamed answer, and skips one the module does not export; so build.sh
 /// takes these out of the built module's exports (`filter/examples/trim_exports.rs`). A
 /// filter that comes to need one (`on_http_response_body`, say) takes it out of this list.
-pub const UNUSED_CALLBACKS: &[&str] = &["proxy_on_response_body", "proxy_on_response_trailers"];
+pub const UNUSED_CALLBACKS: &[&str] = &["proxy_on_response_body", "proxy_on_response_trailers", "proxy_on_log"];
 
 /// Keys of the proxy's shared data (one store per `vm_id`). The version in a key lets two
 /// module versions that share a `vm_id` during a rollout keep their own values.

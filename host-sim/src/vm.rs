@@ -95,10 +95,14 @@ impl Vm {
     }
 
     /// Calls an exported callback with i32 arguments. A trap marks the VM failed and is
-    /// returned with the panic message the module logged, if any.
+    /// returned with the panic message the module logged, if any. A callback the module
+    /// does not export is skipped, as Envoy skips it, with the answer Envoy assumes then.
     pub fn call(&mut self, callback: &'static str, context: u32, phase: Phase, args: &[i32]) -> Result<i32, String> {
         if let Some(why) = &self.failed {
             return Err(format!("VM failed earlier: {why}"));
+        }
+        if self.instance.get_func(&mut self.store, callback).is_none() {
+            return Ok(unexported_answer(callback));
         }
         {
             let s = self.store.data_mut();
@@ -197,4 +201,13 @@ fn record_sample(bt: &wasmtime::WasmBacktrace) {
 pub fn folded_profile() -> String {
     let p = PROFILE.lock().unwrap_or_else(|e| e.into_inner());
     p.iter().map(|(stack, n)| format!("{stack} {n}\n")).collect()
+}
+
+/// What the host takes a callback the module does not export to have answered: done and
+/// configured, and `Continue` for a stream's events.
+fn unexported_answer(callback: &str) -> i32 {
+    match callback {
+        "proxy_on_done" | "proxy_on_vm_start" | "proxy_on_configure" => 1,
+        _ => 0,
+    }
 }

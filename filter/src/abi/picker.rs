@@ -305,7 +305,20 @@ fn reject(stats: &mut Stats, r: &Rejection, model_label: &str) -> Action {
     Action::Pause
 }
 
-impl Context for PickerStream {}
+impl Context for PickerStream {
+    // Envoy calls `on_done` as it destroys the stream's filters, however the stream ended
+    // (answered, failed or reset). `on_log` would be one more call into the VM a request,
+    // so it is not exported (`names::UNUSED_CALLBACKS`).
+    fn on_done(&mut self) -> bool {
+        // No longer in flight.
+        if let Some(slot) = self.counted.take() {
+            let mut worker = self.worker.borrow_mut();
+            worker.ledger.ended(slot);
+            worker.woken();
+        }
+        true
+    }
+}
 
 // The response body and trailers are never seen: their callbacks are not exported
 // (`names::UNUSED_CALLBACKS`), so Envoy does not call into the VM for each chunk of an
@@ -388,15 +401,6 @@ impl HttpContext for PickerStream {
             host::add_response_header(EXPLAIN_HEADER, &text);
         }
         Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        // The stream ended (answered, failed or cancelled): no longer in flight.
-        if let Some(slot) = self.counted.take() {
-            let mut worker = self.worker.borrow_mut();
-            worker.ledger.ended(slot);
-            worker.woken();
-        }
     }
 }
 

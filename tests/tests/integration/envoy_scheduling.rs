@@ -126,6 +126,37 @@ fn a_burst_between_scrapes_spreads_over_every_worker() {
     }
 }
 
+#[test]
+fn a_stream_the_client_walks_away_from_leaves_the_in_flight_count() {
+    use std::io::{Read, Write};
+    // One token every 50 ms: the answer is still streaming when the client leaves.
+    let sim = Sim::start(&["--step-ms", "50"]);
+    let envoy = start(&[&sim], json!({}));
+    let gauge = format!("wasmcustom.wasm_epp.in_flight.{}", sim.addr.replace(['.', ':'], "_"));
+    let mut body = chat(MODEL, "walk away", 2000);
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    let listener = envoy.url("").trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&listener).expect("connects to Envoy");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {listener}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(body.as_bytes())).expect("sends the request");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(6).any(|w| w == b"data: ") {
+        let n = conn.read(&mut buf).expect("the answer starts");
+        assert!(n > 0, "Envoy closed before the first event: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+    wait_for("the stream counted in flight", Duration::from_secs(5), || (envoy.stat(&gauge) == 1).then_some(()));
+    drop(conn);
+    wait_for("the walked-away stream out of flight", Duration::from_secs(5), || (envoy.stat(&gauge) == 0).then_some(()));
+}
+
 /// A port free now, for a listener its peers must know before it starts.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")

@@ -263,7 +263,6 @@ fn the_module_exports_the_callbacks_it_uses_and_no_other_per_event_one() {
         "proxy_on_request_body",
         "proxy_on_request_trailers",
         "proxy_on_response_headers",
-        "proxy_on_log",
         "proxy_on_done",
         "proxy_on_delete",
     ];
