@@ -101,9 +101,9 @@ impl Vm {
         if let Some(why) = &self.failed {
             return Err(format!("VM failed earlier: {why}"));
         }
-        if self.instance.get_func(&mut self.store, callback).is_none() {
+        let Some(f) = self.instance.get_func(&mut self.store, callback) else {
             return Ok(unexported_answer(callback));
-        }
+        };
         {
             let s = self.store.data_mut();
             s.current_context = context;
@@ -115,7 +115,7 @@ impl Vm {
             // Time spent outside the module since the last call is not the module's.
             self.store.set_epoch_deadline(1);
         }
-        let result = self.call_raw(callback, args);
+        let result = self.call_func(f, args);
         let used = fuel::used(self.store.get_fuel().unwrap_or(0));
         fuel::note(callback, used);
         let tally = self.fuel_by_callback.entry(callback).or_default();
@@ -141,11 +141,7 @@ impl Vm {
         result
     }
 
-    fn call_raw(&mut self, name: &str, args: &[i32]) -> Result<i32> {
-        let f = self
-            .instance
-            .get_func(&mut self.store, name)
-            .ok_or_else(|| format_err!("the module does not export {name}"))?;
+    fn call_func(&mut self, f: wasmtime::Func, args: &[i32]) -> Result<i32> {
         let params: Vec<wasmtime::Val> = args.iter().map(|&a| wasmtime::Val::I32(a)).collect();
         let n_results = f.ty(&self.store).results().len();
         let mut results = vec![wasmtime::Val::I32(0); n_results];
