@@ -60,6 +60,13 @@ pub fn name(metric: &str, labels: &[(&str, &str)]) -> String {
     out
 }
 
+/// An endpoint's in-flight gauge (Envoy shows it as `wasmcustom.` and this): set by the
+/// scraper from the shared counts the pickers keep. Stat names are dot-separated paths,
+/// so the address is kept in one segment.
+pub fn in_flight_gauge(endpoint: &str) -> String {
+    format!("wasm_epp.in_flight.{}", endpoint.replace(['.', ':', '[', ']'], "_"))
+}
+
 /// The stats tag regex for `label`, as Istio's bootstrap writes it for an extra stat tag.
 pub fn tag_regex(label: &str) -> String {
     format!("({label}=\\.=(.*?);\\.;)")

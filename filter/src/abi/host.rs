@@ -127,12 +127,9 @@ pub fn record(metric: u32, value: u64) {
     let _ = hostcalls::record_metric(metric, value);
 }
 
-/// An endpoint's in-flight gauge: what operators see
-/// (`wasmcustom.wasm_epp.in_flight.<ip>_<port>`), set by the scraper from the shared
-/// counts the pickers keep.
+/// An endpoint's in-flight gauge (`stats::in_flight_gauge`).
 pub fn in_flight_gauge(endpoint: &str) -> Option<u32> {
-    // Stat names are dot-separated paths: keep the address in one segment.
-    gauge(&format!("wasm_epp.in_flight.{}", endpoint.replace(['.', ':', '[', ']'], "_")))
+    gauge(&crate::stats::in_flight_gauge(endpoint))
 }
 
 /// A value of the proxy's shared data, if there is one.

@@ -196,6 +196,8 @@ enum Variant {
 
 /// The variants of every case, in the order they run within a round.
 const VARIANTS: [Variant; 5] = [Variant::Base, Variant::Floor, Variant::Epp, Variant::ExtProc(BodyMode::Duplex), Variant::ExtProc(BodyMode::Buffered)];
+/// Each of `VARIANTS` by its key in the report.
+const VARIANT_KEYS: [&str; 5] = ["base", "floor", "epp", "extproc", "extproc_buffered"];
 
 /// A variant up and warmed: Envoy (and the ext_proc picker, for those variants), ready
 /// for the measured run.
@@ -355,6 +357,12 @@ fn num(run: &Value, k: &str) -> f64 {
     run[k].as_f64().unwrap_or(0.0)
 }
 
+/// Field `k`'s median over the rounds for every variant, by the variant's key in the report.
+fn by_variant(runs: &[[Value; 5]], k: &str) -> Value {
+    let column = |i: usize| rounded(median(runs.iter().map(|r| num(&r[i], k)).collect()), 1);
+    Value::Object(VARIANT_KEYS.iter().enumerate().map(|(i, key)| (key.to_string(), json!(column(i)))).collect())
+}
+
 /// Failed requests over every run of every round.
 fn errors(runs: &[[Value; 5]]) -> u64 {
     runs.iter().flatten().map(|v| v["errors"].as_u64().unwrap_or(0)).sum()
@@ -384,13 +392,7 @@ fn envoy_section(work: &Path, seconds: u32, rounds: usize, plugin: &Value) -> Ve
                 "p50_added_us": med(&|r| num(&r[2], "p50_us") - num(&r[0], "p50_us")),
                 "p99_added_us": med(&|r| num(&r[2], "p99_us") - num(&r[0], "p99_us")),
                 "p50_added_over_floor_us": med(&|r| num(&r[2], "p50_us") - num(&r[1], "p50_us")),
-                "envoy_cpu_us_per_request": {
-                    "base": rounded(med(&|r| num(&r[0], "envoy_cpu_us_per_request")), 1),
-                    "floor": rounded(med(&|r| num(&r[1], "envoy_cpu_us_per_request")), 1),
-                    "epp": rounded(med(&|r| num(&r[2], "envoy_cpu_us_per_request")), 1),
-                    "extproc": rounded(med(&|r| num(&r[3], "envoy_cpu_us_per_request")), 1),
-                    "extproc_buffered": rounded(med(&|r| num(&r[4], "envoy_cpu_us_per_request")), 1),
-                },
+                "envoy_cpu_us_per_request": by_variant(&runs, "envoy_cpu_us_per_request"),
                 // The module runs inside Envoy: its figures are Envoy's. The ext_proc
                 // figures are Envoy and the picker's process together (GIE's duplex mode;
                 // `_buffered`: request headers and the buffered body only).
@@ -440,19 +442,15 @@ fn streamed_section(work: &Path, rounds: usize, plugin: &Value) -> Value {
     let runs: Vec<[Value; 5]> = (0..rounds).map(|round| run_round(round, &endpoints, plugin, &script, 64, 10)).collect();
     let med = |f: &dyn Fn(&[Value; 5]) -> f64| rounded(median(runs.iter().map(f).collect()), 1);
     let ratio = |f: &dyn Fn(&[Value; 5]) -> f64| rounded(median(runs.iter().map(f).collect()), 3);
-    let by_variant = |k: &str| {
-        let names = ["base", "floor", "epp", "extproc", "extproc_buffered"];
-        Value::Object(names.iter().enumerate().map(|(i, n)| (n.to_string(), json!(med(&|r| num(&r[i], k))))).collect())
-    };
     let case = json!({
         "body_bytes": body.len(),
         "stream_tokens": STREAMED_TOKENS,
         "concurrency": 64,
         "rounds": rounds,
-        "rps": by_variant("rps"),
+        "rps": by_variant(&runs, "rps"),
         // Envoy's alone; `total_…` adds the ext_proc picker's process.
-        "envoy_cpu_us_per_request": by_variant("envoy_cpu_us_per_request"),
-        "total_cpu_us_per_request": by_variant("total_cpu_us_per_request"),
+        "envoy_cpu_us_per_request": by_variant(&runs, "envoy_cpu_us_per_request"),
+        "total_cpu_us_per_request": by_variant(&runs, "total_cpu_us_per_request"),
         "epp_cpu_over_floor_us": med(&|r| num(&r[2], "envoy_cpu_us_per_request") - num(&r[1], "envoy_cpu_us_per_request")),
         "epp_to_extproc_cpu": ratio(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[3], "total_cpu_us_per_request").max(1e-9)),
         "epp_to_extproc_buffered_cpu": ratio(&|r| num(&r[2], "envoy_cpu_us_per_request") / num(&r[4], "total_cpu_us_per_request").max(1e-9)),

@@ -121,7 +121,7 @@ fn a_burst_between_scrapes_spreads_over_every_worker() {
     }
     // Every stream that ended left the in-flight gauges.
     for s in &sims {
-        let gauge = format!("wasmcustom.wasm_epp.in_flight.{}", s.addr.replace(['.', ':'], "_"));
+        let gauge = format!("wasmcustom.{}", epp::stats::in_flight_gauge(&s.addr));
         wait_for("in-flight gauges back to zero", Duration::from_secs(5), || (envoy.stat(&gauge) == 0).then_some(()));
     }
 }
@@ -132,12 +132,12 @@ fn a_stream_the_client_walks_away_from_leaves_the_in_flight_count() {
     // One token every 50 ms: the answer is still streaming when the client leaves.
     let sim = Sim::start(&["--step-ms", "50"]);
     let envoy = start(&[&sim], json!({}));
-    let gauge = format!("wasmcustom.wasm_epp.in_flight.{}", sim.addr.replace(['.', ':'], "_"));
+    let gauge = format!("wasmcustom.{}", epp::stats::in_flight_gauge(&sim.addr));
     let mut body = chat(MODEL, "walk away", 2000);
     body["stream"] = json!(true);
     let body = body.to_string();
-    let listener = envoy.url("").trim_start_matches("http://").to_string();
-    let mut conn = std::net::TcpStream::connect(&listener).expect("connects to Envoy");
+    let listener = &envoy.listener;
+    let mut conn = std::net::TcpStream::connect(listener).expect("connects to Envoy");
     conn.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: {listener}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",

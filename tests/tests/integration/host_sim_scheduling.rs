@@ -73,7 +73,7 @@ fn requests_sent_between_scrapes_count_across_workers() {
         epp::store::decode_u32s(&bytes)
     };
     let gauges = |w: &World| {
-        (0..3).map(|i| w.proxies[0].metric(&format!("wasm_epp.in_flight.{}", addr(i).replace(['.', ':'], "_")))).collect::<Vec<_>>()
+        (0..3).map(|i| w.proxies[0].metric(&epp::stats::in_flight_gauge(&addr(i)))).collect::<Vec<_>>()
     };
     // A worker writes its sends of one millisecond with its next write, or its timer's.
     w.advance_ms(25);
